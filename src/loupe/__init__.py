@@ -1,0 +1,18 @@
+"""loupe: where an image classifier looks, and how well that segments."""
+
+from loupe.api import MapContext, explain, normalize
+from loupe.layers import find_target_layer
+from loupe.registry import get_method, list_methods, register
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MapContext",
+    "__version__",
+    "explain",
+    "find_target_layer",
+    "get_method",
+    "list_methods",
+    "normalize",
+    "register",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from loupe.cli import main
+
+sys.exit(main())

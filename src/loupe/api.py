@@ -1,0 +1,103 @@
+"""``explain``: one call from a classifier and a batch of images to class maps."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loupe.hooks import Captured, hooked
+from loupe.layers import Reshape, find_target_layer, tokens_to_grid
+from loupe.registry import get_method
+from loupe.targets import Targets, TargetsLike, resolve_targets
+
+
+@dataclass(frozen=True)
+class MapContext:
+    """What a map method gets: the prepared model, the images, the resolved targets and, for
+    layer methods, the target layer's name, its captured activation and the reshape."""
+
+    model: nn.Module
+    images: torch.Tensor
+    targets: Targets
+    layer: str | None
+    captured: Captured
+    reshape: Reshape
+
+    def activation(self) -> torch.Tensor:
+        """The target layer's last captured output as a grid ``(B, C, h, w)``."""
+        if self.layer is None or self.layer not in self.captured:
+            raise RuntimeError("no activation was captured; run the model inside the method")
+        return self.reshape(self.captured[self.layer])
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: TargetsLike = None,
+    method: str = "gradcam",
+    *,
+    target_layer: str | None = None,
+    reshape: Reshape | None = None,
+    upsample: bool = True,
+    autocast: bool = False,
+    **options: object,
+) -> torch.Tensor:
+    """Class maps of ``images`` for ``targets``, shape ``(B, K, H, W)``, float32, raw.
+
+    Args:
+        model: any classifier (or any model, with score-function targets).
+        images: ``(B, C, H, W)`` preprocessed input; never modified.
+        targets: see :mod:`loupe.targets`; ``None`` explains the top-1 class.
+        method: a name from :func:`loupe.list_methods`.
+        target_layer: module name for layer methods (``"layer4"``); found automatically if None.
+        reshape: turns the layer's output into ``(B, C, h, w)``; the default drops class
+            tokens of ViTs and reshapes the rest to a square grid.
+        upsample: bilinear upsampling to ``(H, W)``; False returns the method's own resolution.
+        autocast: run the model under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
+        options: method options (see each method's docstring).
+
+    Returns:
+        Raw maps (not normalised; see :func:`normalize`) on the images' device. Model mode,
+        parameter ``requires_grad`` flags and hooks are as before the call, also on error.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a 4D tensor (B, C, H, W), got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point, got {images.dtype}")
+    spec = get_method(method)
+    layer = None
+    if spec.uses_layer:
+        layer = target_layer or find_target_layer(model, images)
+    resolved = resolve_targets(targets, images.shape[0], images.device)
+    amp = (
+        torch.autocast(images.device.type, dtype=_autocast_dtype(images.device))
+        if autocast
+        else nullcontext()
+    )
+    with hooked(model, [layer] if layer else []) as captured, amp:
+        context = MapContext(
+            model, images.detach(), resolved, layer, captured, reshape or tokens_to_grid
+        )
+        maps = spec.function(context, **options)
+    maps = maps.float()
+    if upsample and maps.shape[-2:] != images.shape[-2:]:
+        maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return maps
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def normalize(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-map min-max normalisation of ``(..., H, W)`` maps to [0, 1]; constant maps -> 0."""
+    flat = maps.flatten(-2)
+    low = flat.min(-1, keepdim=True).values
+    high = flat.max(-1, keepdim=True).values
+    scaled = (flat - low) / (high - low).clamp(min=eps)
+    return scaled.where(high - low > eps, torch.zeros_like(scaled)).view_as(maps)

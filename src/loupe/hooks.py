@@ -1,0 +1,65 @@
+"""The one hook context manager: capture activations on named layers, restore everything after."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from loupe.layers import find_module
+
+
+class Captured(dict[str, torch.Tensor]):
+    """Layer name -> the activation that layer produced in the last forward (a leaf that
+    requires grad when ``leaf=True``, so ``torch.autograd.grad`` can reach it)."""
+
+
+@contextmanager
+def hooked(
+    model: nn.Module, layers: Sequence[str] = (), *, leaf: bool = True
+) -> Iterator[Captured]:
+    """Prepare ``model`` for explanation and capture the outputs of ``layers``.
+
+    Inside the block the model is in eval mode and none of its parameters requires grad
+    (so no weight gradient is ever computed or accumulated). With ``leaf=True`` each captured
+    output is replaced by a detached copy that requires grad: the graph starts at that layer,
+    and nothing before it is recorded. Token outputs ``(B, N, C)`` are captured as they are.
+    On exit, in ``finally``: hooks removed, ``training`` and every ``requires_grad`` flag
+    restored, also when the forward raised.
+    """
+    modules = {name: find_module(model, name) for name in layers}
+    training = {m: m.training for m in model.modules()}
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    captured = Captured()
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs: object, output: object) -> object:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(
+                    f"layer {name!r} returns {type(output).__name__}, not a tensor; "
+                    "choose a layer whose output is a feature map"
+                )
+            if leaf and torch.is_grad_enabled():
+                output = output.detach().requires_grad_(True)
+            captured[name] = output
+            return output
+
+        return hook
+
+    try:
+        model.eval()
+        for p, _ in grad_flags:
+            p.requires_grad_(False)
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
+        for m, mode in training.items():
+            m.training = mode

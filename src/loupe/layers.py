@@ -1,0 +1,106 @@
+"""Finding layers: by name, automatically, and turning token outputs into spatial grids."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+Reshape = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LayerError(ValueError):
+    """A layer name that does not exist, or a layer loupe cannot use."""
+
+
+def find_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (``"layer4"``, ``"features.18"``), or a LayerError that
+    names the closest existing layers."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise LayerError(f"layer {name!r} does not exist in {type(model).__name__}{hint}")
+
+
+def _output_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[str, torch.Size]]:
+    """(name, output shape) of every module, in the order the outputs were produced."""
+    fired: list[tuple[str, torch.Size]] = []
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            if isinstance(output, torch.Tensor):
+                fired.append((name, output.shape))
+
+        return hook
+
+    training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, mode in training.items():
+            m.training = mode
+    return fired
+
+
+def _is_grid(shape: torch.Size) -> bool:
+    return len(shape) == 4 and shape[2] * shape[3] > 1
+
+
+def _is_tokens(shape: torch.Size) -> bool:
+    return len(shape) == 3 and shape[1] >= 4 and math.isqrt(shape[1]) ** 2 >= shape[1] - 8
+
+
+def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
+    """The default target layer of ``model``, found with one forward of ``example[:1]``.
+
+    CNNs: the last module whose output is a spatial map ``(B, C, h, w)`` with ``h*w > 1``
+    (``layer4`` of a ResNet, ``features`` of MobileNet/EfficientNet/ConvNeXt/DenseNet).
+    Transformers (token outputs ``(B, N, C)`` after the last spatial map): the first norm of the
+    last block (``ln_1`` in torchvision ViT, ``norm1`` in timm), as pytorch-grad-cam advises,
+    because after the last block only the class token reaches the head.
+    """
+    fired = _output_shapes(model, example)
+    last_grid = max((i for i, (_, s) in enumerate(fired) if _is_grid(s)), default=-1)
+    tokens = [
+        (i, name)
+        for i, (name, s) in enumerate(fired)
+        if i > last_grid and _is_tokens(s) and name.rsplit(".", 1)[-1] in ("ln_1", "norm1")
+    ]
+    if tokens:
+        return tokens[-1][1]
+    if last_grid >= 0:
+        return fired[last_grid][0]
+    raise LayerError(
+        f"no layer of {type(model).__name__} produces a spatial map (B, C, h, w) or a token "
+        "grid (B, N, C); name one with target_layer="
+    )
+
+
+def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """Default reshape of transformer tokens ``(B, N, C)`` to ``(B, C, h, w)``.
+
+    The largest square number ``h*w <= N`` of tokens is taken from the end; the leading
+    ``N - h*w`` tokens (class and distillation tokens) are dropped. Works for torchvision
+    ``vit_b_16`` and timm ViTs/DeiTs. A 4D tensor is returned unchanged.
+    """
+    if tokens.dim() == 4:
+        return tokens
+    if tokens.dim() != 3:
+        raise LayerError(f"cannot reshape a {tokens.dim()}D activation to a grid")
+    b, n, c = tokens.shape
+    side = math.isqrt(n)
+    grid = tokens[:, n - side * side :, :]
+    return grid.transpose(1, 2).reshape(b, c, side, side)

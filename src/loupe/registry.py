@@ -1,0 +1,80 @@
+"""The method registry: methods register under a short name; the CLI, docs and tests read it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+
+# A map method: (model, images, targets, context) -> raw maps (B, K, h, w) at any resolution.
+MapFunction = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the registry knows about one method.
+
+    name: the short name used by ``explain(method=...)`` and the CLI.
+    function: computes raw maps ``(B, K, h, w)``; ``explain`` upsamples them.
+    uses_layer: True when the method reads activations of a target layer (CAM family).
+    stochastic: True when the method takes a ``seed``/``generator``.
+    paper: the reference, one line.
+    """
+
+    name: str
+    function: MapFunction
+    uses_layer: bool
+    stochastic: bool
+    paper: str
+
+
+class _Registry:
+    """Name -> MethodSpec. One instance lives in this module; it is only written at import time."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, MethodSpec] = {}
+
+    def add(self, spec: MethodSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"method {spec.name!r} is registered twice")
+        self._specs[spec.name] = spec
+
+    def view(self) -> Mapping[str, MethodSpec]:
+        return MappingProxyType(self._specs)
+
+
+_REGISTRY = _Registry()
+
+
+def register(
+    name: str, *, uses_layer: bool, stochastic: bool = False, paper: str
+) -> Callable[[MapFunction], MapFunction]:
+    """Decorator: register a map function under ``name``."""
+
+    def decorate(function: MapFunction) -> MapFunction:
+        _REGISTRY.add(MethodSpec(name, function, uses_layer, stochastic, paper))
+        return function
+
+    return decorate
+
+
+def _load_builtin_methods() -> None:
+    # Importing the package registers every built-in method exactly once.
+    import loupe.methods  # noqa: F401
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods, sorted."""
+    _load_builtin_methods()
+    return sorted(_REGISTRY.view())
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec registered under ``name``; a ValueError listing the choices otherwise."""
+    _load_builtin_methods()
+    specs = _REGISTRY.view()
+    if name not in specs:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(specs))}")
+    return specs[name]
