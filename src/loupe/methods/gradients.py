@@ -1,1 +1,394 @@
-"""Placeholder: filled in by its own work item."""
+"""Gradient attributions on the input pixels: saliency, gradient x input, SmoothGrad and
+Integrated Gradients.
+
+Every method differentiates the K target scores of each image with respect to the image
+(one forward of a batch of copies, one batched backward for all K targets, see
+:func:`loupe._autograd.grads_per_target`) and reduces the colour channels of the result, so
+maps are ``(B, K, H, W)`` at the input's resolution, on the input's device. The functional
+core (``*_maps`` functions) takes a model, images ``(B, C, H, W)`` and :class:`Targets`; the
+registered functions only read options and call it.
+
+Copies of the images (noisy samples, points on the integration path) are laid out as rows
+``r = image * n + copy`` and go through the model ``chunk_size`` rows at a time, whatever
+image they belong to; results are accumulated per image in copy order, so maps do not depend
+on the batch size or the chunk size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from numbers import Real
+
+import numpy as np
+import torch
+from torch import nn
+
+from loupe._autograd import grads_per_target
+from loupe.api import MapContext
+from loupe.registry import register
+from loupe.targets import Targets
+
+REDUCTIONS = ("abs-max", "abs-sum", "l2", "sum")
+RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+
+
+def reduce_channels(attributions: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Per-pixel maps ``(..., H, W)`` from channel attributions ``(..., C, H, W)``.
+
+    ``"abs-max"``: ``max_c |a_c|`` (Simonyan et al.); ``"abs-sum"``: ``sum_c |a_c|``;
+    ``"l2"``: ``sqrt(sum_c a_c^2)``; ``"sum"``: ``sum_c a_c`` (signed).
+    """
+    _check_reduce(reduce)
+    if reduce == "abs-max":
+        return attributions.abs().amax(-3)
+    if reduce == "abs-sum":
+        return attributions.abs().sum(-3)
+    if reduce == "l2":
+        return attributions.pow(2).sum(-3).sqrt()
+    return attributions.sum(-3)
+
+
+def _check_reduce(reduce: object) -> None:
+    if not isinstance(reduce, str) or reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {reduce!r}")
+
+
+def input_gradients(model: nn.Module, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """``d S_k / d x`` of every target k for ``inputs`` ``(R, C, H, W)``, as ``(K, R, C, H, W)``.
+
+    One forward, one batched backward. ``targets`` are bound on this forward's output (top-1
+    classes come from it, given classes are range-checked). ``inputs`` is not modified.
+    """
+    with torch.enable_grad():
+        leaf = inputs.detach().requires_grad_(True)
+        output = model(leaf)
+        bound = targets.bind(output)
+        return grads_per_target(bound.scores(output), leaf).detach()
+
+
+def _check_count(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _targets_of_rows(targets: Targets, image_of_row: torch.Tensor) -> Targets:
+    """The targets of copies whose image indices are ``image_of_row`` ``(R,)``."""
+    if targets.classes is None:
+        return replace(targets, batch_size=len(image_of_row))
+    classes = targets.classes.to(image_of_row.device)[image_of_row]
+    return replace(targets, batch_size=len(image_of_row), classes=classes)
+
+
+def _chunks(total: int, chunk_size: int, device: torch.device) -> list[torch.Tensor]:
+    rows = torch.arange(total, device=device)
+    return list(rows.split(chunk_size))
+
+
+# --- saliency and gradient x input ---------------------------------------------------------
+
+
+def saliency_maps(
+    model: nn.Module, images: torch.Tensor, targets: Targets, reduce: str = "abs-max"
+) -> torch.Tensor:
+    """Saliency maps ``(B, K, H, W)``: ``reduce_c(dS_k/dx_c)``, by default ``max_c |dS_k/dx_c|``."""
+    _check_reduce(reduce)
+    grads = input_gradients(model, images, targets)
+    return reduce_channels(grads, reduce).transpose(0, 1)
+
+
+def gradient_x_input_maps(
+    model: nn.Module, images: torch.Tensor, targets: Targets, reduce: str = "sum"
+) -> torch.Tensor:
+    """Gradient x input maps ``(B, K, H, W)``: ``reduce_c(x_c * dS_k/dx_c)``, by default the
+    signed sum over channels."""
+    _check_reduce(reduce)
+    grads = input_gradients(model, images, targets)
+    return reduce_channels(grads * images[None], reduce).transpose(0, 1)
+
+
+@register(
+    "saliency", uses_layer=False,
+    paper="Simonyan et al., Deep Inside Convolutional Networks, ICLR Workshop 2014",
+)
+def saliency(ctx: MapContext, *, reduce: str = "abs-max") -> torch.Tensor:
+    """Gradient saliency: ``M_k = max_c |dS_k / dx_c|`` (Simonyan et al. 2014).
+
+    Options: ``reduce`` (``"abs-max"`` as in the paper, ``"abs-sum"``, ``"l2"``, ``"sum"``).
+    Returns ``(B, K, H, W)``.
+    """
+    return saliency_maps(ctx.model, ctx.images, ctx.targets, reduce)
+
+
+@register(
+    "gradxinput", uses_layer=False,
+    paper="Shrikumar et al., Not Just a Black Box, arXiv 1605.01713, 2016",
+)
+def gradxinput(ctx: MapContext, *, reduce: str = "sum") -> torch.Tensor:
+    """Gradient x input: ``M_k = sum_c x_c * dS_k / dx_c`` (Shrikumar et al. 2016).
+
+    Options: ``reduce`` (``"sum"`` by default; ``"abs-max"``, ``"abs-sum"``, ``"l2"``).
+    Returns ``(B, K, H, W)``.
+    """
+    return gradient_x_input_maps(ctx.model, ctx.images, ctx.targets, reduce)
+
+
+# --- SmoothGrad ------------------------------------------------------------------------------
+
+
+def standard_noise(
+    n_samples: int,
+    image_shape: tuple[int, ...] | torch.Size,
+    *,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """One standard normal draw ``(n_samples, C, H, W)``, shared by every image of a batch.
+
+    Drawn with ``generator`` if given (on its device), else with a fresh generator seeded with
+    ``seed`` on ``device``: ``torch.randn((n, C, H, W), generator=torch.Generator(device)
+    .manual_seed(seed))``. Sharing one draw (common random numbers) makes an image's map
+    independent of the other images in its batch.
+    """
+    shape = (n_samples, *tuple(image_shape))
+    if generator is None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int (or pass generator=), got {seed!r}")
+        generator = torch.Generator(device=device).manual_seed(seed)
+    elif not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    noise = torch.randn(shape, generator=generator, device=generator.device)
+    return noise.to(device=device, dtype=dtype)
+
+
+def noise_scales(
+    images: torch.Tensor, noise_level: float = 0.15, stdev: float | None = None
+) -> torch.Tensor:
+    """``(B,)`` noise standard deviations: ``stdev`` for every image if given, otherwise
+    ``noise_level * (max(x) - min(x))`` of each image, as in the SmoothGrad paper."""
+    if stdev is not None:
+        if not isinstance(stdev, Real) or not math.isfinite(stdev) or stdev < 0:
+            raise ValueError(f"stdev must be a finite number >= 0, got {stdev!r}")
+        return images.new_full((images.shape[0],), float(stdev))
+    if not isinstance(noise_level, Real) or not math.isfinite(noise_level) or noise_level < 0:
+        raise ValueError(f"noise_level must be a finite number >= 0, got {noise_level!r}")
+    flat = images.flatten(1)
+    return noise_level * (flat.amax(1) - flat.amin(1))
+
+
+def smoothgrad_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: Targets,
+    noise: torch.Tensor,
+    sigma: torch.Tensor,
+    *,
+    reduce: str = "abs-max",
+    chunk_size: int = 32,
+) -> torch.Tensor:
+    """SmoothGrad maps ``(B, K, H, W)``: ``1/N sum_s reduce_c(dS_k/dx_c at x + sigma_b z_s)``.
+
+    Args:
+        images: ``(B, C, H, W)``.
+        targets: bound or unbound targets of the B images (top-1 is taken on the clean images).
+        noise: ``(N, C, H, W)`` standard normal samples ``z_s``, the same for every image.
+        sigma: ``(B,)`` noise standard deviation of each image.
+        reduce: channel reduction of each sample's gradient (see :func:`reduce_channels`).
+        chunk_size: noisy copies (of any images) per forward.
+    """
+    _check_reduce(reduce)
+    _check_count("chunk_size", chunk_size)
+    n = noise.shape[0]
+    if noise.shape[1:] != images.shape[1:] or sigma.shape != images.shape[:1]:
+        raise ValueError(
+            f"noise {tuple(noise.shape)} and sigma {tuple(sigma.shape)} do not fit images "
+            f"{tuple(images.shape)}"
+        )
+    targets = _bound_on_clean(model, images, targets)
+    total = images.new_zeros((images.shape[0], targets.count, *images.shape[2:]))
+    for rows in _chunks(images.shape[0] * n, chunk_size, images.device):
+        image_of_row, sample = rows // n, rows % n
+        noisy = torch.addcmul(images[image_of_row], sigma[image_of_row, None, None, None],
+                              noise[sample])
+        grads = input_gradients(model, noisy, _targets_of_rows(targets, image_of_row))
+        total.index_add_(0, image_of_row, reduce_channels(grads, reduce).transpose(0, 1))
+    return total / n
+
+
+def _bound_on_clean(model: nn.Module, images: torch.Tensor, targets: Targets) -> Targets:
+    """Targets whose top-1 classes (if requested) come from the clean images."""
+    if targets.bound:
+        return targets
+    return targets.ensure_bound(model, images)
+
+
+@register(
+    "smoothgrad", uses_layer=False, stochastic=True,
+    paper="Smilkov et al., SmoothGrad: removing noise by adding noise, arXiv 1706.03825, 2017",
+)
+def smoothgrad(
+    ctx: MapContext,
+    *,
+    n_samples: int = 32,
+    noise_level: float = 0.15,
+    stdev: float | None = None,
+    reduce: str = "abs-max",
+    chunk_size: int = 32,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SmoothGrad: ``M_k(x) = 1/n sum_s M'_k(x + N(0, sigma^2))`` with ``M'`` the saliency map
+    (Smilkov et al. 2017).
+
+    Options: ``n_samples`` (n, 32); ``noise_level`` (0.15: ``sigma = noise_level * (max(x) -
+    min(x))`` per image, the paper's parametrisation) or an absolute ``stdev``; ``reduce`` of
+    each sample's gradient (``"abs-max"``, see :func:`saliency`); ``chunk_size`` (32 noisy
+    copies per forward); ``seed`` (0) or a ``generator`` (used instead of the seed). One noise
+    tensor ``(n, C, H, W)`` is drawn and shared by all images, so the same seed gives the same
+    maps for any batch size and chunk size. Returns ``(B, K, H, W)``.
+    """
+    _check_count("n_samples", n_samples)
+    images = ctx.images
+    sigma = noise_scales(images, noise_level, stdev)
+    noise = standard_noise(
+        n_samples, images.shape[1:], seed=seed, generator=generator,
+        device=images.device, dtype=images.dtype,
+    )
+    return smoothgrad_maps(
+        ctx.model, images, ctx.targets, noise, sigma, reduce=reduce, chunk_size=chunk_size
+    )
+
+
+# --- Integrated Gradients --------------------------------------------------------------------
+
+
+def quadrature(
+    rule: str, steps: int, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes ``alpha`` in [0, 1] and weights ``w``, both ``(steps,)``, of the rule
+    ``int_0^1 f(a) da ~ sum_i w_i f(alpha_i)``.
+
+    ``gausslegendre``: Gauss-Legendre nodes mapped to [0, 1] (exact for polynomials of degree
+    ``2 steps - 1``); ``riemann_left/right/middle``: ``alpha = (i + 0/1/0.5) / steps``,
+    ``w = 1 / steps``; ``riemann_trapezoid``: ``alpha = i / (steps - 1)``, ``w = 1 / (steps -
+    1)`` halved at both ends (weights sum to 1; captum's ``riemann_trapezoid`` uses ``1 /
+    steps``, whose weights sum to ``(steps - 1) / steps``).
+    """
+    _check_count("steps", steps, 2 if rule == "riemann_trapezoid" else 1)
+    i = torch.arange(steps, dtype=torch.float64)
+    if rule == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        alphas = 0.5 * (1 + torch.from_numpy(nodes))
+        step_weights = 0.5 * torch.from_numpy(weights)
+    elif rule == "riemann_trapezoid":
+        alphas = i / (steps - 1)
+        step_weights = torch.full((steps,), 1 / (steps - 1), dtype=torch.float64)
+        step_weights[[0, -1]] /= 2
+    elif rule in ("riemann_left", "riemann_right", "riemann_middle"):
+        shift = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[rule]
+        alphas = (i + shift) / steps
+        step_weights = torch.full((steps,), 1 / steps, dtype=torch.float64)
+    else:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
+    return alphas.to(device=device, dtype=dtype), step_weights.to(device=device, dtype=dtype)
+
+
+def baselines_for(images: torch.Tensor, baseline: object = None) -> torch.Tensor:
+    """The baseline of each image, ``(B, C, H, W)``.
+
+    ``None`` or ``0``: black (zeros); a number: that constant; ``"mean"``: each image's mean
+    colour (per channel); a tensor broadcastable to ``images`` (``(C, 1, 1)``, ``(C, H, W)``,
+    ``(B, C, H, W)``).
+    """
+    if baseline is None:
+        return torch.zeros_like(images)
+    if isinstance(baseline, str):
+        if baseline == "mean":
+            return images.mean((2, 3), keepdim=True).expand_as(images)
+        raise ValueError(f"baseline must be 'mean', a number or a tensor; got {baseline!r}")
+    if isinstance(baseline, Real) and not isinstance(baseline, bool):
+        return torch.full_like(images, float(baseline))
+    if isinstance(baseline, torch.Tensor):
+        try:
+            return baseline.detach().to(device=images.device, dtype=images.dtype).expand_as(images)
+        except RuntimeError:
+            raise ValueError(
+                f"baseline of shape {tuple(baseline.shape)} does not broadcast to the images' "
+                f"shape {tuple(images.shape)}"
+            ) from None
+    raise ValueError(
+        f"baseline must be 'mean', a number or a tensor; got {type(baseline).__name__}"
+    )
+
+
+def integrated_gradients_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: Targets,
+    baselines: torch.Tensor,
+    alphas: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    reduce: str = "sum",
+    chunk_size: int = 32,
+) -> torch.Tensor:
+    """Integrated Gradients maps ``(B, K, H, W)``:
+    ``reduce_c((x - x')_c * sum_i w_i dS_k/dx_c at x' + alpha_i (x - x'))``.
+
+    Args:
+        images, baselines: ``(B, C, H, W)`` inputs ``x`` and baselines ``x'``.
+        alphas, weights: ``(S,)`` quadrature nodes and weights (see :func:`quadrature`).
+        reduce: channel reduction of the attributions; ``"sum"`` keeps completeness
+            (each map sums to about ``S_k(x) - S_k(x')``).
+        chunk_size: path points (of any images) per forward.
+    """
+    _check_reduce(reduce)
+    _check_count("chunk_size", chunk_size)
+    steps = alphas.shape[0]
+    targets = _bound_on_clean(model, images, targets)
+    delta = images - baselines
+    total = images.new_zeros((images.shape[0], targets.count, *images.shape[1:]))
+    for rows in _chunks(images.shape[0] * steps, chunk_size, images.device):
+        image_of_row, step = rows // steps, rows % steps
+        path = torch.addcmul(baselines[image_of_row], alphas[step, None, None, None],
+                             delta[image_of_row])
+        grads = input_gradients(model, path, _targets_of_rows(targets, image_of_row))
+        weighted = grads * weights[step, None, None, None]
+        total.index_add_(0, image_of_row, weighted.transpose(0, 1))
+    return reduce_channels(total * delta[:, None], reduce)
+
+
+@register(
+    "integrated-gradients", uses_layer=False,
+    paper="Sundararajan et al., Axiomatic Attribution for Deep Networks, ICML 2017",
+)
+def integrated_gradients(
+    ctx: MapContext,
+    *,
+    baseline: object = None,
+    steps: int = 32,
+    rule: str = "gausslegendre",
+    reduce: str = "sum",
+    chunk_size: int = 32,
+) -> torch.Tensor:
+    """Integrated Gradients: ``IG_c(x) = (x_c - x'_c) int_0^1 dS/dx_c(x' + a (x - x')) da``,
+    summed over channels (Sundararajan et al. 2017).
+
+    Options: ``baseline`` (None = zeros, a number, ``"mean"``, or a tensor, see
+    :func:`baselines_for`); ``steps`` (32) and ``rule`` (``"gausslegendre"`` as captum's
+    default, ``"riemann_trapezoid"``, ``"riemann_left"``, ``"riemann_right"``,
+    ``"riemann_middle"``) of the path integral; ``reduce`` (``"sum"``, which keeps
+    completeness: each map sums to ``S_k(x) - S_k(x')`` up to the quadrature error);
+    ``chunk_size`` (32 path points per forward). Returns ``(B, K, H, W)``.
+    """
+    images = ctx.images
+    if not isinstance(rule, str) or rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
+    alphas, weights = quadrature(rule, steps, device=images.device, dtype=images.dtype)
+    return integrated_gradients_maps(
+        ctx.model, images, ctx.targets, baselines_for(images, baseline), alphas, weights,
+        reduce=reduce, chunk_size=chunk_size,
+    )

@@ -1,0 +1,433 @@
+"""Images per second of loupe's methods against pytorch-grad-cam, captum and torchcam.
+
+One run, one model (torchvision ``resnet50``, random weights, eval), one seeded input at
+224x224 and one seeded target class per image, shared by every implementation; the same target
+layer (``layer4``) for every layer method; every implementation returns maps at the input's
+resolution (peers that stop at the layer's resolution are upsampled bilinearly, as
+``loupe.explain`` does). Each implementation is warmed up with one call before it is timed,
+then timed over ``--repeats`` calls (median). Slow methods (Score-CAM, SmoothGrad-32, IG-32,
+shuffle-32) are timed with one call, and on at most ``--slow-batch`` images (the batch
+column shows the batch actually timed), so the whole script ends in reasonable time.
+
+Peers run as their documentation shows (batched input with one target per image; models with
+trainable parameters, so pytorch-grad-cam's ``loss.backward()`` also computes weight
+gradients); ``--frozen-params`` instead freezes the parameters for everyone and gives the
+peers an input that requires grad. Chunked methods get the same number of rows per forward
+(``--chunk``): loupe ``chunk_size``, captum ``internal_batch_size`` /
+``nt_samples_batch_size``, grad-cam ``ScoreCAM.batch_size``, torchcam ``batch_size``.
+
+    python bench/speed.py --quick                 # smoke run: resnet18 at 64x64
+    python bench/speed.py --device cuda --out bench/speed.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import loupe
+from loupe.io import atomic_path
+from loupe.models import random_model
+
+MapFn = Callable[[torch.Tensor, torch.Tensor], object]  # (images, classes (B,)) -> maps
+PeerFactory = Callable[["Setup"], contextlib.AbstractContextManager[MapFn]]
+PEERS = ("grad-cam", "captum", "torchcam")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every implementation shares."""
+
+    model: nn.Module
+    layer: str
+    size: int
+    chunk: int
+    samples: int  # T for SmoothGrad / IG / shuffle
+
+
+@dataclass(frozen=True)
+class Case:
+    """One table row family: a loupe method, its options, and the peers that implement it."""
+
+    method: str
+    options: Callable[[Setup], dict[str, object]]
+    peers: dict[str, PeerFactory] = field(default_factory=dict)
+    slow: bool = False
+
+
+# -- peers -----------------------------------------------------------------------------------
+
+def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, h, w)`` or ``(B, 1, h, w)`` -> ``(B, size, size)``, bilinear like loupe."""
+    maps = maps if maps.dim() == 4 else maps[:, None]
+    return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def grad_cam(class_name: str) -> PeerFactory:
+    @contextlib.contextmanager
+    def factory(s: Setup) -> Iterator[MapFn]:
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        cls = getattr(pytorch_grad_cam, class_name)
+        layer = dict(s.model.named_modules())[s.layer]
+        with cls(model=s.model, target_layers=[layer]) as cam:
+            if class_name == "ScoreCAM":
+                cam.batch_size = s.chunk
+
+            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
+                targets = [ClassifierOutputTarget(int(c)) for c in classes]
+                with contextlib.redirect_stderr(io.StringIO()):  # ScoreCAM's tqdm bars
+                    return cam(input_tensor=x, targets=targets)
+
+            yield run
+
+    return factory
+
+
+def torchcam(class_name: str) -> PeerFactory:
+    @contextlib.contextmanager
+    def factory(s: Setup) -> Iterator[MapFn]:
+        import torchcam.methods
+
+        cls = getattr(torchcam.methods, class_name)
+        kwargs: dict[str, object] = {"input_shape": (3, s.size, s.size)}
+        if class_name == "ScoreCAM":
+            kwargs["batch_size"] = s.chunk
+        no_grad = class_name in ("CAM", "ScoreCAM")  # they need no gradient of the forward
+        with cls(s.model, target_layer=s.layer, **kwargs) as extractor:
+
+            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
+                with torch.no_grad() if no_grad else contextlib.nullcontext():
+                    scores = s.model(x)
+                cams = extractor(class_idx=classes.tolist(), scores=scores)
+                return upsample(cams[0], s.size)
+
+            yield run
+
+    return factory
+
+
+def captum(kind: str) -> PeerFactory:
+    @contextlib.contextmanager
+    def factory(s: Setup) -> Iterator[MapFn]:
+        from captum.attr import (
+            InputXGradient,
+            IntegratedGradients,
+            LayerAttribution,
+            LayerGradCam,
+            NoiseTunnel,
+            Saliency,
+        )
+
+        model = s.model
+        if kind == "LayerGradCam":
+            method = LayerGradCam(model, dict(model.named_modules())[s.layer])
+
+            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
+                attr = method.attribute(x, target=classes, relu_attributions=True)
+                return LayerAttribution.interpolate(attr, (s.size, s.size), "bilinear")[:, 0]
+        elif kind == "Saliency":
+            method = Saliency(model)
+
+            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
+                return method.attribute(x, target=classes, abs=True).amax(1)
+        elif kind == "InputXGradient":
+            method = InputXGradient(model)
+
+            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
+                return method.attribute(x, target=classes).sum(1)
+        elif kind == "IntegratedGradients":
+            method = IntegratedGradients(model)
+
+            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
+                return method.attribute(
+                    x, target=classes, n_steps=s.samples, method="gausslegendre",
+                    internal_batch_size=s.chunk,
+                ).sum(1)
+        elif kind == "NoiseTunnel":
+            method = NoiseTunnel(Saliency(model))
+
+            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
+                # captum takes one stdev per input tensor: the batch mean of loupe's per-image
+                # 0.15 * (max - min); the same number of forwards either way.
+                stdev = float(0.15 * (x.amax((1, 2, 3)) - x.amin((1, 2, 3))).mean())
+                return method.attribute(
+                    x, nt_type="smoothgrad", nt_samples=s.samples, stdevs=stdev,
+                    nt_samples_batch_size=max(1, s.chunk // x.shape[0]), target=classes, abs=True,
+                ).amax(1)
+        else:
+            raise ValueError(kind)
+        yield run
+
+    return factory
+
+
+def chunked(s: Setup) -> dict[str, object]:
+    return {"chunk_size": s.chunk}
+
+
+CASES = [
+    Case("cam", lambda s: {}, {"torchcam": torchcam("CAM")}),
+    Case("gradcam", lambda s: {}, {"grad-cam": grad_cam("GradCAM"),
+                                   "captum": captum("LayerGradCam"),
+                                   "torchcam": torchcam("GradCAM")}),
+    Case("gradcam++", lambda s: {}, {"grad-cam": grad_cam("GradCAMPlusPlus"),
+                                     "torchcam": torchcam("GradCAMpp")}),
+    Case("xgradcam", lambda s: {}, {"grad-cam": grad_cam("XGradCAM"),
+                                    "torchcam": torchcam("XGradCAM")}),
+    Case("layercam", lambda s: {}, {"grad-cam": grad_cam("LayerCAM"),
+                                    "torchcam": torchcam("LayerCAM")}),
+    Case("hirescam", lambda s: {}, {"grad-cam": grad_cam("HiResCAM")}),
+    Case("saliency", lambda s: {}, {"captum": captum("Saliency")}),
+    Case("gradxinput", lambda s: {}, {"captum": captum("InputXGradient")}),
+    Case("scorecam", chunked, {"grad-cam": grad_cam("ScoreCAM"),
+                               "torchcam": torchcam("ScoreCAM")}, slow=True),
+    Case("integrated-gradients", lambda s: {"steps": s.samples, **chunked(s)},
+         {"captum": captum("IntegratedGradients")}, slow=True),
+    Case("smoothgrad", lambda s: {"n_samples": s.samples, **chunked(s)},
+         {"captum": captum("NoiseTunnel")}, slow=True),
+    Case("shuffle", lambda s: {"n_shuffles": s.samples, **chunked(s)},
+         {"captum": captum("NoiseTunnel")}, slow=True),
+]
+
+
+# -- timing ----------------------------------------------------------------------------------
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: bool,
+                     device: torch.device) -> float:
+    """Median wall time of ``repeats`` calls, after one untimed call when ``warmup``."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def model_rows(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batches: list[int],
+               repeats: int, device: torch.device) -> list[str]:
+    """Forward (no grad) and forward + backward to the input (parameters frozen) img/s."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    rows = []
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        for b in batches:
+            xb, cb = x[:b], classes[:b]
+
+            def forward() -> object:
+                with torch.no_grad():
+                    return model(xb)
+
+            def backward() -> object:
+                inputs = xb.detach().requires_grad_(True)
+                score = model(inputs).gather(1, cb[:, None]).sum()
+                return torch.autograd.grad(score, inputs)[0]
+
+            fwd = seconds_per_call(forward, repeats, True, device)
+            bwd = seconds_per_call(backward, repeats, True, device)
+            rows.append(f"| {b} | {rate(b / fwd)} | {rate(b / bwd)} |")
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return rows
+
+
+def rate(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, batch: int,
+            args: argparse.Namespace, device: torch.device, notes: list[str]) -> str:
+    """One Markdown row: loupe and each peer at ``batch`` images."""
+    slow = case.slow
+    b = min(batch, args.slow_batch) if slow else batch
+    repeats = 1 if slow else args.repeats
+    xb, cb = x[:b], classes[:b]
+    spec = loupe.get_method(case.method)
+    options = case.options(setup)
+    layer = setup.layer if spec.uses_layer else None
+
+    def loupe_call() -> object:
+        return loupe.explain(setup.model, xb, cb, method=case.method, target_layer=layer,
+                             **options)
+
+    results: dict[str, float | None] = {}
+    failed: set[str] = set()
+    results["loupe"] = timed(lambda: loupe_call, repeats, not slow, device, "loupe", case, notes)
+    peer_input = xb.detach().requires_grad_(True) if args.frozen_params else xb
+    for peer in PEERS:
+        factory = case.peers.get(peer)
+        if factory is None:
+            results[peer] = None
+            continue
+        try:
+            with factory(setup) as run:
+                results[peer] = timed(lambda run=run: (lambda: run(peer_input, cb)), repeats,
+                                      not slow, device, peer, case, notes)
+        except Exception as error:  # a peer that cannot run is reported, not fatal
+            results[peer] = None
+            failed.add(peer)
+            notes.append(f"{peer} {case.method} failed: {type(error).__name__}: {error}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    ips = {k: (b / v if v else None) for k, v in results.items()}
+    peers = [v for k, v in ips.items() if k != "loupe" and v]
+    ratio = f"{ips['loupe'] / max(peers):.2f}×" if peers and ips["loupe"] else "—"
+    shown = f"{b}" if b == batch else f"{b} (of {batch})"
+    marker = "*" if slow else ""
+    cells = ["failed" if k in failed else rate(ips[k]) for k in ("loupe", *PEERS)]
+    return f"| {case.method}{marker} | {shown} | " + " | ".join(cells) + f" | {ratio} |"
+
+
+def timed(make: Callable[[], Callable[[], object]], repeats: int, warmup: bool,
+          device: torch.device, who: str, case: Case, notes: list[str]) -> float | None:
+    try:
+        return seconds_per_call(make(), repeats, warmup, device)
+    except torch.cuda.OutOfMemoryError as error:
+        torch.cuda.empty_cache()
+        notes.append(f"{who} {case.method}: out of memory ({str(error).splitlines()[0]})")
+        return None
+
+
+# -- main ------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    names = [c.method for c in CASES]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-sizes", type=int, nargs="+")
+    p.add_argument("--methods", nargs="+", choices=names, help="default: all")
+    p.add_argument("--repeats", type=int, help="timed calls per fast method (default 5)")
+    p.add_argument("--quick", action="store_true", help="smoke run: resnet18 at 64x64")
+    p.add_argument("--model", help="torchvision model (default resnet50; resnet18 with --quick)")
+    p.add_argument("--size", type=int, help="input side (default 224; 64 with --quick)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    p.add_argument("--chunk", type=int, help="rows per forward of chunked methods "
+                   "(default 64; 16 with --quick)")
+    p.add_argument("--samples", type=int, default=32, help="T of SmoothGrad / IG / shuffle")
+    p.add_argument("--slow-batch", type=int, help="most images timed for slow methods "
+                   "(default: 16 on CUDA, 1 on CPU, 4 with --quick)")
+    p.add_argument("--frozen-params", action="store_true",
+                   help="freeze parameters for every implementation (see the module docstring)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="also write the Markdown here")
+    args = p.parse_args(argv)
+    args.model = args.model or ("resnet18" if args.quick else "resnet50")
+    args.size = args.size or (64 if args.quick else 224)
+    args.batch_sizes = args.batch_sizes or ([1, 4] if args.quick else [1, 16])
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.chunk = args.chunk or (16 if args.quick else 64)
+    if args.slow_batch is None:
+        args.slow_batch = 4 if args.quick else 16 if args.device.startswith("cuda") else 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    registered = set(loupe.list_methods())
+    cases = [c for c in CASES if (args.methods is None or c.method in args.methods)
+             and c.method in registered]
+    skipped = [c.method for c in CASES if c.method not in registered
+               and (args.methods is None or c.method in args.methods)]
+
+    model = random_model(args.model, seed=args.seed).to(device)
+    if args.frozen_params:
+        model.requires_grad_(False)
+    setup = Setup(model, "layer4", args.size, args.chunk, args.samples)
+    g = torch.Generator().manual_seed(args.seed)
+    biggest = max(args.batch_sizes)
+    x = torch.randn(biggest, 3, args.size, args.size, generator=g).to(device)
+    classes = torch.randint(0, 1000, (biggest,), generator=g).to(device)
+
+    # warm the model up at every batch size and at the chunk size before anything is timed
+    with torch.no_grad():
+        for b in {*args.batch_sizes, args.chunk}:
+            model(torch.randn(b, 3, args.size, args.size, device=device))
+    forward_rows = model_rows(model, x, classes, args.batch_sizes, args.repeats, device)
+
+    notes: list[str] = []
+    rows = []
+    for case in cases:
+        for batch in args.batch_sizes:
+            rows.append(measure(case, setup, x, classes, batch, args, device, notes))
+            print(rows[-1], file=sys.stderr, flush=True)
+    text = report(args, device, forward_rows, rows, notes, skipped)
+    print(text)
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def report(args: argparse.Namespace, device: torch.device, forward_rows: list[str],
+           rows: list[str], notes: list[str], skipped: list[str]) -> str:
+    import captum
+    import pytorch_grad_cam  # noqa: F401
+    import torchcam
+    from importlib.metadata import version
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    lines = [
+        f"# loupe speed: {args.model} at {args.size}x{args.size}, random weights",
+        "",
+        f"Device {device} ({name or platform.machine()}), {args.threads} CPU threads; torch "
+        f"{torch.__version__}, loupe {loupe.__version__}, grad-cam {version('grad-cam')}, "
+        f"captum {captum.__version__}, torchcam {torchcam.__version__}. Target layer layer4; "
+        f"{args.repeats} timed calls (median) after one warm-up call; chunk {args.chunk} rows "
+        f"per forward; T = {args.samples}; parameters "
+        f"{'frozen for everyone' if args.frozen_params else 'trainable (peers as documented)'}.",
+        "",
+        "| method | batch | loupe img/s | grad-cam img/s | captum img/s | torchcam img/s | "
+        "loupe / fastest peer |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"\\* slow method: one timed call, no warm-up call of its own, on at most "
+        f"{args.slow_batch} images (the batch column shows how many). Score-CAM does one "
+        "masked forward per channel of layer4 per image; IG, SmoothGrad and shuffle do T "
+        "forwards and backwards per image. shuffle is compared with captum "
+        f"NoiseTunnel(Saliency) with {args.samples} samples (the same number of passes).",
+        "",
+        "Model alone (parameters frozen, one target per image):",
+        "",
+        "| batch | forward img/s | forward + input-gradient backward img/s |",
+        "|---|---|---|",
+        *forward_rows,
+    ]
+    if skipped:
+        lines += ["", f"Not registered in loupe yet, so not timed: {', '.join(skipped)}."]
+    if notes:
+        lines += ["", "Notes:", *(f"- {n}" for n in notes)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

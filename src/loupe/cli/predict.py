@@ -1,0 +1,70 @@
+"""``loupe predict``: segment images with a model from ``loupe train-seg``; paletted PNGs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from loupe.cli import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="segmentation masks of images (paletted PNGs)",
+                              description=__doc__)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", type=Path)
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="run folder of loupe train-seg, or its model.pt")
+    p.add_argument("--out", required=True, type=Path, help="folder for <stem>.png masks")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def image_files(inputs: list[Path]) -> list[Path]:
+    """Image files named directly or found (non-recursively) in folders; a UserError for a
+    missing path, an empty result, or two images with the same stem (same output name)."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    if not files:
+        raise UserError(f"no images found in {', '.join(str(p) for p in inputs)}")
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems:
+            raise UserError(f"{path} and {stems[path.stem]} would both be written as "
+                            f"{path.stem}.png; predict them into different --out folders")
+        stems[path.stem] = path
+    return files
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from loupe.io import load_rgb
+    from loupe.masks.palette import save_mask_png
+    from loupe.training.checkpoints import load_model, preprocessing_of
+    from loupe.training.common import resolve_device
+    from loupe.training.segmentation import predict_masks
+    from loupe.training.transforms import image_tensor
+
+    files = image_files(args.inputs)
+    device = resolve_device(args.device)
+    model, spec = load_model(args.checkpoint, device)
+    if spec.get("kind") != "segmenter":
+        raise UserError(f"--checkpoint {args.checkpoint}: a {spec.get('kind')} model; predict "
+                        "needs a segmentation model from loupe train-seg")
+    preprocessing = preprocessing_of(spec)
+    for path in tqdm(files, desc="predict", disable=args.no_progress):
+        image = image_tensor(load_rgb(path)).to(device)
+        mask = predict_masks(model, preprocessing(image)[None])[0]
+        save_mask_png(args.out / f"{path.stem}.png", mask.cpu())
+    print(f"{len(files)} masks in {args.out}")
+    return 0

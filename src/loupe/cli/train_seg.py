@@ -1,0 +1,47 @@
+"""``loupe train-seg``: train DeepLabV3 on pseudo-masks, evaluate on ground-truth masks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from loupe.cli import UserError
+from loupe.cli.train import add_data_arguments, add_recipe_arguments, common_config
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train-seg", help="train DeepLabV3 on pseudo-mask PNGs",
+                              description=__doc__)
+    p.add_argument("--masks", required=True, type=Path,
+                   help="folder of pseudo-masks <id>.png of the training split (255 = ignore)")
+    add_data_arguments(p)
+    group = p.add_argument_group("model")
+    group.add_argument("--backbone", default="resnet50",
+                       choices=("resnet50", "mobilenet_v3_large"))
+    group.add_argument("--pretrained", default="imagenet", choices=("imagenet", "none"),
+                       help="ImageNet backbone weights (torchvision download) or none")
+    group.add_argument("--init", type=Path,
+                       help="local ImageNet classification state dict of the backbone")
+    group.add_argument("--freeze-bn", action="store_true", help="fixed BatchNorm statistics")
+    add_recipe_arguments(p, epochs=20, lr=0.01)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loupe.training.segmentation import SegmentationConfig, train_segmenter
+
+    if not args.masks.is_dir():
+        raise UserError(f"--masks {args.masks}: folder not found")
+    values = common_config(args)
+    values.update(masks=str(args.masks), backbone=args.backbone, pretrained=args.pretrained,
+                  freeze_bn=args.freeze_bn)
+    names = {f.name for f in fields(SegmentationConfig)}
+    config = SegmentationConfig(**{k: v for k, v in values.items() if k in names})
+    path = train_segmenter(config)
+    history = json.loads((path.parent / "history.json").read_text())
+    last = history[-1] if history else {}
+    score = f", val mIoU {last['val_miou']:.4f}" if "val_miou" in last else ""
+    print(f"model: {path}{score}")
+    return 0

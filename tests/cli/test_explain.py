@@ -1,0 +1,387 @@
+"""``loupe explain`` and ``loupe methods`` end to end (in process), overlays, and the real-data
+check on the shared MobileNetV2 ImageNet checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+import loupe
+from loupe.cli import main
+from loupe.cli.explain import parse_value
+from loupe.cli.methods import format_table, method_rows
+from loupe.io import load_npz
+from loupe.models import random_model
+from loupe.overlay import blend, colormap_table, overlay_panels
+
+NAMES = ["background", "ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "ibis", "jay"]
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def write_image(path: Path, width: int, height: int, seed: int) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=g)
+    Image.fromarray(pixels.numpy(), "RGB").save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A seeded 10-class resnet18 state dict, a labels file whose line 0 is background, and a
+    folder with three small images (one not square, one JPEG)."""
+    root = tmp_path_factory.mktemp("explain")
+    model = random_model("resnet18", num_classes=10, seed=0)
+    torch.save(model.state_dict(), root / "r18.pth")
+    (root / "labels.txt").write_text("\n".join(NAMES) + "\n")
+    images = root / "images"
+    images.mkdir()
+    write_image(images / "a.png", 32, 32, 1)
+    write_image(images / "b.jpg", 48, 40, 2)
+    write_image(images / "c.png", 32, 36, 3)
+    return {"root": root, "weights": root / "r18.pth", "labels": root / "labels.txt",
+            "images": images}
+
+
+def base_args(world: dict[str, Path], out: Path, *inputs: object) -> list[str]:
+    return [
+        "explain", *(str(i) for i in (inputs or [world["images"]])),
+        "--model", "resnet18", "--weights", str(world["weights"]),
+        "--size", "32", "--resize", "32", "--device", "cpu",
+        "--labels", str(world["labels"]), "--labels-offset", "1", "--out", str(out),
+    ]
+
+
+def expected_outputs(world: dict[str, Path], name: str, k: int, method: str = "gradcam"):
+    """Classes, softmax scores and maps computed without the CLI: torchvision's transforms for
+    the input, the model's own top-k, and loupe.explain for the maps."""
+    model = random_model("resnet18", num_classes=10)
+    model.load_state_dict(torch.load(world["weights"], weights_only=True))
+    transform = T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor(),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    x = transform(Image.open(world["images"] / name).convert("RGB"))[None]
+    with torch.no_grad():
+        logits = model(x)
+    scores, classes = logits.softmax(1).topk(k, dim=1)
+    maps = loupe.explain(model, x, classes, method=method)
+    return classes[0], scores[0], maps[0]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# -- the happy path --------------------------------------------------------------------------
+
+def test_explain_writes_maps_and_overlays(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(base_args(world, out) + ["--topk", "2"], capsys)
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{s}.gradcam.{ext}" for s in "abc" for ext in ("npz", "png")
+    ]
+    for name in ("a.png", "b.jpg", "c.png"):
+        stem = Path(name).stem
+        data = load_npz(out / f"{stem}.gradcam.npz")
+        assert sorted(data) == ["classes", "maps", "scores"]
+        assert data["maps"].shape == (2, 32, 32) and data["maps"].dtype == np.float16
+        assert data["classes"].dtype == np.int64 and data["scores"].dtype == np.float32
+        classes, scores, maps = expected_outputs(world, name, k=2)
+        assert data["classes"].tolist() == classes.tolist()
+        np.testing.assert_allclose(data["scores"], scores.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(data["maps"].astype(np.float32), maps.numpy(),
+                                   rtol=2e-3, atol=1e-3 * float(maps.abs().max()))
+        line = next(line for line in stdout.splitlines() if line.startswith(name))
+        for c, s in zip(classes.tolist(), scores.tolist(), strict=True):
+            assert f"{NAMES[c + 1]} ({c}) {s:.3f}" in line  # offset 1: line c+1 is class c
+        with Image.open(out / f"{stem}.gradcam.png") as sheet:
+            # input + 2 panels, each 32 px enlarged 6x to 192, under a title strip
+            assert sheet.mode == "RGB" and sheet.width == 3 * 192 and sheet.height > 192
+
+
+def test_batch_size_does_not_change_the_maps(world, tmp_path, capsys):
+    one, three = tmp_path / "one", tmp_path / "three"
+    assert run_cli(base_args(world, one) + ["--batch-size", "1"], capsys)[0] == 0
+    assert run_cli(base_args(world, three) + ["--batch-size", "3"], capsys)[0] == 0
+    for stem in "abc":
+        a, b = load_npz(one / f"{stem}.gradcam.npz"), load_npz(three / f"{stem}.gradcam.npz")
+        assert a["classes"].tolist() == b["classes"].tolist()
+        np.testing.assert_allclose(a["maps"].astype(np.float32), b["maps"].astype(np.float32),
+                                   rtol=2e-3, atol=2e-3 * float(np.abs(a["maps"]).max()))
+
+
+def test_targets_by_index_and_name_and_method_options(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = base_args(world, out, world["images"] / "a.png") + [
+        "--target", "3", "eel", "--method", "smoothgrad", "--option", "n_samples=2", "seed=4",
+    ]
+    code, stdout, _ = run_cli(args, capsys)
+    assert code == 0
+    data = load_npz(out / "a.smoothgrad.npz")
+    assert data["classes"].tolist() == [3, 4]  # 'eel' is line 5, class 4
+    assert stdout.startswith("a.png: dog (3)")
+    model = random_model("resnet18", num_classes=10)
+    model.load_state_dict(torch.load(world["weights"], weights_only=True))
+    transform = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    x = transform(Image.open(world["images"] / "a.png").convert("RGB"))[None]
+    maps = loupe.explain(model, x, [[3, 4]], method="smoothgrad", n_samples=2, seed=4)[0]
+    np.testing.assert_allclose(data["maps"].astype(np.float32), maps.numpy(),
+                               rtol=2e-3, atol=1e-3 * float(maps.abs().max()))
+
+
+def test_patch_is_applied_after_loading(world, tmp_path, capsys):
+    patch = tmp_path / "favour.py"
+    patch.write_text(
+        "import torch\n"
+        "def favour_seven(model):\n"
+        "    with torch.no_grad():\n"
+        "        model.fc.bias[7] += 1000.0\n"
+    )
+    out = tmp_path / "out"
+    args = base_args(world, out) + ["--patch", f"{patch}:favour_seven", "--method", "saliency"]
+    assert run_cli(args, capsys)[0] == 0
+    for stem in "abc":
+        data = load_npz(out / f"{stem}.saliency.npz")
+        assert data["classes"].tolist() == [7] and data["scores"][0] == pytest.approx(1.0)
+
+
+def test_folder_members_that_are_not_images_are_skipped(world, tmp_path, capsys, caplog):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(world["images"] / "a.png", folder / "a.png")
+    (folder / "LICENSE.cat.png").write_text("MIT licence, not a picture")
+    (folder / "notes.txt").write_text("not an image suffix at all")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        code, _, _ = run_cli(base_args(world, out, folder), capsys)
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.gradcam.npz", "a.gradcam.png"]
+    assert any("skipping" in r.message and "LICENSE.cat.png" in r.message for r in caplog.records)
+
+
+# -- errors: one line naming the file and the problem, exit status 2 -------------------------
+
+def assert_error(capsys, args: list[str], *fragments: str) -> None:
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("loupe explain: error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_error_unreadable_named_image(world, tmp_path, capsys):
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("hello")
+    assert_error(capsys, base_args(world, tmp_path / "out", fake), str(fake), "cannot read image")
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_missing_input(world, tmp_path, capsys):
+    missing = tmp_path / "nope.png"
+    assert_error(capsys, base_args(world, tmp_path / "o", missing), str(missing), "no such image")
+
+
+def test_error_truncated_image_keeps_what_was_written(world, tmp_path, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    shutil.copy(world["images"] / "a.png", folder / "a.png")
+    data = (world["images"] / "b.jpg").read_bytes()
+    (folder / "z.jpg").write_bytes(data[: len(data) * 2 // 3])  # header fine, pixels missing
+    (out / "z.gradcam.npz").write_bytes(b"from an earlier run")
+    (out / "keep.txt").write_text("unrelated")
+    assert_error(capsys, base_args(world, out, folder) + ["--batch-size", "1"],
+                 str(folder / "z.jpg"), "cannot read image")
+    assert (out / "z.gradcam.npz").read_bytes() == b"from an earlier run"
+    assert (out / "keep.txt").read_text() == "unrelated"
+    assert load_npz(out / "a.gradcam.npz")["maps"].shape == (1, 32, 32)  # a.png was finished
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.gradcam.npz", "a.gradcam.png", "keep.txt", "z.gradcam.npz"]  # no temp files
+
+
+def test_error_missing_weights_file(world, tmp_path, capsys):
+    args = base_args(world, tmp_path / "out")
+    args[args.index("--weights") + 1] = str(tmp_path / "gone.pth")
+    assert_error(capsys, args, "weights file", "gone.pth", "does not exist")
+
+
+def test_error_wrong_state_dict_for_the_model(world, tmp_path, capsys):
+    args = base_args(world, tmp_path / "out")
+    args[args.index("--model") + 1] = "mobilenet_v2"
+    assert_error(capsys, args, str(world["weights"]), "not a state dict for mobilenet_v2")
+
+
+def test_error_unknown_model(world, tmp_path, capsys):
+    args = base_args(world, tmp_path / "out")
+    args[args.index("--model") + 1] = "resnet5"
+    assert_error(capsys, args, "unknown model 'resnet5'", "resnet50")
+
+
+def test_error_no_images_in_folder(world, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no pictures here")
+    (empty / "LICENSE.png").write_text("not a picture either")
+    assert_error(capsys, base_args(world, tmp_path / "out", empty), f"no images found in {empty}")
+
+
+def test_error_labels_do_not_fit_the_model(world, tmp_path, capsys):
+    args = base_args(world, tmp_path / "out")
+    args[args.index("--labels-offset") + 1] = "0"
+    assert_error(capsys, args, str(world["labels"]), "11 class names for a model with 10 outputs",
+                 "--labels-offset 1")
+    args[args.index("--labels") + 1] = str(tmp_path / "none.txt")
+    assert_error(capsys, args, "labels file", "none.txt", "does not exist")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--option", "n_shuffles=8"], ["method 'gradcam' has no option 'n_shuffles'"]),
+        (["--option", "n_samples"], ["--option 'n_samples' must be KEY=VALUE"]),
+        (["--target", "99"], ["--target 99 is out of range (0..9)"]),
+        (["--target", "zebra"], ["--target 'zebra' is not a class name"]),
+        (["--target", "1", "--topk", "2"], ["--target or --topk, not both"]),
+        (["--topk", "11"], ["--topk 11 exceeds the model's 10 classes"]),
+        (["--scale", "x*x"], ["--scale 'x*x' is not an affine expression"]),
+        (["--target-layer", "layer9"], ["layer 'layer9' does not exist", "layer4"]),
+        (["--colormap", "nosuchmap"], ["unknown colormap 'nosuchmap'"]),
+        (["--patch", "fix.py"], ["must be PY_FILE:FUNCTION"]),
+    ],
+)
+def test_error_bad_arguments(world, tmp_path, capsys, extra, fragments):
+    assert_error(capsys, base_args(world, tmp_path / "out") + extra, *fragments)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_error_two_inputs_with_the_same_name(world, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(world["images"] / "a.png", other / "a.png")
+    assert_error(capsys, base_args(world, tmp_path / "o", world["images"], other),
+                 "would write the same outputs")
+
+
+def test_parse_value():
+    assert parse_value("8") == 8 and isinstance(parse_value("8"), int)
+    assert parse_value("0.5") == 0.5 and parse_value("1e-3") == 0.001
+    assert parse_value("True") is True and parse_value("false") is False
+    assert parse_value("none") is None
+    assert parse_value("2,3,4") == (2, 3, 4) and parse_value("cyclic") == "cyclic"
+
+
+# -- loupe methods ---------------------------------------------------------------------------
+
+def test_methods_lists_the_registry(capsys):
+    code, stdout, _ = run_cli(["methods"], capsys)
+    assert code == 0
+    lines = stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["name", "kind", "stochastic"]
+    assert len(lines) == 2 + len(loupe.list_methods())
+    for name, line in zip(loupe.list_methods(), lines[2:], strict=True):
+        spec = loupe.get_method(name)
+        assert line.split()[0] == name
+        assert line.split()[1] == ("layer" if spec.uses_layer else "input")
+        assert line.endswith(spec.paper)
+
+
+def test_methods_markdown_table():
+    text = format_table([("a", "layer", "no", "P1"), ("bb", "input", "yes", "P2")], markdown=True)
+    assert text.splitlines() == [
+        "| name | kind  | stochastic | paper |",
+        "|------|-------|------------|-------|",
+        "| a    | layer | no         | P1    |",
+        "| bb   | input | yes        | P2    |",
+    ]
+    assert [row[0] for row in method_rows()] == loupe.list_methods()
+
+
+# -- overlays --------------------------------------------------------------------------------
+
+def test_colormap_table_is_matplotlibs():
+    table = colormap_table("viridis")
+    lut = matplotlib.colormaps["viridis"](np.arange(256))[:, :3]
+    np.testing.assert_allclose(table.numpy(), lut, atol=1e-6)
+
+
+def test_blend_matches_a_numpy_reference():
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 8, 6), dtype=torch.uint8, generator=g)
+    maps = torch.randn(2, 8, 6, generator=g)
+    got = blend(image, maps, alpha=0.3, colormap="jet")
+    lut = matplotlib.colormaps["jet"](np.arange(256))[:, :3]
+    for k in range(2):
+        m = maps[k].numpy()
+        level = np.round((m - m.min()) / (m.max() - m.min()) * 255).astype(int)
+        expected = 0.7 * image.numpy().transpose(1, 2, 0) + 0.3 * 255 * lut[level]
+        np.testing.assert_allclose(got[k].permute(1, 2, 0).numpy(), np.round(expected), atol=1)
+    assert torch.equal(blend(image, maps, alpha=0.0)[1], image)
+
+
+def test_blend_resizes_small_maps_and_checks_shapes():
+    image = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    left = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # hot on the left half
+    out = blend(image, left, alpha=1.0, colormap="gray")
+    assert out.shape == (1, 3, 16, 16)
+    assert out[0, :, :, 0].min() == 255 and out[0, :, :, -1].max() == 0
+    with pytest.raises(ValueError, match="image must be"):
+        blend(torch.zeros(16, 16, dtype=torch.uint8), left)
+    with pytest.raises(ValueError, match="alpha must be"):
+        blend(image, left, alpha=2)
+
+
+def test_overlay_panels_layout():
+    image = torch.full((3, 20, 30), 200, dtype=torch.uint8)
+    maps = torch.rand(2, 5, 5)
+    sheet = overlay_panels(image, maps, ["first", "second"], min_panel=60)
+    assert sheet.width == 3 * 60 and sheet.height > 40  # factor 2: panels 60 x 40 under titles
+    pixels = np.asarray(sheet)
+    strip = sheet.height - 40
+    assert (pixels[strip:, :60] == 200).all()  # the input panel is the image, enlarged
+    assert (pixels[:strip, :3] == 255).all()  # the title strip is white at its edge
+    assert not (pixels[strip:, 60:] == 200).all()  # the overlay panels are coloured
+    with pytest.raises(ValueError, match="1 titles for 2 maps"):
+        overlay_panels(image, maps, ["only one"])
+
+
+# -- real data -------------------------------------------------------------------------------
+
+def test_real_mobilenet_v2_on_photos(assets, tmp_path, capsys):
+    """The shared TF-slim MobileNetV2 (ImageNet) through the CLI with its own preprocessing
+    (x*2-1), the TF 'SAME' padding patch and the 1001-line labels file."""
+    weights = assets / "weights"
+    photos = assets / "photos"
+    for needed in (weights / "mobilenet_v2_imagenet1k_coral.pth", photos / "cat_720p.jpg",
+                   photos / "parrot.jpg"):
+        if not needed.exists():
+            pytest.skip(f"{needed} is missing from the assets")
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli([
+        "explain", str(photos / "cat_720p.jpg"), str(photos / "parrot.jpg"),
+        "--model", "mobilenet_v2", "--weights", str(weights / "mobilenet_v2_imagenet1k_coral.pth"),
+        "--scale", "x*2-1", "--patch", f"{weights / 'tf_same_padding.py'}:tf_same_padding",
+        "--labels", str(weights / "imagenet_labels_1001.txt"), "--labels-offset", "1",
+        "--topk", "3", "--method", "gradcam", "--device", "cpu", "--out", str(out),
+    ], capsys)
+    assert code == 0, stderr
+    cat, parrot = load_npz(out / "cat_720p.gradcam.npz"), load_npz(out / "parrot.gradcam.npz")
+    assert 281 <= cat["classes"][0] <= 285, cat["classes"]
+    assert parrot["classes"][0] == 88, parrot["classes"]
+    assert "parrot.jpg: macaw (88)" in stdout
+    for data in (cat, parrot):
+        assert data["maps"].shape == (3, 224, 224) and data["maps"].dtype == np.float16
+        assert np.isfinite(data["maps"]).all() and data["maps"][0].max() > 0
+        assert (np.diff(data["scores"]) <= 0).all() and 0 < data["scores"].sum() <= 1 + 1e-6
+    for stem in ("cat_720p", "parrot"):
+        with Image.open(out / f"{stem}.gradcam.png") as sheet:
+            assert sheet.width == 4 * 224 and sheet.height > 224
