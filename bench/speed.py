@@ -238,11 +238,11 @@ def model_rows(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batches
         for b in batches:
             xb, cb = x[:b], classes[:b]
 
-            def forward() -> object:
+            def forward(xb: torch.Tensor = xb) -> object:
                 with torch.no_grad():
                     return model(xb)
 
-            def backward() -> object:
+            def backward(xb: torch.Tensor = xb, cb: torch.Tensor = cb) -> object:
                 inputs = xb.detach().requires_grad_(True)
                 score = model(inputs).gather(1, cb[:, None]).sum()
                 return torch.autograd.grad(score, inputs)[0]
@@ -389,10 +389,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(args: argparse.Namespace, device: torch.device, forward_rows: list[str],
            rows: list[str], notes: list[str], skipped: list[str]) -> str:
-    import captum
-    import pytorch_grad_cam  # noqa: F401
-    import torchcam
     from importlib.metadata import version
+
+    import captum
+    import torchcam
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     lines = [

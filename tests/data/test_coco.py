@@ -13,8 +13,8 @@ from .layouts import write_coco, write_image
 
 pytest.importorskip("pycocotools")
 
-# Image 42 (20x10): a person polygon, a later car RLE overlapping it, a crowd car region and a
-# dog instance that covers part of the crowd region. Image 5 (8x6) has no annotations.
+# Image 42 (20x10): a person polygon, a later car RLE overlapping it, a dog instance and a
+# crowd car region (listed after the dog) that the dog covers in part. Image 5 (8x6) has no annotations.
 IMAGES = [
     {"id": 42, "file_name": "000000000042.jpg", "width": 20, "height": 10},
     {"id": 5, "file_name": "000000000005.jpg", "width": 8, "height": 6},
@@ -25,10 +25,11 @@ ANNOTATIONS = [
     # Uncompressed RLE, column-major runs starting with zeros: columns 5..9 filled.
     {"id": 2, "image_id": 42, "category_id": 3, "iscrowd": 0, "bbox": [5, 0, 5, 10],
      "segmentation": {"size": [10, 20], "counts": [50, 50, 100]}},
-    {"id": 3, "image_id": 42, "category_id": 3, "iscrowd": 1, "bbox": [12, 0, 8, 10],
-     "segmentation": {"size": [10, 20], "counts": [120, 80]}},
     {"id": 4, "image_id": 42, "category_id": 18, "iscrowd": 0, "bbox": [10, 0, 5, 10],
      "segmentation": {"size": [10, 20], "counts": [100, 50, 50]}},
+    # Listed last on purpose: crowd regions are painted first whatever their position.
+    {"id": 3, "image_id": 42, "category_id": 3, "iscrowd": 1, "bbox": [12, 0, 8, 10],
+     "segmentation": {"size": [10, 20], "counts": [120, 80]}},
 ]
 
 

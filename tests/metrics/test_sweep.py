@@ -122,3 +122,25 @@ def test_summary_errors():
         sweep_summary(conf[:2], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="no counted pixel"):
         sweep_summary(torch.zeros(1, 2, 2, dtype=torch.long), [0.1], fixed=(), spread_range=(0, 1))
+
+
+@pytest.mark.parametrize("count", [1, 20, 64, 65, 100])
+def test_count_below_equals_bucketize(count):
+    from loupe.metrics.sweep import count_below
+
+    generator = torch.Generator().manual_seed(count)
+    thresholds = torch.rand(count, generator=generator).sort().values
+    scores = torch.rand(30, 120, generator=generator)
+    scores[0, :count] = thresholds  # exact ties: a tie is not "below"
+    scores[1, :3] = torch.tensor([float("-inf"), 0.0, 1.0])
+    assert torch.equal(count_below(scores, thresholds).long(), torch.bucketize(scores, thresholds))
+
+
+def test_nan_and_inf_maps_are_sanitised_consistently():
+    maps = torch.tensor([[[float("nan"), 1.0, 0.5]], [[0.2, float("inf"), 0.1]]])
+    classes = torch.tensor([1, 2])
+    gt = torch.tensor([[0, 2, 1]])
+    # map 1: NaN -> 0, scores [0, 1, .5]; map 2: inf -> the largest float, scores [~0, 1, ~0]
+    assert masks_from_maps(maps, classes, 0.3).tolist() == [[0, 1, 1]]
+    swept = sweep_confusions(maps, classes, gt, [0.3], 3)[0]
+    assert torch.equal(swept, confusion_matrix(masks_from_maps(maps, classes, 0.3), gt, 3))

@@ -194,6 +194,13 @@ def read_index_mask(path: PathLike, num_classes: int) -> torch.Tensor:
     Raises FileNotFoundError when missing; ValueError naming the file when it cannot be read,
     is not an index image (e.g. RGB colour-coded), or holds values outside ``0..num_classes-1``
     other than 255."""
+    return read_index_mask_and_labels(path, num_classes)[0]
+
+
+def read_index_mask_and_labels(
+    path: PathLike, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`read_index_mask` and the mask's :func:`labels_from_mask`, both from one pass."""
     try:
         with Image.open(path) as image:
             if image.mode not in _INDEX_MASK_MODES:
@@ -206,30 +213,42 @@ def read_index_mask(path: PathLike, num_classes: int) -> torch.Tensor:
         raise
     except (OSError, SyntaxError) as error:
         raise ValueError(f"{path}: cannot read mask ({error})") from error
-    mask = torch.from_numpy(array.astype(np.int64, copy=False))
-    check_mask_values(mask, num_classes, path)
-    return mask
+    # The check runs on the decoded array (a 256-bin histogram for 8-bit masks) and the
+    # conversion with NumPy: a few cheap passes, no multi-threaded tensor kernels per item.
+    if array.dtype == np.uint8:
+        values = np.flatnonzero(np.bincount(array.ravel(), minlength=256))
+    else:
+        values = np.unique(array)
+    check_mask_values(values, num_classes, path)
+    present = [int(v) for v in values if 0 < v < num_classes and v != IGNORE_INDEX]
+    return torch.from_numpy(array.astype(np.int64)), multi_hot(present, num_classes)
 
 
-def check_mask_values(mask: torch.Tensor, num_classes: int, source: PathLike) -> None:
-    """A ValueError naming ``source`` when ``mask`` has labels outside ``0..num_classes-1``
-    other than 255 (the ignore label)."""
-    bad = ((mask < 0) | (mask >= num_classes)) & (mask != IGNORE_INDEX)
-    if bool(bad.any()):
-        values = torch.unique(mask[bad])[:10].tolist()
+def check_mask_values(
+    values: torch.Tensor | np.ndarray, num_classes: int, source: PathLike
+) -> None:
+    """A ValueError naming ``source`` when the mask values ``values`` (a mask, or its distinct
+    values) hold labels outside ``0..num_classes-1`` other than 255 (the ignore label)."""
+    values = torch.as_tensor(values).flatten()
+    bad = values[((values < 0) | (values >= num_classes)) & (values != IGNORE_INDEX)]
+    if bad.numel():
         raise ValueError(
-            f"{source}: mask has labels {values} outside the class set 0..{num_classes - 1} "
-            f"(255 = ignore)"
+            f"{source}: mask has labels {torch.unique(bad)[:10].tolist()} outside the class set "
+            f"0..{num_classes - 1} (255 = ignore)"
         )
 
 
 def labels_from_mask(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(num_classes,)`` float32 multi-hot of the classes present in an ``(H, W)`` mask, with
-    the background (0) and the ignore label (255) excluded."""
-    valid = mask[(mask != IGNORE_INDEX) & (mask >= 0) & (mask < num_classes)]
-    counts = torch.bincount(valid.flatten(), minlength=num_classes)
-    labels = (counts > 0).float()
-    labels[0] = 0.0
+    the background (0), the ignore label (255) and any value outside ``0..num_classes-1``
+    excluded."""
+    flat = mask.flatten()
+    if flat.numel() and int(flat.min()) < 0:
+        flat = flat[flat >= 0]
+    present = torch.bincount(flat).nonzero().flatten() if flat.numel() else flat
+    present = present[(present > 0) & (present < num_classes) & (present != IGNORE_INDEX)]
+    labels = torch.zeros(num_classes, dtype=torch.float32)
+    labels[present] = 1.0
     return labels
 
 

@@ -25,10 +25,9 @@ from loupe.data.base import (
     Sample,
     Transform,
     find_images,
-    labels_from_mask,
     read_class_names,
     read_id_list,
-    read_index_mask,
+    read_index_mask_and_labels,
 )
 from loupe.data.voc import load_json_labels
 
@@ -94,14 +93,13 @@ class FolderSegmentation(ImageDataset):
 
     def annotation(self, index: int, image_size: tuple[int, int] | None) -> Sample:
         sample_id = self.ids[index]
-        mask = None
+        mask = mask_labels = None
         if self.mask_dir is not None:
-            mask = read_index_mask(self.mask_dir / f"{sample_id}.png", self.num_classes)
-        if self._labels is not None:
-            labels = self._labels[index].clone()
-        else:
-            assert mask is not None  # the constructor requires masks or a labels file
-            labels = labels_from_mask(mask, self.num_classes)
+            mask, mask_labels = read_index_mask_and_labels(
+                self.mask_dir / f"{sample_id}.png", self.num_classes
+            )
+        # The constructor requires masks or a labels file, so one of the two is set.
+        labels = self._labels[index].clone() if self._labels is not None else mask_labels
         return Sample(id=sample_id, image=None, labels=labels, mask=mask)
 
 

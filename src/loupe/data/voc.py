@@ -31,10 +31,9 @@ from loupe.data.base import (
     PathLike,
     Sample,
     Transform,
-    labels_from_mask,
     multi_hot,
     read_id_list,
-    read_index_mask,
+    read_index_mask_and_labels,
 )
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -130,11 +129,10 @@ class VOCSegmentation(ImageDataset):
 
     def annotation(self, index: int, image_size: tuple[int, int] | None) -> Sample:
         sample_id = self.ids[index]
-        mask = read_index_mask(self.mask_dir / f"{sample_id}.png", self.num_classes)
-        labels = (
-            self._labels[index].clone() if self._labels is not None
-            else labels_from_mask(mask, self.num_classes)
+        mask, mask_labels = read_index_mask_and_labels(
+            self.mask_dir / f"{sample_id}.png", self.num_classes
         )
+        labels = self._labels[index].clone() if self._labels is not None else mask_labels
         return Sample(id=sample_id, image=None, labels=labels, mask=mask)
 
 
@@ -291,6 +289,6 @@ def read_voc_xml(path: Path, difficult: bool = True) -> tuple[torch.Tensor, list
             ) from error
         if xmax < xmin or ymax < ymin:
             raise ValueError(f"{path}: object {number} has an inverted box")
-        boxes.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
+        boxes.append([xmin, ymin, xmax, ymax])
         names.append(name)
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), names

@@ -30,6 +30,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -164,12 +165,7 @@ def rasterize_polygons(objects: Sequence[YoloObject], width: int, height: int) -
     draw = ImageDraw.Draw(canvas)
     for class_id, points in objects:
         draw.polygon([(x * width, y * height) for x, y in points], fill=class_id + 1)
-    return torch.frombuffer(bytearray(canvas.tobytes()), dtype=_MODE_DTYPES[mode]).view(
-        height, width
-    ).long()
-
-
-_MODE_DTYPES = {"L": torch.uint8, "I": torch.int32}
+    return torch.from_numpy(np.asarray(canvas).astype(np.int64))
 
 
 def _polygon_box(points: list[tuple[float, float]], width: int, height: int) -> list[float]:

@@ -16,19 +16,20 @@ IGNORE = 255
 def normalize_by_max(maps: torch.Tensor) -> torch.Tensor:
     """Per-map max normalisation of ``(..., H, W)`` maps: ``ReLU(m) / max(ReLU(m))``.
 
-    Negative scores are clamped to 0 and each map is divided by its own maximum, so the
+    Negative scores (and NaN) become 0 and each map is divided by its own maximum, so the
     strongest pixel of every map scores 1 (IRN, Ahn et al. CVPR 2019, ``make_cam``). A map
-    with no positive value becomes all zeros. Computed in float32 (float64 stays float64).
+    with no positive value becomes all zeros; NaN counts as 0 and infinities as the largest
+    finite values. Computed in float32 (float64 stays float64).
     """
     maps = maps if maps.dtype == torch.float64 else maps.float()
-    positive = maps.clamp(min=0)
+    positive = maps.nan_to_num(0.0).clamp_(min=0)  # NaN -> 0, +-inf -> finite extremes
     peak = positive.amax(dim=(-2, -1), keepdim=True)
     # a map with peak 0 is all zeros, and 0 / tiny = 0: no branch needed
     return positive.div_(peak.clamp_(min=torch.finfo(maps.dtype).tiny))
 
 
 def best_class_scores(
-    maps: torch.Tensor, classes: torch.Tensor
+    maps: torch.Tensor, classes: torch.Tensor, *, label_dtype: torch.dtype = torch.long
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The winning normalised score and its label at each pixel.
 
@@ -38,23 +39,33 @@ def best_class_scores(
 
     Returns:
         ``scores`` ``(..., H, W)`` float: the largest max-normalised score over the K maps
-        (``-inf`` where every map is padding or K = 0; NaN scores never win); ``labels`` ``(..., H, W)`` long: the
-        label of that map (the first of equal maps, as ``argmax`` does).
+        (``-inf`` where every map is padding or K = 0; NaN scores never win);
+        ``labels`` ``(..., H, W)`` in ``label_dtype``: the label of that map (the first of
+        equal maps, as ``argmax`` does), 0 where no map wins.
     """
     _check_maps_classes(maps, classes)
-    classes = classes.to(device=maps.device, dtype=torch.long)
+    classes = classes.to(device=maps.device, dtype=label_dtype)
     scores = normalize_by_max(maps)
     shape = scores.shape[:-3] + scores.shape[-2:]
-    best = torch.full(shape, float("-inf"), dtype=scores.dtype, device=scores.device)
-    labels = torch.zeros(shape, dtype=torch.long, device=scores.device)
+    count = scores.shape[-3]
+    if count == 0:
+        best = torch.full(shape, -torch.inf, dtype=scores.dtype, device=scores.device)
+        return best, torch.zeros(shape, dtype=label_dtype, device=scores.device)
+    padding = classes < 0
+    padded = bool(padding.any())  # classes is tiny: checking it costs nothing
+    if padded:
+        scores = scores.masked_fill(padding[..., None, None], -torch.inf)
     # K is small: a running maximum over the maps is much faster than argmax over a
     # strided dim, and ">" keeps the first of equal maps, as argmax does.
-    for k in range(scores.shape[-3]):
-        padding = (classes[..., k] < 0)[..., None, None]
-        score = scores[..., k, :, :].masked_fill(padding, -torch.inf)
+    best = scores[..., 0, :, :]
+    labels = classes[..., 0, None, None].expand(shape).clone()
+    for k in range(1, count):
+        score = scores[..., k, :, :]
         better = score > best
-        best = torch.where(better, score, best)
+        best = torch.maximum(best, score)
         labels = torch.where(better, classes[..., k, None, None], labels)
+    if padded:
+        labels.masked_fill_(best == -torch.inf, 0)
     return best, labels
 
 

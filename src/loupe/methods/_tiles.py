@@ -126,7 +126,8 @@ def cyclic_round(
     ys = (torch.arange(height, device=device) + dy) % height
     xs = (torch.arange(width, device=device) + dx) % width
     rolled = (ys[:, None] * width + xs[None, :]).flatten()  # canvas -> image
-    swap = tile_swap_index((height, width), grid, (height // grid, width // grid), tile_perm, device)
+    tile = (height // grid, width // grid)
+    swap = tile_swap_index((height, width), grid, tile, tile_perm, device)
     source = rolled[swap]
     return Round(source, inverse_index(source), (height, width), grid, dy, dx, tuple(tile_perm))
 
@@ -171,7 +172,9 @@ def check_grids(grids: object, height: int, width: int) -> tuple[int, ...]:
         or not grids
         or not all(isinstance(g, int) and not isinstance(g, bool) for g in grids)
     ):
-        raise ValueError(f"grids must be a non-empty sequence of ints (e.g. (2, 3, 4)), got {grids!r}")
+        raise ValueError(
+            f"grids must be a non-empty sequence of ints (e.g. (2, 3, 4)), got {grids!r}"
+        )
     bad = [g for g in grids if not 1 <= g <= min(height, width)]
     if bad:
         raise ValueError(

@@ -243,13 +243,14 @@ def _accumulate(
     batch, channels = images.shape[:2]
     sources = torch.stack([r.source for r in rounds])  # (R, P)
     placements = torch.stack([r.placement for r in rounds])  # (R, H*W)
-    flat = images.flatten(2)
+    flat = images.flatten(2)  # (B, C, H*W)
+    channel = torch.arange(channels, device=images.device)[None, :, None]
     rows = torch.arange(batch * len(rounds), device=images.device)
     for chunk in rows.split(chunk_size):
         image_of, round_of = chunk // len(rounds), chunk % len(rounds)
-        canvases = flat[image_of[:, None, None], torch.arange(channels, device=images.device)[
-            None, :, None
-        ], sources[round_of][:, None, :]].unflatten(-1, rounds[0].canvas)
+        # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
+        picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
+        canvases = picked.unflatten(-1, rounds[0].canvas)
         maps = canvas_maps(model, canvases, _targets_of_rows(targets, image_of)).float()
         k = maps.shape[1]
         back = maps.flatten(2).gather(2, placements[round_of][:, None, :].expand(-1, k, -1))

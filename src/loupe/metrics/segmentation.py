@@ -36,35 +36,52 @@ def confusion_matrix(
         raise ValueError(f"pred and gt must hold integer labels, got {pred.dtype}, {gt.dtype}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    pred = pred.long()
-    gt = gt.to(device=pred.device, dtype=torch.long)
-    valid = gt != ignore
-    bad_gt = valid & ((gt < 0) | (gt >= num_classes))
-    if bool(bad_gt.any()):
-        value = int(gt[bad_gt][0])
-        raise ValueError(
-            f"ground-truth label {value} is outside 0..{num_classes - 1} and is not the "
-            f"ignore label {ignore}"
-        )
-    bad_pred = valid & ((pred < 0) | (pred >= num_classes))
-    if bool(bad_pred.any()):
-        value = int(pred[bad_pred][0])
+    rows = ground_truth_rows(gt.to(pred.device), num_classes, ignore)
+    pred = torch.where(rows == num_classes, 0, pred.long())  # nothing counted where ignored
+    low, high = _extremes(pred)
+    if low < 0 or high >= num_classes:
+        value = low if low < 0 else high
         raise ValueError(
             f"predicted label {value} is outside 0..{num_classes - 1} at a pixel with ground "
             "truth; map ignore/unsure predictions to a class before evaluating"
         )
     batched = pred.dim() == 3
     if not batched:
-        pred, gt, valid = pred[None], gt[None], valid[None]
+        pred, rows = pred[None], rows[None]
     images = pred.shape[0]
-    cells = num_classes * num_classes
-    image_index = torch.arange(images, device=pred.device).view(-1, 1, 1) * cells
-    index = image_index + gt.clamp(0, num_classes - 1) * num_classes + pred
-    dropped = images * cells  # one extra bin collects ignored pixels
-    index = torch.where(valid, index, dropped)
-    counts = torch.bincount(index.flatten(), minlength=dropped + 1)[:dropped]
-    matrices = counts.view(images, num_classes, num_classes)
+    cells = (num_classes + 1) * num_classes  # row N collects the ignored pixels
+    index = rows * num_classes
+    index += pred
+    index += torch.arange(images, device=pred.device).view(-1, 1, 1) * cells
+    counts = torch.bincount(index.flatten(), minlength=images * cells)
+    matrices = counts.view(images, num_classes + 1, num_classes)[:, :num_classes]
     return matrices if batched else matrices[0]
+
+
+def ground_truth_rows(
+    gt: torch.Tensor, num_classes: int, ignore: int = 255, *, dtype: torch.dtype = torch.long
+) -> torch.Tensor:
+    """``gt`` as row indices (``dtype``) of a confusion matrix with an extra row: labels stay,
+    ``ignore`` becomes ``num_classes`` (a row that is dropped). A ValueError names the first
+    label that is neither a class nor ``ignore``."""
+    if gt.is_floating_point():
+        raise ValueError(f"ground truth must hold integer labels, got {gt.dtype}")
+    rows = torch.where(gt == ignore, num_classes, gt.to(dtype))
+    low, high = _extremes(rows)
+    if low < 0 or high > num_classes:
+        value = low if low < 0 else high
+        raise ValueError(
+            f"ground-truth label {value} is outside 0..{num_classes - 1} and is not the "
+            f"ignore label {ignore}"
+        )
+    return rows
+
+
+def _extremes(labels: torch.Tensor) -> tuple[int, int]:
+    if labels.numel() == 0:
+        return 0, 0
+    low, high = torch.aminmax(labels)
+    return int(low), int(high)
 
 
 def _check_confusion(confusion: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from loupe.masks.threshold import best_class_scores
-from loupe.metrics.segmentation import mean_iou
+from loupe.metrics.segmentation import ground_truth_rows, mean_iou
 
 
 def default_thresholds() -> torch.Tensor:
@@ -68,43 +68,50 @@ def sweep_confusions(
     if gt.is_floating_point():
         raise ValueError(f"gt must hold integer labels, got {gt.dtype}")
     device = maps.device
-    scores, labels = best_class_scores(maps, classes)
-    bounds = _check_thresholds(thresholds, scores.dtype, device)
-    t = bounds.numel()
     real = classes[classes >= 0]
     if real.numel() and (int(real.min()) < 1 or int(real.max()) >= num_classes):
         raise ValueError(
             f"map classes must lie in 1..{num_classes - 1} (0 is background), got "
             f"{int(real.min())}..{int(real.max())}"
         )
-    gt = gt.to(device=device, dtype=torch.long)
-    valid = gt != ignore
-    bad = valid & ((gt < 0) | (gt >= num_classes))
-    if bool(bad.any()):
-        raise ValueError(
-            f"ground-truth label {int(gt[bad][0])} is outside 0..{num_classes - 1} and is "
-            f"not the ignore label {ignore}"
-        )
-    above = torch.bucketize(scores, bounds, right=False)  # number of thresholds < score
-    n2 = num_classes * num_classes
-    images = maps.shape[0]
+    scores, labels = best_class_scores(maps, classes, label_dtype=torch.int32)
+    bounds = _check_thresholds(thresholds, scores.dtype, device)
+    t = bounds.numel()
+    images = maps.shape[0] if per_image else 1
+    n2 = (num_classes + 1) * num_classes  # row N collects the ignored pixels
     cells = (t + 1) * n2
-    index = (
-        torch.arange(images, device=device).view(-1, 1, 1) * cells
-        + above * n2
-        + gt.clamp(0, num_classes - 1) * num_classes
-        + labels
-    )
-    dropped = images * cells
-    index = torch.where(valid, index, dropped)
-    counts = torch.bincount(index.flatten(), minlength=dropped + 1)[:dropped]
-    counts = counts.view(images, t + 1, num_classes, num_classes)
-    # Foreground at threshold j: pixels with k > j keep their label (suffix sum over k).
-    foreground = counts.flip(1).cumsum(1).flip(1)[:, 1:]  # (B, T, N, N): k >= j + 1
-    background_rows = counts.sum(-1).cumsum(1)[:, :t]  # (B, T, N): k <= j, every label
-    confusions = foreground.clone()
-    confusions[..., 0] += background_rows
-    return confusions if per_image else confusions.sum(0)
+    wide = images * cells >= 2**31
+    index = ground_truth_rows(gt.to(device), num_classes, ignore, dtype=torch.int32)
+    index = index.long() if wide else index
+    index *= num_classes
+    index += labels
+    index.add_(count_below(scores, bounds), alpha=n2)
+    if per_image:
+        index += torch.arange(images, device=device, dtype=index.dtype).view(-1, 1, 1) * cells
+    counts = torch.bincount(index.flatten(), minlength=images * cells)
+    counts = counts.view(images, t + 1, num_classes + 1, num_classes)[:, :, :num_classes]
+    # Foreground at threshold j: pixels with k > j keep their label (suffix sum over k);
+    # background: pixels with k <= j, whatever their label (prefix sum, into column 0).
+    confusions = counts.flip(1).cumsum(1).flip(1)[:, 1:].contiguous()
+    confusions[..., 0] += counts.sum(-1).cumsum(1)[:, :t]
+    return confusions if per_image else confusions[0]
+
+
+def count_below(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """For each score, how many of the increasing ``thresholds`` are strictly below it
+    (``torch.bucketize(scores, thresholds)``); the comparisons are ``score > t`` in the
+    scores' dtype, exactly as in :func:`loupe.masks.threshold.masks_from_maps`.
+
+    Up to 64 thresholds this counts with one comparison per threshold into uint8 (on CPU,
+    about 4x faster than ``bucketize``'s binary search at 20 thresholds); beyond, it calls
+    ``bucketize``. Returns uint8 or int64 counts of the scores' shape.
+    """
+    if thresholds.numel() > 64:
+        return torch.bucketize(scores, thresholds)
+    count = torch.zeros(scores.shape, dtype=torch.uint8, device=scores.device)
+    for j in range(thresholds.numel()):
+        count += scores > thresholds[j]
+    return count
 
 
 def _check_thresholds(

@@ -1,0 +1,69 @@
+"""``loupe masks``: pseudo-masks from a folder of map files, as paletted PNGs (VOC palette).
+
+``--threshold T`` applies IRN's background rule (a pixel takes the label of its best
+max-normalised map where that score is above T, else background). ``--confident FG BG`` keeps
+confident pixels only (255 = ignore between BG and FG). ``--crf`` refines each mask with a
+dense CRF on its image (``--images DIR`` or the data-set options). Resumable; sharded under
+``torchrun``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from loupe.cli import UserError
+from loupe.cli.maps import add_dataset_arguments, dataset_spec
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("masks", help="pseudo-masks (paletted PNGs) from map files",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--maps", required=True, type=Path, help="folder written by loupe maps")
+    p.add_argument("--out", required=True, type=Path, help="output folder for <id>.png")
+    p.add_argument("--threshold", type=float, default=0.25,
+                   help="background score of the IRN rule (default 0.25)")
+    p.add_argument("--confident", type=float, nargs=2, metavar=("FG", "BG"),
+                   help="keep labels where the score >= FG, background where < BG, 255 between")
+    p.add_argument("--crf", action="store_true", help="dense-CRF refinement (pydensecrf2)")
+    p.add_argument("--images", type=Path, help="folder of the images (<id>.jpg/.png) for --crf")
+    add_dataset_arguments(p, required=False)
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loupe.pipeline import distributed
+    from loupe.pipeline.datasets import open_pipeline_dataset
+    from loupe.pipeline.pseudo_masks import (
+        MasksConfig,
+        dataset_images,
+        folder_images,
+        write_pseudo_masks,
+    )
+
+    if args.images is not None and args.dataset is not None:
+        raise UserError("give --images or --dataset for the CRF's images, not both")
+    if (args.images is not None or args.dataset is not None) and not args.crf:
+        raise UserError("--images/--dataset are only used by --crf; add --crf or leave them out")
+    images = description = None
+    if args.images is not None:
+        if not args.images.is_dir():
+            raise UserError(f"--images {args.images}: folder not found")
+        images, description = folder_images(args.images), str(args.images)
+    elif args.dataset is not None:
+        spec = dataset_spec(args)
+        images = dataset_images(open_pipeline_dataset(spec, images=True))
+        description = f"dataset {spec.describe()}"
+    config = MasksConfig(args.maps, args.out, args.threshold,
+                         tuple(args.confident) if args.confident else None, args.crf,
+                         progress=not args.no_progress)
+    device = distributed.init_distributed(args.device)
+    try:
+        written, skipped = write_pseudo_masks(config, device, images, description)
+        distributed.barrier()
+    finally:
+        distributed.destroy_distributed()
+    print(f"masks: {written} written, {skipped} already in {args.out}")
+    return 0

@@ -1,0 +1,118 @@
+"""Files of the pipeline: per-image map files, run descriptions, resumability.
+
+A map file ``<folder>/<id>.npz`` holds (never pickles):
+
+- ``maps`` ``(K, H, W)`` float16 at the image's size, each map divided by its largest
+  absolute value (so every map uses float16's range fully; the background-threshold rule and
+  every normalisation loupe applies are invariant to that positive scale);
+- ``peak`` ``(K,)`` float32, the factor of each map: ``raw = maps * peak``;
+- ``classes`` ``(K,)`` int64, the label each map paints in the data set's label space
+  (the mask value for segmentation sets, 1..20 for VOC);
+- ``scores`` ``(K,)`` float32, the classifier's logit for each map's class on the unscaled,
+  unflipped image;
+- ``predicted`` ``()`` int64, the classifier's top-1 class in the data set's label space
+  (-1 when no data-set class has a counterpart).
+
+Files are written atomically with :func:`loupe.io.save_npz`; its zip members carry the fixed
+date 1980-01-01 (``zipfile``'s default for members opened for writing), so the same maps give
+the same bytes and an interrupted and resumed run, or a sharded one, can be compared with an
+uninterrupted one byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loupe.io import atomic_path
+
+MAP_KEYS = ("maps", "classes")
+
+
+def output_path(folder: Path, sample_id: str, suffix: str) -> Path:
+    """``folder/<id><suffix>``; a ValueError for ids that would leave the folder."""
+    relative = Path(sample_id + suffix)
+    if relative.is_absolute() or ".." in relative.parts or not sample_id:
+        raise ValueError(f"image id {sample_id!r} cannot be used as a file name inside {folder}")
+    return folder / relative
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.tmp-XXXX``, see :func:`loupe.io.atomic_path`)
+    that a killed run left in ``folder`` and its sub-folders; returns them. Only call it while
+    no other process writes into ``folder``."""
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(".*.tmp-*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Indented, key-ordered-as-given JSON, atomically (deterministic bytes)."""
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+
+def read_json_file(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; errors name the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read {what} ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: {what} must be a JSON object")
+    return data
+
+
+def check_same_run(path: Path, description: Mapping[str, Any], what: str) -> None:
+    """A ValueError when ``path`` (an earlier run's description) exists and differs from
+    ``description``: resuming into a folder made with other settings would mix outputs."""
+    if not path.is_file():
+        return
+    old = read_json_file(path, what)
+    new = json.loads(json.dumps(description))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
+        raise ValueError(
+            f"{path}: this folder holds a run with other settings ({details}); use another "
+            "--out or delete the folder to start over"
+        )
+
+
+def load_map_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``maps`` ``(K, H, W)`` float32 and ``classes`` ``(K,)`` int64 from a map file; errors
+    name the file (missing, unreadable, pickled, wrong keys or shapes)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: map file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in MAP_KEYS if k not in data.files]
+            if missing:
+                raise ValueError(f"{path}: map file lacks {', '.join(missing)} "
+                                 f"(has {', '.join(data.files) or 'nothing'})")
+            maps, classes = data["maps"], data["classes"]
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{path}: cannot read map file ({error})") from error
+    except ValueError as error:
+        if str(error).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot read map file ({error})") from error
+    if maps.ndim != 3 or not np.issubdtype(maps.dtype, np.floating):
+        raise ValueError(f"{path}: 'maps' must be float (K, H, W), got {maps.dtype} {maps.shape}")
+    if classes.shape != (maps.shape[0],) or not np.issubdtype(classes.dtype, np.integer):
+        raise ValueError(
+            f"{path}: 'classes' must be {maps.shape[0]} integers (one per map), got "
+            f"{classes.dtype} {classes.shape}"
+        )
+    return maps.astype(np.float32), classes.astype(np.int64)
