@@ -30,6 +30,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,8 @@ def torchcam(class_name: str) -> PeerFactory:
         kwargs: dict[str, object] = {"input_shape": (3, s.size, s.size)}
         if class_name == "ScoreCAM":
             kwargs["batch_size"] = s.chunk
+        if class_name == "CAM":
+            kwargs["fc_layer"] = "fc"
         no_grad = class_name in ("CAM", "ScoreCAM")  # they need no gradient of the forward
         with cls(s.model, target_layer=s.layer, **kwargs) as extractor:
 
@@ -332,7 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(default 64; 16 with --quick)")
     p.add_argument("--samples", type=int, default=32, help="T of SmoothGrad / IG / shuffle")
     p.add_argument("--slow-batch", type=int, help="most images timed for slow methods "
-                   "(default: 16 on CUDA, 1 on CPU, 4 with --quick)")
+                   "(default: 16 on CUDA, 1 on CPU, 2 with --quick)")
     p.add_argument("--frozen-params", action="store_true",
                    help="freeze parameters for every implementation (see the module docstring)")
     p.add_argument("--seed", type=int, default=0)
@@ -344,12 +347,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.chunk = args.chunk or (16 if args.quick else 64)
     if args.slow_batch is None:
-        args.slow_batch = 4 if args.quick else 16 if args.device.startswith("cuda") else 1
+        args.slow_batch = 2 if args.quick else 16 if args.device.startswith("cuda") else 1
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     registered = set(loupe.list_methods())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -70,16 +71,22 @@ def explain(
     if not images.is_floating_point():
         raise ValueError(f"images must be floating point, got {images.dtype}")
     spec = get_method(method)
+    _check_options(spec.name, spec.function, options)
     layer = None
     if spec.uses_layer:
         layer = target_layer or find_target_layer(model, images)
+    elif target_layer is not None:
+        if "target_layer" not in inspect.signature(spec.function).parameters:
+            raise ValueError(f"method {method!r} does not use a target layer")
+        options["target_layer"] = target_layer
     resolved = resolve_targets(targets, images.shape[0], images.device)
     amp = (
         torch.autocast(images.device.type, dtype=_autocast_dtype(images.device))
         if autocast
         else nullcontext()
     )
-    with hooked(model, [layer] if layer else []) as captured, amp:
+    # Gradients are the method's business: a caller's torch.no_grad() must not break them.
+    with hooked(model, [layer] if layer else []) as captured, amp, torch.enable_grad():
         context = MapContext(
             model, images.detach(), resolved, layer, captured, reshape or tokens_to_grid
         )
@@ -88,6 +95,20 @@ def explain(
     if upsample and maps.shape[-2:] != images.shape[-2:]:
         maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return maps
+
+
+def _check_options(name: str, function: object, options: dict[str, object]) -> None:
+    """A ValueError naming the options that the method ``name`` does not take."""
+    parameters = list(inspect.signature(function).parameters.values())[1:]  # after ctx
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    known = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"method {name!r} has no option {', '.join(repr(u) for u in unknown)}; "
+            f"its options are: {', '.join(known) or 'none'}"
+        )
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype:

@@ -116,7 +116,9 @@ def resolve_targets(targets: TargetsLike, batch_size: int, device: torch.device)
         return Targets(batch_size, functions=tuple(targets))
     classes = _classes_tensor(targets, batch_size)
     if (classes < -1).any():
-        raise TargetError(f"target classes must be >= 0 (or -1 for padding), got {classes.min()}")
+        raise TargetError(
+            f"target classes must be >= 0 (or -1 for padding), got {int(classes.min())}"
+        )
     return Targets(batch_size, classes=classes.to(device))
 
 
@@ -124,6 +126,11 @@ def _classes_tensor(targets: object, batch_size: int) -> torch.Tensor:
     if isinstance(targets, int):
         return torch.full((batch_size, 1), targets, dtype=torch.long)
     if isinstance(targets, torch.Tensor):
+        if targets.dim() not in (1, 2) or targets.is_floating_point() or targets.is_complex():
+            raise TargetError(
+                "a targets tensor must hold integer classes, shape (B,) or (B, K); got "
+                f"{targets.dtype} of shape {tuple(targets.shape)}"
+            )
         classes = targets.long()
         classes = classes[:, None] if classes.dim() == 1 else classes
     elif isinstance(targets, Sequence) and all(isinstance(t, int) for t in targets):

@@ -16,7 +16,7 @@ from PIL import Image
 
 import loupe
 from loupe.cli import main
-from loupe.cli.explain import parse_value
+from loupe.cli.explain import parse_value, title
 from loupe.cli.methods import format_table, method_rows
 from loupe.io import load_npz
 from loupe.models import random_model
@@ -278,6 +278,11 @@ def test_parse_value():
     assert parse_value("True") is True and parse_value("false") is False
     assert parse_value("none") is None
     assert parse_value("2,3,4") == (2, 3, 4) and parse_value("cyclic") == "cyclic"
+
+
+def test_titles():
+    assert title(88, 0.99712, ["x"] * 88 + ["macaw, Ara macao"]) == "macaw (88) 0.997"
+    assert title(3, 0.5, None) == "class 3 0.500"
 
 
 # -- loupe methods ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,8 @@ from .layouts import write_coco, write_image
 pytest.importorskip("pycocotools")
 
 # Image 42 (20x10): a person polygon, a later car RLE overlapping it, a dog instance and a
-# crowd car region (listed after the dog) that the dog covers in part. Image 5 (8x6) has no annotations.
+# crowd car region (listed after the dog) that the dog covers in part. Image 5 (8x6) has no
+# annotations.
 IMAGES = [
     {"id": 42, "file_name": "000000000042.jpg", "width": 20, "height": 10},
     {"id": 5, "file_name": "000000000005.jpg", "width": 8, "height": 6},
@@ -76,8 +78,6 @@ def test_coco_renders_masks_labels_and_boxes(coco_root) -> None:
 
 def test_coco_compressed_rle_and_crowd_only_label(coco_root, tmp_path) -> None:
     from pycocotools import mask as mask_utils
-
-    import numpy as np
 
     binary = np.zeros((10, 20), dtype=np.uint8, order="F")
     binary[2:4, 3:9] = 1

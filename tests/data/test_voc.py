@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from loupe.data import VOC_CLASSES, VOCBoxes, VOCSegmentation, collate_samples, open_dataset
 
-from .layouts import VOC_MASKS, write_cls_labels, write_image, write_mask
+from .layouts import VOC_MASKS, write_cls_labels, write_image, write_mask, write_voc
 
 
 def test_voc_classes_in_official_order() -> None:
@@ -84,8 +84,6 @@ def test_voc_masks_only_without_jpegs(voc_root) -> None:
 
 
 def test_voc_augmented_folder_auto_and_explicit(tmp_path) -> None:
-    from .layouts import write_voc
-
     root = write_voc(tmp_path, aug=True)
     aug = root / "VOC2012" / "SegmentationClassAug" / "2007_000002.png"
     write_mask(aug, np.full((16, 16), 9, dtype=np.uint8), mode="L")

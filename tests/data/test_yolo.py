@@ -62,6 +62,8 @@ def test_yolo_image_without_label_file_has_no_objects(yolo_root) -> None:
 def test_yolo_names_option_overrides_yaml(yolo_root) -> None:
     data = open_dataset("yolo", yolo_root, "train", names=["x", "y", "z", "w"])
     assert data.class_names == ("background", "x", "y", "z", "w")
+    with pytest.raises(ValueError, match="names must be a list of class names"):
+        open_dataset("yolo", yolo_root, "train", names="coco")
     (yolo_root / "data.yaml").unlink()
     with pytest.raises(ValueError, match=r"no class names: pass names=.*data\.yaml not found"):
         open_dataset("yolo", yolo_root, "train")

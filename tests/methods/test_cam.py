@@ -124,8 +124,13 @@ def test_cam_top1_default_and_upsampling(resnet, images):
 
 
 def fitted_factor(gradcam: torch.Tensor, relu_cam: torch.Tensor) -> torch.Tensor:
-    """Per-map least-squares ``c`` in ``gradcam ~ c * relu_cam``, and a check of the fit."""
+    """Per-map least-squares ``c`` in ``gradcam ~ c * relu_cam`` over the maps where
+    ``relu_cam`` is not all zero (there ``gradcam`` must be zero too), with a check of the fit."""
     g, r = gradcam.flatten(2), relu_cam.flatten(2)
+    live = (r > 0).any(-1)
+    assert (g[~live] == 0).all()
+    assert live.sum() >= 2
+    g, r = g[live], r[live]
     factor = (g * r).sum(-1) / (r * r).sum(-1)
     torch.testing.assert_close(g, factor[..., None] * r, rtol=1e-4, atol=1e-6 * g.abs().max())
     return factor
@@ -166,7 +171,8 @@ def test_cam_densenet_style_head_pools_relu_features():
     ).view(2, 2, 5, 5)
     torch.testing.assert_close(maps, expected)
     with hooked(model, ["features"]) as captured, torch.no_grad():
-        head = find_cam_head(model, captured["features"], model(x), layer="features")
+        output = model(x)
+        head = find_cam_head(model, captured["features"], output, layer="features")
     assert head.relu and head.name == "classifier"
     picked = torch.tensor([[0, 4], [2, 2]])
     torch.testing.assert_close(

@@ -329,8 +329,10 @@ def output_scores(logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def title(cls: int, score: float, names: Sequence[str] | None) -> str:
-    name = names[cls].split(",")[0] if names else f"class {cls}"
-    return f"{name} ({cls}) {score:.3f}"
+    """``"macaw (88) 0.997"``, or ``"class 88 0.997"`` without class names."""
+    if not names:
+        return f"class {cls} {score:.3f}"
+    return f"{names[cls].split(',')[0]} ({cls}) {score:.3f}"
 
 
 def chunks(items: list, size: int) -> Iterator[list]:

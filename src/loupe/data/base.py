@@ -247,7 +247,7 @@ def labels_from_mask(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
         flat = flat[flat >= 0]
     present = torch.bincount(flat).nonzero().flatten() if flat.numel() else flat
     present = present[(present > 0) & (present < num_classes) & (present != IGNORE_INDEX)]
-    labels = torch.zeros(num_classes, dtype=torch.float32)
+    labels = torch.zeros(num_classes, dtype=torch.float32, device=mask.device)
     labels[present] = 1.0
     return labels
 

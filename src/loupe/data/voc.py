@@ -289,6 +289,6 @@ def read_voc_xml(path: Path, difficult: bool = True) -> tuple[torch.Tensor, list
             ) from error
         if xmax < xmin or ymax < ymin:
             raise ValueError(f"{path}: object {number} has an inverted box")
-        boxes.append([xmin, ymin, xmax, ymax])
+        boxes.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
         names.append(name)
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), names

@@ -76,6 +76,8 @@ class YOLOSegmentation(ImageDataset):
         self.label_dir = self.root / "labels" / (split or "")
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"{self.image_dir}: YOLO image folder not found")
+        if isinstance(names, str):
+            raise ValueError(f"names must be a list of class names, got the string {names!r}")
         if names is None:
             yaml_path = Path(data_yaml) if data_yaml else self.root / "data.yaml"
             if not yaml_path.is_file():

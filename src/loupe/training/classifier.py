@@ -26,7 +26,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from loupe.training.checkpoints import read_state_dict, resume_run, save_run
+from loupe.training.checkpoints import (
+    CHECKPOINT_FILE,
+    read_state_dict,
+    resume_run,
+    save_run,
+)
 from loupe.training.common import (
     SyntheticSplits,
     autocast,
@@ -327,6 +332,8 @@ def train_classifier(config: ClassifierConfig) -> Path:
     _check(config)
     device = resolve_device(config.device)
     out = Path(config.out)
+    if config.resume and not (out / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_FILE}")
     train_set = open_split(config.dataset, config.root, config.train_split, config.synthetic)
     val_set = (open_split(config.dataset, config.root, config.val_split, config.synthetic)
                if config.val_split else None)

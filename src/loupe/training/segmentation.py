@@ -21,7 +21,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from loupe.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou
-from loupe.training.checkpoints import read_state_dict, resume_run, save_run
+from loupe.training.checkpoints import (
+    CHECKPOINT_FILE,
+    read_state_dict,
+    resume_run,
+    save_run,
+)
 from loupe.training.classifier import OFFLINE_MESSAGE
 from loupe.training.common import (
     SyntheticSplits,
@@ -229,6 +234,8 @@ def train_segmenter(config: SegmentationConfig) -> Path:
         raise ValueError("epochs and batch_size must be >= 1")
     device = resolve_device(config.device)
     out = Path(config.out)
+    if config.resume and not (out / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_FILE}")
     base = open_split(config.dataset, config.root, config.train_split, config.synthetic)
     train_set = PseudoMaskDataset(base, config.masks)
     val_set = (open_split(config.dataset, config.root, config.val_split, config.synthetic)

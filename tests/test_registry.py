@@ -1,0 +1,231 @@
+"""Properties every registered map method must have, run over ``loupe.list_methods()``.
+
+New methods are picked up automatically; ``FAST`` only makes the expensive ones cheap here.
+The model is a small torchvision ResNet (BasicBlocks, GAP + linear head) so every method
+applies: gradient methods, the Grad-CAM family, Score-CAM, CAM and model-free baselines.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+import loupe
+from loupe import explain, get_method, list_methods
+from tests.conftest import count_hooks
+
+METHODS = list_methods()
+
+# Small options that keep the expensive methods fast; unknown methods run with defaults.
+FAST: dict[str, dict[str, object]] = {
+    "smoothgrad": {"n_samples": 3, "chunk_size": 4},
+    "integrated-gradients": {"steps": 3, "chunk_size": 4},
+    "shuffle": {"n_shuffles": 3, "chunk_size": 4},
+    "scorecam": {"chunk_size": 16},
+}
+
+TARGETS = torch.tensor([[3, 7], [5, 1], [0, 9]])
+
+
+class TinyResNet(ResNet):
+    """torchvision's ResNet forward (``conv1 bn1 relu maxpool layer1..4 avgpool fc``) with
+    narrow BasicBlocks, output stride 2, SiLU activations and an optional failure in forward.
+
+    SiLU instead of ReLU: a smooth network keeps "batch equals each image alone" at float
+    rounding; with ReLU a unit whose input is within rounding of 0 can flip between batch
+    compositions and make a gradient jump (observed on resnet18 at the 1e-3 level).
+    """
+
+    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+        nn.Module.__init__(self)
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.SiLU()
+        self.maxpool = nn.Identity()
+        down = nn.Sequential(nn.Conv2d(width, 2 * width, 1, stride=2, bias=False),
+                             nn.BatchNorm2d(2 * width))
+        self.layer1 = BasicBlock(width, width)
+        self.layer2 = BasicBlock(width, 2 * width, stride=2, downsample=down)
+        self.layer3 = BasicBlock(2 * width, 2 * width)
+        self.layer4 = BasicBlock(2 * width, 2 * width)
+        for block in (self.layer1, self.layer2, self.layer3, self.layer4):
+            block.relu = nn.SiLU()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+        self.fail = False
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.fail:
+            features = self.relu(self.bn1(self.conv1(x)))
+            for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+                features = layer(features)
+            raise RuntimeError(f"forward failed on purpose after features {features.shape}")
+        return super().forward(x)
+
+
+def tiny_resnet(seed: int = 0) -> TinyResNet:
+    torch.manual_seed(seed)
+    model = TinyResNet()
+    generator = torch.Generator().manual_seed(seed + 1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+            module.weight.data.copy_(0.5 + torch.rand(n, generator=generator))
+            module.bias.data.copy_(0.1 * torch.randn(n, generator=generator))
+    return model.eval()
+
+
+def constant_model() -> TinyResNet:
+    """Same network with a zero head weight: the logits are the bias whatever the input."""
+    model = tiny_resnet()
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.linspace(-1, 1, 10))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model() -> TinyResNet:
+    return tiny_resnet()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+def run(method: str, model: nn.Module, images: torch.Tensor, targets=TARGETS, **extra):
+    return explain(model, images, targets, method=method, **{**FAST.get(method, {}), **extra})
+
+
+def _check_maps(maps: torch.Tensor, images: torch.Tensor, k: int) -> None:
+    assert maps.shape == (images.shape[0], k, *images.shape[-2:])
+    assert maps.dtype == torch.float32
+    assert maps.device == images.device
+    assert torch.isfinite(maps).all()
+
+
+def test_registry_lists_the_builtin_methods():
+    expected = {"saliency", "gradxinput", "smoothgrad", "integrated-gradients", "gradcam"}
+    assert expected <= set(METHODS)
+    assert METHODS == sorted(METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_spec_is_documented(method):
+    spec = get_method(method)
+    assert spec.name == method
+    assert spec.paper.strip()
+    assert spec.function.__doc__ and spec.function.__doc__.strip()
+    assert spec.uses_layer in (True, False) and spec.stochastic in (True, False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shape_dtype_device_finite(method, model, images):
+    _check_maps(run(method, model, images), images, 2)
+    _check_maps(run(method, model, torch.zeros_like(images)), images, 2)
+    _check_maps(run(method, constant_model(), images), images, 2)
+    _check_maps(run(method, model, images, targets=None), images, 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_equals_each_image_alone(method, model, images):
+    batch = run(method, model, images)
+    for i in range(images.shape[0]):
+        alone = run(method, model, images[i : i + 1], targets=TARGETS[i : i + 1])
+        scale = batch[i].abs().max().item()
+        torch.testing.assert_close(alone, batch[i : i + 1], rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_deterministic_and_seeded(method, model, images):
+    first = run(method, model, images)
+    torch.testing.assert_close(run(method, model, images), first, rtol=0, atol=0)
+    if get_method(method).stochastic:
+        torch.testing.assert_close(run(method, model, images, seed=5),
+                                   run(method, model, images, seed=5), rtol=0, atol=0)
+        other = run(method, model, images, seed=6)
+        assert not torch.equal(other, first), "a different seed should give different maps"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_padding_targets_give_zero_maps(method, model, images):
+    maps = run(method, model, images, targets=[[3, 7], [5], [0, 9]])
+    assert torch.count_nonzero(maps[1, 1]) == 0
+    full = run(method, model, images, targets=[[3, 7], [5, 5], [0, 9]])
+    torch.testing.assert_close(maps[:, 0], full[:, 0])
+
+
+def _state(model: nn.Module):
+    return (
+        {name: m.training for name, m in model.named_modules()},
+        {name: p.requires_grad for name, p in model.named_parameters()},
+        count_hooks(model),
+    )
+
+
+def _prepared_model() -> TinyResNet:
+    """A model in training mode with some frozen parameters and one user hook, so that
+    restoring means restoring a mixed state, not setting everything to one value."""
+    model = tiny_resnet()
+    model.train()
+    model.layer1.eval()
+    for p in model.conv1.parameters():
+        p.requires_grad_(False)
+    model.layer2.register_forward_hook(lambda module, inputs, output: None)
+    return model
+
+
+def _assert_input_untouched(images: torch.Tensor, copy: torch.Tensor, requires_grad: bool):
+    assert torch.equal(images, copy)
+    assert images.requires_grad is requires_grad
+    assert images.grad is None
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_state_restored_and_input_untouched(method, images, requires_grad):
+    model = _prepared_model()
+    before = _state(model)
+    x = images.clone().requires_grad_(requires_grad)
+    copy = images.clone()
+    _check_maps(run(method, model, x), images, 2)
+    assert _state(model) == before
+    _assert_input_untouched(x, copy, requires_grad)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_state_restored_after_an_error_in_forward(method, images):
+    model = _prepared_model()
+    before = _state(model)
+    x = images.clone().requires_grad_(True)
+    layer = {"target_layer": "layer4"} if get_method(method).uses_layer else {}
+    model.fail = True
+    model.calls = 0
+    try:
+        run(method, model, x, **layer)
+    except RuntimeError as error:
+        assert "forward failed on purpose" in str(error)
+    else:
+        assert model.calls == 0, "the model's forward raised, yet the method returned maps"
+    assert _state(model) == before
+    _assert_input_untouched(x, images, True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_maps_under_no_grad(method, model, images):
+    # Callers often wrap inference in torch.no_grad(); explain must not depend on it.
+    expected = run(method, model, images)
+    with torch.no_grad():
+        torch.testing.assert_close(run(method, model, images), expected)
+
+
+def test_list_methods_is_the_public_registry():
+    assert loupe.list_methods() == METHODS
