@@ -10,6 +10,8 @@ Timed separately: reading the PNG masks, synthesising the maps, and the evaluati
 ``sweep_summary``). Images/s is for the evaluation alone.
 
     python bench/evaluate_voc.py [--assets DIR] [--limit N] [--threads N] [--device cpu]
+
+Seeded: the same maps and numbers on every run; only the timings vary.
 """
 
 from __future__ import annotations
@@ -61,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets", help="assets folder (default: LOUPE_ASSETS or ../shared)")
     parser.add_argument("--split", default="train", help="id list in voc12/ (default train)")
     parser.add_argument("--limit", type=int, default=0, help="first N images only")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads (default 1: per-image tensors are too small to gain from "
+             "more, and on a shared machine extra threads contend; 0 keeps torch's default)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--blur", type=int, default=16, help="pooling size of the map blur")
     parser.add_argument("--noise", type=float, default=0.15, help="noise std on the maps")

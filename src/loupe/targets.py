@@ -135,7 +135,10 @@ def _classes_tensor(targets: object, batch_size: int) -> torch.Tensor:
         classes = classes[:, None] if classes.dim() == 1 else classes
     elif isinstance(targets, Sequence) and all(isinstance(t, int) for t in targets):
         classes = torch.tensor(list(targets), dtype=torch.long)[:, None]
-    elif isinstance(targets, Sequence) and all(isinstance(t, Sequence) for t in targets):
+    elif (
+        isinstance(targets, Sequence) and not isinstance(targets, str)
+        and all(isinstance(t, Sequence) and not isinstance(t, str) for t in targets)
+    ):
         width = max((len(t) for t in targets), default=0)
         if width == 0:
             raise TargetError("every image needs at least one target class")

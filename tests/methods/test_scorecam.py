@@ -14,11 +14,12 @@ from tests.conftest import count_hooks
 
 
 class Tiny(nn.Module):
-    """features (stride 2, 6 channels) -> conv -> GAP -> linear; counts its forwards."""
+    """features (stride 2, 6 channels) -> conv + ReLU -> GAP -> linear; counts its forwards."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU())
+        # no ReLU: signed activations, so the min of each mask matters
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1))
         self.body = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
         self.fc = nn.Linear(8, 5)
         self.forwards = 0
@@ -38,7 +39,7 @@ def model() -> Tiny:
     torch.manual_seed(0)
     model = Tiny().eval()
     with torch.no_grad():
-        model.fc.weight.mul_(4)  # spread the scores so the channel softmax is not flat
+        model.fc.weight.mul_(20)  # spread the scores so the channel softmax is not flat
     return model
 
 

@@ -124,16 +124,29 @@ def test_summary_errors():
         sweep_summary(torch.zeros(1, 2, 2, dtype=torch.long), [0.1], fixed=(), spread_range=(0, 1))
 
 
-@pytest.mark.parametrize("count", [1, 20, 64, 65, 100])
-def test_count_below_equals_bucketize(count):
+@pytest.mark.parametrize(
+    "thresholds",
+    [
+        [0.5],
+        default_thresholds().tolist(),  # the lookup path
+        [0.0, 1 / 4096, 0.3, 1.0],  # neighbouring bins, both ends
+        [0.1, 0.1 + 1e-5, 0.2],  # two in one bin: bucketize path
+        [-0.5, 0.0, 0.5, 1.5],  # outside [0, 1]: bucketize path
+        torch.rand(100, generator=torch.Generator().manual_seed(0)).sort().values.tolist(),
+    ],
+)
+def test_count_below_equals_bucketize(thresholds):
     from loupe.metrics.sweep import count_below
 
-    generator = torch.Generator().manual_seed(count)
-    thresholds = torch.rand(count, generator=generator).sort().values
-    scores = torch.rand(30, 120, generator=generator)
-    scores[0, :count] = thresholds  # exact ties: a tie is not "below"
-    scores[1, :3] = torch.tensor([float("-inf"), 0.0, 1.0])
-    assert torch.equal(count_below(scores, thresholds).long(), torch.bucketize(scores, thresholds))
+    bounds = torch.tensor(thresholds, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(len(thresholds))
+    scores = torch.rand(30, 120, generator=generator) * 1.2 - 0.1
+    scores[0, : bounds.numel()] = bounds  # exact ties: a tie is not "below"
+    scores[1, :4] = torch.tensor([float("-inf"), 0.0, 1.0, float("inf")])
+    scores[2, :10] = torch.arange(10) / 4096  # bin edges
+    assert torch.equal(count_below(scores, bounds), torch.bucketize(scores, bounds))
+    double = count_below(scores.double(), bounds.double())
+    assert torch.equal(double, torch.bucketize(scores.double(), bounds.double()))
 
 
 def test_nan_and_inf_maps_are_sanitised_consistently():

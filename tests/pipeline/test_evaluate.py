@@ -64,14 +64,16 @@ def evaluate(out: Path, *extra: str) -> dict:
 
 
 def test_ground_truth_maps_score_one_at_every_threshold(folders, tmp_path: Path) -> None:
-    results = evaluate(tmp_path / "run", "--maps", str(folders["oracle"]), "--bootstrap", "50")
+    results = evaluate(tmp_path / "run", "--maps", str(folders["oracle"]), "--bootstrap", "50",
+                       "--overlays", "0")
     sweep = results["methods"]["oracle"]["sweep"]
     assert sweep["miou"] == [1.0] * 20 and sweep["spread"] == 0.0
     assert results["methods"]["oracle"]["miou_interval"]["low"] == 1.0
 
 
 def test_sweep_equals_each_threshold_alone(folders, tmp_path: Path) -> None:
-    results = evaluate(tmp_path / "sweep", "--maps", str(folders["gradcam"]), "--bootstrap", "0")
+    results = evaluate(tmp_path / "sweep", "--maps", str(folders["gradcam"]), "--bootstrap", "0",
+                       "--overlays", "0")
     entry = results["methods"]["gradcam"]
     curve = dict(zip(entry["sweep"]["thresholds"], entry["sweep"]["miou"], strict=True))
     best = entry["threshold"]
@@ -79,7 +81,8 @@ def test_sweep_equals_each_threshold_alone(folders, tmp_path: Path) -> None:
         masks = tmp_path / f"masks-{t}"
         assert main(["masks", "--maps", str(folders["gradcam"]), "--out", str(masks),
                      "--threshold", str(t), "--no-progress"]) == 0
-        alone = evaluate(tmp_path / f"alone-{t}", "--masks", str(masks), "--bootstrap", "0")
+        alone = evaluate(tmp_path / f"alone-{t}", "--masks", str(masks), "--bootstrap", "0",
+                         "--overlays", "0")
         assert alone["methods"][masks.name]["miou"] == curve[t]
         # and independently: numpy confusion of the thresholded maps against the masks
         total = np.zeros((N, N), dtype=np.int64)
@@ -174,7 +177,8 @@ def test_masks_with_hand_counted_confusions(tmp_path: Path) -> None:
         save_mask_png(folder / f"{sample_id}.png", pred)
         predictions.append(numpy_confusion(pred.numpy(), gt.numpy()))
     total = np.sum(predictions, axis=0)
-    results = evaluate(tmp_path / "run", "--masks", str(folder), "--bootstrap", "0")
+    results = evaluate(tmp_path / "run", "--masks", str(folder), "--bootstrap", "0",
+                       "--overlays", "0")
     entry = results["methods"]["hand"]
     assert entry["confusion"] == total.tolist()
     assert entry["miou"] == pytest.approx(numpy_miou(total), abs=1e-12)

@@ -45,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "explain",
         help="class maps of images: overlay PNGs and float16 .npz arrays",
-        description=__doc__.splitlines()[0],
+        description="Class maps of images from a torchvision classifier: for each image an "
+        "overlay PNG (one panel per target) and the raw maps as a float16 .npz.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--out", required=True, type=Path, help="output folder")

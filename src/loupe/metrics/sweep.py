@@ -98,20 +98,41 @@ def sweep_confusions(
 
 
 def count_below(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """For each score, how many of the increasing ``thresholds`` are strictly below it
-    (``torch.bucketize(scores, thresholds)``); the comparisons are ``score > t`` in the
-    scores' dtype, exactly as in :func:`loupe.masks.threshold.masks_from_maps`.
+    """For each score, how many of the increasing ``thresholds`` are strictly below it: the
+    result of ``torch.bucketize(scores, thresholds)``, compared in the scores' dtype exactly
+    as ``score > t`` in :func:`loupe.masks.threshold.masks_from_maps`. Scores must not be NaN.
 
-    Up to 64 thresholds this counts with one comparison per threshold into uint8 (on CPU,
-    about 4x faster than ``bucketize``'s binary search at 20 thresholds); beyond, it calls
-    ``bucketize``. Returns uint8 or int64 counts of the scores' shape.
+    ``bucketize``'s binary search is slow on CPU, so for thresholds in [0, 1] with at most
+    one per 1/4096-wide bin (any sensible sweep) a lookup replaces it: ``b = floor(4096 s)``
+    is exact (a power-of-two scale), ``table[b]`` counts the thresholds below ``b / 4096``,
+    and one comparison with the threshold inside bin ``b`` (if any) finishes the count.
+    Several times faster than ``bucketize`` on CPU. Returns int64 counts.
     """
-    if thresholds.numel() > 64:
+    lookup = _bin_lookup(thresholds)
+    if lookup is None:
         return torch.bucketize(scores, thresholds)
-    count = torch.zeros(scores.shape, dtype=torch.uint8, device=scores.device)
-    for j in range(thresholds.numel()):
-        count += scores > thresholds[j]
+    below, inside = lookup
+    bins = (scores * _BINS).clamp_(0, _BINS).long()
+    count = below.take(bins)
+    count += scores > inside.take(bins)
     return count
+
+
+_BINS = 4096
+
+
+def _bin_lookup(thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(thresholds below each bin's left edge, the threshold inside each bin or +inf), or
+    None when the thresholds leave [0, 1] or two share a bin."""
+    if thresholds.numel() == 0 or thresholds[0] < 0 or thresholds[-1] > 1:
+        return None
+    bins = (thresholds * _BINS).long()
+    if bins.numel() > 1 and not bool((bins[1:] > bins[:-1]).all()):
+        return None
+    edges = torch.arange(_BINS + 1, device=thresholds.device, dtype=thresholds.dtype) / _BINS
+    below = torch.bucketize(edges, thresholds)
+    inside = torch.full_like(edges, torch.inf).index_put_((bins,), thresholds)
+    return below, inside
 
 
 def _check_thresholds(

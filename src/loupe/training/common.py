@@ -8,12 +8,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from loupe.data.synthetic import SyntheticConfig
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +26,14 @@ _SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
 @dataclass(frozen=True)
 class SyntheticSplits:
     """Sizes and seed of the synthetic splits: ``train`` uses ``seed``, ``val`` ``seed + 1``,
-    ``test`` ``seed + 2`` (see :mod:`loupe.data.synthetic`)."""
+    ``test`` ``seed + 2``; ``scenes`` are the generator's parameters (see
+    :mod:`loupe.data.synthetic`)."""
 
     n_train: int = 400
     n_val: int = 100
     size: int = 96
     seed: int = 0
+    scenes: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -66,7 +70,8 @@ def open_split(kind: str, root: str | None, split: str,
         if split not in _SPLIT_OFFSETS:
             raise ValueError(f"synthetic data has splits train, val, test; got {split!r}")
         n = synthetic.n_val if split != "train" else synthetic.n_train
-        return make_synthetic(n, synthetic.size, synthetic.seed + _SPLIT_OFFSETS[split])
+        return make_synthetic(n, synthetic.size, synthetic.seed + _SPLIT_OFFSETS[split],
+                              synthetic.scenes)
     if root is None:
         raise ValueError(f"--root is required for dataset kind {kind!r}")
     from loupe.data import open_dataset
