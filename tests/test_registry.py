@@ -97,7 +97,7 @@ def model() -> TinyResNet:
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    return torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
 
 
 def run(method: str, model: nn.Module, images: torch.Tensor, targets=TARGETS, **extra):

@@ -67,13 +67,18 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     """The default target layer of ``model``, found with one forward of ``example[:1]``.
 
     CNNs: the last module whose output is a spatial map ``(B, C, h, w)`` with ``h*w > 1``
-    (``layer4`` of a ResNet, ``features`` of MobileNet/EfficientNet/ConvNeXt/DenseNet).
+    (``layer4`` of a ResNet, ``features`` of MobileNet/EfficientNet/ConvNeXt/DenseNet), not
+    counting 4D outputs of modules nested in a token-producing module (attention internals).
     Transformers (token outputs ``(B, N, C)`` after the last spatial map): the first norm of the
     last block (``ln_1`` in torchvision ViT, ``norm1`` in timm), as pytorch-grad-cam advises,
     because after the last block only the class token reaches the head.
     """
     fired = _output_shapes(model, example)
-    last_grid = max((i for i, (_, s) in enumerate(fired) if _is_grid(s)), default=-1)
+    in_tokens = _inside_token_modules(fired)
+    last_grid = max(
+        (i for i, (name, s) in enumerate(fired) if _is_grid(s) and name not in in_tokens),
+        default=-1,
+    )
     tokens = [
         (i, name)
         for i, (name, s) in enumerate(fired)
@@ -87,6 +92,18 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
         f"no layer of {type(model).__name__} produces a spatial map (B, C, h, w) or a token "
         "grid (B, N, C); name one with target_layer="
     )
+
+
+def _inside_token_modules(fired: list[tuple[str, torch.Size]]) -> set[str]:
+    """Names of modules nested in a module whose output is a token sequence ``(B, N, C)``: their
+    4D outputs are attention internals ``(B, heads, N, d)`` (timm's ``q_norm``/``k_norm``) or a
+    hybrid ViT's stem, not the model's spatial feature map."""
+    token_parents = {name for name, shape in fired if _is_tokens(shape)}
+    return {
+        name
+        for name, _ in fired
+        if any(name.startswith(parent + ".") for parent in token_parents)
+    }
 
 
 def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:

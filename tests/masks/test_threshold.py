@@ -96,3 +96,13 @@ def test_stays_on_device():
     out = masks_from_maps(maps, torch.tensor([1, 2], device="cuda"), 0.3)
     assert out.device.type == "cuda"
     assert torch.equal(out.cpu(), masks_from_maps(maps.cpu(), torch.tensor([1, 2]), 0.3))
+
+
+def test_inputs_are_not_modified():
+    maps = torch.tensor([[[float("nan"), -1.0, 2.0]], [[0.5, 0.0, 1.0]]])
+    classes = torch.tensor([1, -1])
+    before = maps.clone(), classes.clone()
+    masks_from_maps(maps, classes, 0.3)
+    confident_masks(maps, classes, 0.5, 0.1)
+    assert torch.equal(maps.nan_to_num(7.0), before[0].nan_to_num(7.0))
+    assert torch.equal(classes, before[1])

@@ -190,3 +190,62 @@ def test_unknown_layer_names_close_matches():
     with pytest.raises(LayerError, match="'layer4.1.conv1'"):
         find_module(model, "layer4.1.conv")
     assert count_hooks(model) == 0
+
+
+class Attention(nn.Module):
+    """timm-style attention with a ``k_norm`` that sees ``(B, heads, N, d)`` tensors."""
+
+    def __init__(self, dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.k_norm = nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        k = self.k_norm(k)
+        attention = (q @ k.transpose(-2, -1) / (c // self.heads) ** 0.5).softmax(-1)
+        return self.proj((attention @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, class token, two blocks, head on the class token (timm's layout)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.blocks = nn.Sequential(Block(dim), Block(dim))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
+def test_attention_internals_are_not_taken_for_a_feature_map():
+    """The 4D ``(B, heads, N, d)`` output of ``k_norm`` must not win over the token layers."""
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert find_target_layer(model, x) == "blocks.1.norm1"
+    raw = explain(model, x, [[0, 3], [1, 2]], method="gradcam", upsample=False)
+    assert raw.shape == (2, 2, 8, 8)  # 64 patch tokens; the class token dropped
+    assert (raw > 0).any()
