@@ -27,7 +27,7 @@ def assets() -> Path:
 
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
 
 
 def count_hooks(model: torch.nn.Module) -> int:

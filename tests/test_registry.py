@@ -134,6 +134,18 @@ def test_shape_dtype_device_finite(method, model, images):
     _check_maps(run(method, model, images, targets=None), images, 1)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("method", METHODS)
+def test_maps_stay_on_the_gpu_and_match_the_cpu(method, model, images):
+    cpu = run(method, model, images)
+    gpu_model = tiny_resnet().cuda()
+    maps = run(method, gpu_model, images.cuda())
+    _check_maps(maps, images.cuda(), 2)
+    if not get_method(method).stochastic:  # the GPU draws other random numbers
+        scale = cpu.abs().max().item()
+        torch.testing.assert_close(maps.cpu(), cpu, rtol=1e-3, atol=1e-3 * scale)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_batch_equals_each_image_alone(method, model, images):
     batch = run(method, model, images)

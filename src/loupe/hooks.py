@@ -43,7 +43,10 @@ def hooked(
                     "choose a layer whose output is a feature map"
                 )
             if leaf and torch.is_grad_enabled():
-                output = output.detach().requires_grad_(True)
+                # The graph starts at this leaf; the model goes on with a non-leaf copy so
+                # that in-place ops after the layer (DenseNet's F.relu(inplace=True)) work.
+                captured[name] = output.detach().requires_grad_(True)
+                return captured[name].clone()
             captured[name] = output
             return output
 

@@ -274,6 +274,30 @@ def test_cam_refuses_a_hidden_layer_head():
     assert count_hooks(model) == 0
 
 
+def test_cam_names_a_head_with_the_wrong_number_of_outputs():
+    model = randomised(HiddenHead(16))
+    with pytest.raises(HeadError, match="layer 'classifier.1' of HiddenHead has 16 outputs but "
+                       "the model gives 4 logits"):
+        explain(model, torch.randn(1, 3, 8, 8), 0, method="cam", head="classifier.1")
+
+
+class Counting(TinyGAP):
+    """Records, for each forward, whether autograd was recording."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.grad_modes.append(torch.is_grad_enabled())
+        return super().forward(x)
+
+
+def test_cam_is_one_forward_without_autograd():
+    model = randomised(Counting(3, 4, 4, kernel=3))
+    model.grad_modes = []
+    explain(model, torch.randn(2, 3, 6, 6), [[0, 1], [2, 3]], method="cam",
+            target_layer="features")
+    assert model.grad_modes == [False]
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_cam_refuses_global_max_pooling():
     model = randomised(TinyGAP(3, 4, 4, kernel=3))
     model.pool = nn.AdaptiveMaxPool2d(1)

@@ -14,6 +14,10 @@ from loupe.methods.gradients import quadrature, standard_noise
 
 TARGETS = torch.tensor([[3, 7], [5, 1]])
 
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Input Tensor 0 did not already require gradients:UserWarning"
+)
+
 
 def _randomize_batchnorm(model: nn.Module, seed: int) -> None:
     """Non-trivial BN statistics and affine terms: with the defaults (mean 0, var 1, gamma 1,

@@ -23,9 +23,11 @@ class Tiny(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
         self.fc = nn.Linear(8, 5)
         self.forwards = 0
+        self.grad_modes: set[bool] = set()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.forwards += 1
+        self.grad_modes.add(torch.is_grad_enabled())
         return self.fc(self.body(self.features(x)).mean((-2, -1)))
 
 
@@ -106,6 +108,7 @@ def test_scorecam_batches_images_channels_and_targets(model, images):
     model.forwards = 0
     scorecam(model, images, [[0, 1, 2], [2, 3, 4], [4, 0, 1]], chunk_size=5)
     assert model.forwards == 1 + math.ceil(3 * 6 / 5)
+    assert model.grad_modes == {False}  # gradient-free: no autograd graph is ever recorded
 
 
 def test_scorecam_leaves_model_and_input_untouched(model, images):

@@ -188,3 +188,19 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, args, message):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("loupe train: error:") and message in err
+
+
+def test_real_images_of_varied_sizes_train_through_the_same_path(assets, tmp_path):
+    from loupe.data import COCO_CLASSES
+
+    config = tiny_config(
+        tmp_path, dataset="yolo", root=str(assets / "coco128-seg"), train_split="train2017",
+        val_split=None, data_options={"names": list(COCO_CLASSES)}, epochs=1, batch_size=4,
+        max_steps_per_epoch=2, resize_long=(48, 80), crop=64,
+    )
+    path = train_classifier(config)
+    spec = json.loads((path.parent / "model.json").read_text())
+    assert spec["model"]["num_classes"] == 80 and spec["label_offset"] == 1
+    assert spec["class_names"][:2] == ["person", "bicycle"]
+    history = json.loads((path.parent / "history.json").read_text())
+    assert history[0]["steps"] == 2 and history[0]["loss"] > 0 and "val_map" not in history[0]

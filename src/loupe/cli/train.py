@@ -20,6 +20,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--root", help="data set folder (not needed for synthetic)")
     group.add_argument("--train-split", default="train")
     group.add_argument("--val-split", default="val", help="validation split; 'none' to skip")
+    group.add_argument("--data-option", nargs="+", action="extend", default=[],
+                       metavar="KEY=VALUE", help="data set option, e.g. data_yaml=FILE or "
+                       "names=cat,dog (a comma makes a list)")
     defaults = SyntheticSplits()
     group.add_argument("--synthetic-train", type=int, default=defaults.n_train,
                        help=f"synthetic training images (default {defaults.n_train})")
@@ -102,6 +105,17 @@ def preprocessing_from(args: argparse.Namespace) -> Preprocessing:
     return Preprocessing.imagenet()
 
 
+def data_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> options; a value with a comma becomes a list of strings."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--data-option {pair!r}: expected KEY=VALUE")
+        options[key] = [v for v in value.split(",") if v] if "," in value else value
+    return options
+
+
 def common_config(args: argparse.Namespace) -> dict[str, Any]:
     """Config fields shared by ``train`` and ``train-seg`` from parsed arguments."""
     if args.dataset != "synthetic" and not args.root:
@@ -116,6 +130,7 @@ def common_config(args: argparse.Namespace) -> dict[str, Any]:
     preprocessing = preprocessing_from(args)
     return {
         "dataset": args.dataset, "root": args.root, "train_split": args.train_split,
+        "data_options": data_options(args.data_option),
         "val_split": None if args.val_split.lower() == "none" else args.val_split,
         "synthetic": SyntheticSplits(args.synthetic_train, args.synthetic_val,
                                      args.synthetic_size, args.seed),

@@ -146,18 +146,19 @@ def standard_noise(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """One standard normal draw ``(n_samples, C, H, W)``, shared by every image of a batch.
+    """One standard normal draw ``(n_samples, C, H, W)``, shared by every image of a batch,
+    returned on ``device``.
 
-    Drawn with ``generator`` if given (on its device), else with a fresh generator seeded with
-    ``seed`` on ``device``: ``torch.randn((n, C, H, W), generator=torch.Generator(device)
-    .manual_seed(seed))``. Sharing one draw (common random numbers) makes an image's map
-    independent of the other images in its batch.
+    Drawn with ``generator`` if given (on its device), else with a CPU generator seeded with
+    ``seed``: ``torch.randn((n, C, H, W), generator=torch.Generator().manual_seed(seed))``, so
+    a seed gives the same noise on every device. Sharing one draw (common random numbers)
+    makes an image's map independent of the other images in its batch.
     """
     shape = (n_samples, *tuple(image_shape))
     if generator is None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int (or pass generator=), got {seed!r}")
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
     elif not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     noise = torch.randn(shape, generator=generator, device=generator.device)
@@ -247,8 +248,9 @@ def smoothgrad(
     min(x))`` per image, the paper's parametrisation) or an absolute ``stdev``; ``reduce`` of
     each sample's gradient (``"abs-max"``, see :func:`saliency`); ``chunk_size`` (32 noisy
     copies per forward); ``seed`` (0) or a ``generator`` (used instead of the seed). One noise
-    tensor ``(n, C, H, W)`` is drawn and shared by all images, so the same seed gives the same
-    maps for any batch size and chunk size. Returns ``(B, K, H, W)``.
+    tensor ``(n, C, H, W)`` is drawn (on the CPU for a seed, see :func:`standard_noise`) and
+    shared by all images, so the same seed gives the same maps for any batch size, chunk size
+    and device. Returns ``(B, K, H, W)``.
     """
     _check_count("n_samples", n_samples)
     images = ctx.images
@@ -385,8 +387,6 @@ def integrated_gradients(
     ``chunk_size`` (32 path points per forward). Returns ``(B, K, H, W)``.
     """
     images = ctx.images
-    if not isinstance(rule, str) or rule not in RULES:
-        raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
     alphas, weights = quadrature(rule, steps, device=images.device, dtype=images.dtype)
     return integrated_gradients_maps(
         ctx.model, images, ctx.targets, baselines_for(images, baseline), alphas, weights,

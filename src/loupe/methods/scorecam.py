@@ -73,8 +73,8 @@ def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
     to the input size and the softmax taken over the C channels.
 
     The paper defines the weight of channel ``c`` as its "channel-wise increase of confidence"
-    ``S_k(X * H_c) - S_k(X_b)`` for a baseline ``X_b``, with ``S_k`` the softmax probability
-    of class ``k``; the authors' code uses that probability directly (no baseline, no channel
+    ``S_k(X * H_c) - S_k(X_b)`` for a baseline ``X_b``; the authors' code (haofanwang/Score-CAM)
+    uses the softmax class probability of the masked input directly (no baseline, no channel
     softmax, constant channels skipped) and ``align_corners=False``. The channel softmax used
     here makes the baseline term irrelevant (it is constant over channels and softmax is
     shift-invariant), but it weights channels by ``exp(logit)`` rather than linearly by class
@@ -82,10 +82,11 @@ def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
     authors' code.
 
     Options:
-        chunk_size: masked inputs per forward pass (default 32); results do not depend on it.
+        chunk_size: masked inputs per forward pass (default 32); maps do not depend on it
+            (up to float rounding).
 
     Returns ``(B, K, h, w)`` at the target layer's resolution; padding targets give zero maps.
-    Cost: ``ceil(B * C / chunk_size)`` forwards of the model, all under ``torch.no_grad``.
+    Cost: ``1 + ceil(B * C / chunk_size)`` forwards of the model, all under ``torch.no_grad``.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")

@@ -274,6 +274,7 @@ class ClassifierConfig:
     train_split: str = "train"
     val_split: str | None = "val"
     synthetic: SyntheticSplits = field(default_factory=SyntheticSplits)
+    data_options: dict[str, Any] = field(default_factory=dict)
     backbone: str = "resnet50"
     head: str = "auto"
     output_stride: int = 16
@@ -334,8 +335,10 @@ def train_classifier(config: ClassifierConfig) -> Path:
     out = Path(config.out)
     if config.resume and not (out / CHECKPOINT_FILE).is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_FILE}")
-    train_set = open_split(config.dataset, config.root, config.train_split, config.synthetic)
-    val_set = (open_split(config.dataset, config.root, config.val_split, config.synthetic)
+    train_set = open_split(config.dataset, config.root, config.train_split,
+                           config.synthetic, config.data_options)
+    val_set = (open_split(config.dataset, config.root, config.val_split, config.synthetic,
+                          config.data_options)
                if config.val_split else None)
     class_names = list(train_set.class_names)
     offset = 1 if has_background(class_names) else 0

@@ -56,9 +56,11 @@ def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[Any]
 
 
 def open_split(kind: str, root: str | None, split: str,
-               synthetic: SyntheticSplits | None = None) -> Any:
+               synthetic: SyntheticSplits | None = None,
+               options: dict[str, Any] | None = None) -> Any:
     """A data set of ``kind`` (one of :data:`DATASET_KINDS`) for ``split``, yielding
-    :class:`loupe.data.base.Sample`; ``root`` is ignored for ``"synthetic"``."""
+    :class:`loupe.data.base.Sample`; ``root`` is ignored for ``"synthetic"``; ``options``
+    go to :func:`loupe.data.open_dataset` (e.g. ``names`` of a YOLO set)."""
     if kind not in DATASET_KINDS:
         raise ValueError(
             f"unknown dataset kind {kind!r}; choose one of: {', '.join(DATASET_KINDS)}"
@@ -76,7 +78,7 @@ def open_split(kind: str, root: str | None, split: str,
         raise ValueError(f"--root is required for dataset kind {kind!r}")
     from loupe.data import open_dataset
 
-    return open_dataset(kind, root, split)
+    return open_dataset(kind, root, split, **(options or {}))
 
 
 def has_background(class_names: Iterable[str]) -> bool:

@@ -149,6 +149,7 @@ class SegmentationConfig:
     train_split: str = "train"
     val_split: str | None = "val"
     synthetic: SyntheticSplits = field(default_factory=SyntheticSplits)
+    data_options: dict[str, Any] = field(default_factory=dict)
     backbone: str = "resnet50"
     pretrained: str = "imagenet"
     init: str | None = None
@@ -236,9 +237,11 @@ def train_segmenter(config: SegmentationConfig) -> Path:
     out = Path(config.out)
     if config.resume and not (out / CHECKPOINT_FILE).is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_FILE}")
-    base = open_split(config.dataset, config.root, config.train_split, config.synthetic)
+    base = open_split(config.dataset, config.root, config.train_split, config.synthetic,
+                      config.data_options)
     train_set = PseudoMaskDataset(base, config.masks)
-    val_set = (open_split(config.dataset, config.root, config.val_split, config.synthetic)
+    val_set = (open_split(config.dataset, config.root, config.val_split, config.synthetic,
+                          config.data_options)
                if config.val_split else None)
     class_names = list(base.class_names)
     num_classes = len(class_names)
