@@ -75,15 +75,12 @@ def run(args: argparse.Namespace) -> int:
     config = EvaluationConfig(dataset=spec, sources=sources, thresholds=thresholds,
                               boxes=args.boxes, box_threshold=args.box_threshold,
                               workers=args.workers, progress=not args.no_progress)
-    device = distributed.init_distributed(args.device)
-    try:
+    with distributed.distributed_session(args.device) as device:
         tally = evaluate_sources(config, device)
         if tally is not None:
             results = build_results(tally, args, spec.describe(), sources, thresholds)
             write_outputs(args, results, sources, spec)
         distributed.barrier()
-    finally:
-        distributed.destroy_distributed()
     if tally is not None:
         best = max(results["methods"].items(), key=lambda kv: kv[1]["miou"], default=None)
         summary = f"; best {best[0]} mIoU {100 * best[1]['miou']:.1f}" if best else ""

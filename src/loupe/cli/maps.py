@@ -111,13 +111,10 @@ def run(args: argparse.Namespace) -> int:
         scale=args.scale, patch=args.patch, progress=not args.no_progress,
     )
     config.check()
-    device = distributed.init_distributed(args.device)
-    try:
+    with distributed.distributed_session(args.device) as device:
         result = generate_maps(config, device)
+        rank, world = distributed.rank(), distributed.world_size()
         distributed.barrier()
-    finally:
-        distributed.destroy_distributed()
     print(f"maps: {result.written} written, {result.skipped} already in {args.out}"
-          + (f" (rank {distributed.local_rank()})" if distributed.launched_world_size() > 1
-             else ""))
+          + (f" (rank {rank} of {world})" if world > 1 else ""))
     return 0

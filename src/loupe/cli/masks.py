@@ -59,11 +59,8 @@ def run(args: argparse.Namespace) -> int:
     config = MasksConfig(args.maps, args.out, args.threshold,
                          tuple(args.confident) if args.confident else None, args.crf,
                          progress=not args.no_progress)
-    device = distributed.init_distributed(args.device)
-    try:
+    with distributed.distributed_session(args.device) as device:
         written, skipped = write_pseudo_masks(config, device, images, description)
         distributed.barrier()
-    finally:
-        distributed.destroy_distributed()
     print(f"masks: {written} written, {skipped} already in {args.out}")
     return 0

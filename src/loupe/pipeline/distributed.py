@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -126,6 +127,21 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
                 )
             resolved = torch.device("cuda", index)
     return resolved
+
+
+@contextmanager
+def distributed_session(device: str | torch.device | None = None) -> Iterator[torch.device]:
+    """:func:`init_distributed` for a block; on exit the process group is destroyed if this
+    block created it (a group the caller set up stays, so one process can run several
+    commands in one group: PyTorch does not support re-creating a destroyed default group
+    reliably)."""
+    created = launched_world_size() > 1 and not (dist.is_available() and dist.is_initialized())
+    resolved = init_distributed(device)
+    try:
+        yield resolved
+    finally:
+        if created:
+            destroy_distributed()
 
 
 def destroy_distributed() -> None:

@@ -97,6 +97,15 @@ def _load_backbone(model: nn.Module, backbone: str, path: str) -> None:
     model.backbone.load_state_dict({k: state[k] for k in own})
 
 
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every BatchNorm of ``model``."""
+    if not 0 < momentum <= 1:
+        raise ValueError(f"bn_momentum must be in (0, 1], got {momentum}")
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
 class PseudoMaskDataset(Dataset):
     """Images of a data set paired with pseudo-masks ``masks_dir/<id>.png`` (index PNGs).
 
@@ -141,7 +150,10 @@ class SegmentationConfig:
     """Everything :func:`train_segmenter` does. Defaults: DeepLabV3-ResNet-50 from ImageNet,
     SGD momentum 0.9, lr 0.01 (10x on the DeepLab head), weight decay 1e-4, poly decay,
     batch 16, 20 epochs, IRN's augmentation (long side 320..640, flip, jitter, crop 512).
-    ``masks`` is the folder of pseudo-masks of ``train_split``."""
+    ``masks`` is the folder of pseudo-masks of ``train_split``. ``bn_momentum`` overrides
+    every BatchNorm's running-statistics momentum (torchvision's MobileNetV3 uses 0.01, too
+    slow for runs of a few hundred steps from scratch: evaluation then sees untrained
+    statistics); None keeps the backbone's own."""
 
     masks: str = ""
     dataset: str = "voc"
@@ -167,6 +179,7 @@ class SegmentationConfig:
     flip: bool = True
     jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
     freeze_bn: bool = False
+    bn_momentum: float | None = None
     amp: bool = True
     device: str = "auto"
     workers: int = 0
@@ -249,6 +262,8 @@ def train_segmenter(config: SegmentationConfig) -> Path:
         torch.manual_seed(config.seed)
         model = build_segmenter(config.backbone, num_classes, pretrained=config.pretrained,
                                 init=config.init).to(device)
+    if config.bn_momentum is not None:
+        set_bn_momentum(model, config.bn_momentum)
     preprocessing = Preprocessing(tuple(config.mean), tuple(config.std))
     augmentation = Augmentation(config.resize_long, config.flip, config.jitter, config.crop)
 
