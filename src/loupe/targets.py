@@ -74,14 +74,16 @@ class Targets:
         if self.classes is None:
             raise TargetError("targets are not bound: call bind() on the clean output first")
         logits = _as_logits(output)
+        _check_range(self.classes, logits.shape[1])
         repeats = logits.shape[0] // self.batch_size
         classes = self.classes.to(logits.device).repeat_interleave(repeats, dim=0)
         picked = logits.gather(1, classes.clamp(min=0))
         return picked * (classes >= 0)
 
     def ensure_bound(self, model: nn.Module, images: torch.Tensor) -> Targets:
-        """Bound targets, running one no-grad forward of the clean images only if needed."""
-        if self.functions is not None:
+        """Bound targets, running one no-grad forward of the clean images only if needed
+        (top-1 targets); given classes are range-checked by :meth:`scores`."""
+        if self.bound:
             return self
         with torch.no_grad():
             return self.bind(model(images))
