@@ -4,6 +4,7 @@ data set with images of different sizes, and the synthetic set's command-line op
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,6 @@ from loupe.masks import save_mask_png
 from loupe.training.checkpoints import save_model
 from loupe.training.classifier import build_classifier
 
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = REPO / ".venv" / "bin" / "python"
 NUM_OBJECT_CLASSES = 5  # the synthetic set's default; data-set classes 0..5, 0 = background
 
 SYNTHETIC = ["--dataset", "synthetic", "--synthetic-train", "6", "--synthetic-size", "32",
@@ -24,10 +23,8 @@ SYNTHETIC = ["--dataset", "synthetic", "--synthetic-train", "6", "--synthetic-si
 
 
 def python_executable() -> str:
-    """The virtual environment's interpreter (the one running the tests, else the repo's)."""
-    import sys
-
-    return sys.executable if sys.executable else str(PYTHON)
+    """The interpreter running the tests (the project's virtual environment)."""
+    return sys.executable
 
 
 def subprocess_env() -> dict[str, str]:

@@ -5,6 +5,7 @@ evaluation equals a single process's exactly."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -108,8 +109,8 @@ def test_two_torchrun_processes_match_one_process(tiny_run: Path, tmp_path: Path
     assert [r["sum"] for r in ranks] == [[3, 20], [3, 20]]
     assert [r["gathered"] for r in ranks] == [[0, 1], None]
     # chunks of 2 dealt to ranks: rank 0 gets images 0-1 and 4-5, rank 1 images 2-3 and 6
-    written = sorted(line for line in done.stdout.splitlines() if line.startswith("maps:"))
-    assert [line.split(" written")[0] for line in written] == ["maps: 3", "maps: 4"]
+    written = re.findall(r"maps: (\d) written, 0 already in \S+ \(rank (\d) of 2\)", done.stdout)
+    assert sorted(written) == [("3", "1"), ("4", "0")], done.stdout
 
     assert main([*MAPS, "--model", str(tiny_run), "--out", str(single / "maps")]) == 0
     assert main([*EVALUATE, "--maps", str(single / "maps"), "--out", str(single / "run")]) == 0

@@ -4,6 +4,7 @@ the sweep against one threshold at a time, bootstrap comparisons, WSOL, and bad 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,27 @@ def test_evaluate_errors_name_the_file(folders, tmp_path: Path, capsys) -> None:
     for extra, message in cases:
         assert main(["evaluate", *SYNTHETIC, "--out", str(tmp_path / "o"), *extra]) == 2, extra
         assert message in capsys.readouterr().err
+    # a worker process's error reaches the user as the same one line
+    assert main(["evaluate", *SYNTHETIC, "--out", str(tmp_path / "o"), "--maps", str(missing),
+                 "--workers", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"loupe evaluate: error: {missing / (DATA.ids[1] + '.npz')}: no map file for image "
+        f"{DATA.ids[1]!r} of the data set (in --maps {missing})")
+
+
+def test_an_image_without_maps_is_all_background(folders, tmp_path: Path) -> None:
+    folder = tmp_path / "partial"
+    shutil.copytree(folders["oracle"], folder)
+    empty = map_file_arrays(torch.zeros(0, 32, 32), torch.zeros(0, dtype=torch.long),
+                            torch.zeros(0), -1)
+    save_npz(folder / f"{DATA.ids[0]}.npz", **empty)
+    results = evaluate(tmp_path / "run", "--maps", str(folder), "--bootstrap", "0",
+                       "--overlays", "0")
+    total = np.zeros((N, N), dtype=np.int64)
+    for index in range(len(DATA)):
+        gt = DATA.masks[index].numpy()
+        total += numpy_confusion(np.zeros_like(gt) if index == 0 else gt, gt)
+    assert results["methods"]["partial"]["confusion"] == total.tolist()
 
 
 def test_report_puts_runs_side_by_side(folders, tmp_path: Path, capsys) -> None:

@@ -190,7 +190,8 @@ def test_maps_of_images_with_different_sizes(tiny_run: Path, folder_root: Path,
                                              tmp_path: Path) -> None:
     common = ["--dataset", "folder", "--root", str(folder_root), "--model", str(tiny_run),
               "--no-progress"]
-    assert main(["maps", *common, "--out", str(tmp_path / "b4"), "--batch-size", "4"]) == 0
+    assert main(["maps", *common, "--out", str(tmp_path / "b4"), "--batch-size", "4",
+                 "--workers", "2"]) == 0
     assert main(["maps", *common, "--out", str(tmp_path / "b1"), "--batch-size", "1"]) == 0
     assert main(["maps", *common, "--out", str(tmp_path / "sized"), "--size", "32"]) == 0
     for sample_id, (w, h) in FOLDER_SIZES.items():

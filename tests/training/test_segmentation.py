@@ -25,11 +25,13 @@ from loupe.training.segmentation import (
 )
 from loupe.training.transforms import Preprocessing, image_tensor
 
-# One object class and no background clutter: a DeepLabV3 trained from scratch for 48 steps
+# One object class and no background clutter: a DeepLabV3 trained from scratch for 40 steps
 # learns where objects are but not which of 5 classes they are (telling classes, and objects
-# from body-like clutter, needs the small badges); measured with 5 classes and clutter it still
-# predicts all background after 48 steps. With this set it reaches val mIoU 0.445 against
-# 0.373 for all background (measured).
+# from body-like clutter, needs the small badges); measured with 5 classes it still predicts
+# all background after 48 steps. On this set it reaches val mIoU 0.585 after 10 epochs
+# against 0.373 for all background (measured). Precise BatchNorm is needed: MobileNetV3's
+# running statistics (momentum 0.01) lag so far behind after 40 steps that evaluation
+# predicts all background although training-mode predictions are good (measured).
 SCENES = SyntheticConfig(num_classes=1, clutter=(0, 0))
 SPLITS = SyntheticSplits(n_train=32, n_val=16, size=64, seed=0, scenes=SCENES)
 
@@ -46,9 +48,9 @@ def seg_run(tmp_path_factory):
     write_pseudo_masks(root / "masks", train)
     config = SegmentationConfig(
         masks=str(root / "masks"), dataset="synthetic", synthetic=SPLITS,
-        backbone="mobilenet_v3_large", pretrained="none", epochs=12, batch_size=8, lr=0.1,
+        backbone="mobilenet_v3_large", pretrained="none", epochs=10, batch_size=8, lr=0.1,
         head_lr_mult=1.0, resize_long=None, crop=64, jitter=(0.0, 0.0, 0.0, 0.0),
-        out=str(root / "run"), progress=False,
+        precise_bn=4, out=str(root / "run"), progress=False,
     )
     return root, train_segmenter(config), config
 
@@ -57,7 +59,7 @@ def seg_run(tmp_path_factory):
 def test_segmenter_beats_all_background_on_validation_ground_truth(seg_run):
     root, path, _ = seg_run
     history = json.loads((path.parent / "history.json").read_text())
-    assert [h["epoch"] for h in history] == list(range(1, 13))
+    assert [h["epoch"] for h in history] == list(range(1, 11))
     val = make_synthetic(SPLITS.n_val, SPLITS.size, SPLITS.seed + 1, SCENES)
     trivial = float(mean_iou(confusion_matrix(torch.zeros_like(val.masks), val.masks, 2)
                              .sum(0)))
@@ -66,7 +68,7 @@ def test_segmenter_beats_all_background_on_validation_ground_truth(seg_run):
     images = Preprocessing.from_json(spec["preprocessing"])(val.images.float() / 255)
     ours = float(mean_iou(confusion_matrix(predict_masks(model, images), val.masks, 2).sum(0)))
     assert ours == pytest.approx(history[-1]["val_miou"], abs=1e-9)
-    assert ours > trivial + 0.03, (ours, trivial)
+    assert ours > trivial + 0.1, (ours, trivial)
 
 
 @pytest.mark.slow
@@ -76,7 +78,7 @@ def test_segmenter_checkpoint_round_trips(seg_run):
     assert spec["kind"] == "segmenter" and spec["model"] == {
         "backbone": "mobilenet_v3_large", "num_classes": 2}
     state = load_torch(path.parent / "checkpoint.pt")
-    assert state["epoch"] == 12
+    assert state["epoch"] == 10
     reference, _ = load_model(path)
     reference.load_state_dict(state["model"])
     x = torch.randn(2, 3, 64, 64)

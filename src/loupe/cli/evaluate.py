@@ -126,4 +126,4 @@ def write_outputs(args: argparse.Namespace, results: dict[str, Any], sources: An
             ids = list(dataset.ids[: results["images"]])
             write_overlays(args.out, dataset, ids, sources, thresholds, args.overlays)
         except (FileNotFoundError, ValueError) as error:
-            logging.getLogger(__name__).info("no overlays.png: images not readable (%s)", error)
+            logging.getLogger(__name__).warning("no overlays.png: %s", error)

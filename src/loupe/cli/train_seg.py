@@ -28,6 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--bn-momentum", type=float,
                        help="BatchNorm momentum for all layers (MobileNetV3's 0.01 is slow for "
                        "short runs from scratch; e.g. 0.1)")
+    group.add_argument("--precise-bn", type=int, default=0, metavar="BATCHES",
+                       help="recompute BatchNorm statistics on this many training batches "
+                       "after each epoch (default 0: off)")
     add_recipe_arguments(p, epochs=20, lr=0.01)
     p.set_defaults(run=run)
 
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--masks {args.masks}: folder not found")
     values = common_config(args)
     values.update(masks=str(args.masks), backbone=args.backbone, pretrained=args.pretrained,
-                  freeze_bn=args.freeze_bn, bn_momentum=args.bn_momentum)
+                  freeze_bn=args.freeze_bn, bn_momentum=args.bn_momentum,
+                  precise_bn=args.precise_bn)
     names = {f.name for f in fields(SegmentationConfig)}
     config = SegmentationConfig(**{k: v for k, v in values.items() if k in names})
     path = train_segmenter(config)

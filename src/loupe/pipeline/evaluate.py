@@ -93,7 +93,7 @@ class EvaluationConfig:
 
     dataset: DatasetSpec
     sources: tuple[Source, ...]
-    thresholds: tuple[float, ...] = tuple(default_thresholds().tolist())
+    thresholds: tuple[float, ...] = tuple(round(t, 6) for t in default_thresholds().tolist())
     boxes: bool = False
     box_threshold: float = 0.2
     workers: int = 0

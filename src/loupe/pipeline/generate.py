@@ -36,6 +36,7 @@ from loupe import __version__
 from loupe.api import explain
 from loupe.data.mapping import ClassMapping, mapped_scores, mapped_targets
 from loupe.io import save_npz
+from loupe.layers import find_target_layer
 from loupe.pipeline import distributed
 from loupe.pipeline.classifiers import (
     LoadedClassifier,
@@ -98,6 +99,8 @@ def multiscale_maps(
         raise ValueError(f"scales must be positive, got {list(scales)}")
     b, k = targets.shape
     h, w = images.shape[-2:]
+    if target_layer is None and get_method(method).uses_layer:
+        target_layer = find_target_layer(model, images)  # once, not once per scale
     totals = [images.new_zeros((k, *size), dtype=torch.float32) for size in sizes]
     for scale in scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -284,8 +287,7 @@ def describe_run(
                   "float32, classes (K,) int64, scores (K,) float32, predicted () int64",
         "loupe": __version__,
         "method": config.method,
-        "options": {k: v if isinstance(v, str | int | float | bool | None) else repr(v)
-                    for k, v in sorted(config.options.items())},
+        "options": {k: _plain(v) for k, v in sorted(config.options.items())},
         "target_layer": config.target_layer,
         "scales": list(config.scales),
         "flip": config.flip,
@@ -300,6 +302,16 @@ def describe_run(
         "class_names": list(dataset.class_names),
         "images": count,
     }
+
+
+def _plain(value: object) -> object:
+    """An option value as JSON: numbers, strings, booleans and None as they are, sequences
+    as lists, anything else as its repr."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return repr(value)
 
 
 def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:

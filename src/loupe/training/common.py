@@ -168,3 +168,37 @@ def loader(dataset: Any, batch_size: int, *, shuffle: bool, seed: int, epoch: in
         drop_last=drop_last, pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
+
+
+@torch.no_grad()
+def recompute_bn_statistics(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]], device: torch.device,
+    max_batches: int,
+) -> int:
+    """Precise BatchNorm (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): replace every
+    BatchNorm's running mean and variance by their plain average over ``max_batches`` batches
+    of training images, with the current weights. The exponential moving average lags behind
+    weights that change quickly (short runs, MobileNetV3's momentum 0.01), and evaluation then
+    uses statistics of an older network. Returns the number of batches used; the model's
+    training flag and every momentum are restored."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or max_batches < 1:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    used = 0
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        model.train()
+        for images, _ in batches:
+            if used >= max_batches:
+                break
+            model(images.to(device))
+            used += 1
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return used

@@ -33,6 +33,7 @@ from loupe.training.common import (
     autocast,
     loader,
     open_split,
+    recompute_bn_statistics,
     resolve_device,
     set_train_mode,
     train_epoch,
@@ -153,7 +154,9 @@ class SegmentationConfig:
     ``masks`` is the folder of pseudo-masks of ``train_split``. ``bn_momentum`` overrides
     every BatchNorm's running-statistics momentum (torchvision's MobileNetV3 uses 0.01, too
     slow for runs of a few hundred steps from scratch: evaluation then sees untrained
-    statistics); None keeps the backbone's own."""
+    statistics); None keeps the backbone's own. ``precise_bn`` > 0 recomputes the BatchNorm
+    statistics on that many training batches after each epoch, before validation and saving
+    (:func:`loupe.training.common.recompute_bn_statistics`)."""
 
     masks: str = ""
     dataset: str = "voc"
@@ -180,6 +183,7 @@ class SegmentationConfig:
     jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
     freeze_bn: bool = False
     bn_momentum: float | None = None
+    precise_bn: int = 0
     amp: bool = True
     device: str = "auto"
     workers: int = 0
@@ -303,6 +307,11 @@ def train_segmenter(config: SegmentationConfig) -> Path:
         result = train_epoch(model, batches, loss_fn, optimizer, scheduler, scaler, device,
                              amp=amp, max_steps=steps, total=steps, progress=config.progress,
                              description=f"epoch {epoch + 1}/{config.epochs}")
+        if config.precise_bn > 0 and not config.freeze_bn:
+            recompute_bn_statistics(model, loader(train_data, config.batch_size, shuffle=True,
+                                                  seed=config.seed, epoch=epoch,
+                                                  workers=config.workers),
+                                    device, config.precise_bn)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": result.loss,
                                   "steps": result.steps,
                                   "images_per_second": result.images_per_second}
