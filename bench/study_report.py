@@ -90,8 +90,8 @@ def comparisons(args: argparse.Namespace, study_set: Any, stats: dict,
             rows += [d for n in methods if n != against for d in diff(n, against, kind)]
         tables[f"methods-{kind}"] = rows
         tables[f"ablations-{kind}"] = [
-            d for n in names if variants[n].reference for d in diff(n, variants[n].reference,
-                                                                    kind)
+            d for n in names if variants[n].reference in names
+            for d in diff(n, variants[n].reference, kind)
         ]
     tables["smoothing"] = [
         d for n in names if variants[n].group != "ablation"

@@ -1,4 +1,4 @@
-"""``loupe demo``: the whole evaluation on the synthetic set, offline, on a CPU (~1.5 min)."""
+"""``loupe demo``: the whole evaluation on the synthetic set, offline, on a CPU (~35 s)."""
 
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ from loupe.training.common import (
     loader,
     open_split,
     resolve_device,
+    seeded,
     set_train_mode,
     train_epoch,
 )
@@ -392,11 +393,12 @@ def train_classifier(config: ClassifierConfig) -> Path:
         batches = loader(train_data, config.batch_size, shuffle=True, seed=config.seed,
                          epoch=epoch, workers=config.workers, drop_last=drop_last)
         set_train_mode(model, freeze_bn)
-        result = train_epoch(
-            model, batches, F.binary_cross_entropy_with_logits, optimizer, scheduler, scaler,
-            device, amp=amp, max_steps=steps, description=f"epoch {epoch + 1}/{config.epochs}",
-            progress=config.progress, total=steps,
-        )
+        with seeded(config.seed * 1000 + epoch, device):
+            result = train_epoch(
+                model, batches, F.binary_cross_entropy_with_logits, optimizer, scheduler,
+                scaler, device, amp=amp, max_steps=steps, progress=config.progress,
+                description=f"epoch {epoch + 1}/{config.epochs}", total=steps,
+            )
         record = {"epoch": epoch + 1, "loss": result.loss, "steps": result.steps,
                   "images_per_second": result.images_per_second}
         if val_data is not None:

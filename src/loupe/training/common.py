@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,17 @@ def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[Any]
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return nullcontext()
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with the global RNG (CPU, and ``device`` when CUDA) seeded by ``seed``,
+    and restore the caller's RNG state afterwards: dropout and other in-model randomness of an
+    epoch then depend on the seed and the epoch only (so a resumed run matches)."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def open_split(kind: str, root: str | None, split: str,

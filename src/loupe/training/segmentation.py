@@ -35,6 +35,7 @@ from loupe.training.common import (
     open_split,
     recompute_bn_statistics,
     resolve_device,
+    seeded,
     set_train_mode,
     train_epoch,
 )
@@ -304,9 +305,11 @@ def train_segmenter(config: SegmentationConfig) -> Path:
         batches = loader(train_data, config.batch_size, shuffle=True, seed=config.seed,
                          epoch=epoch, workers=config.workers, drop_last=drop_last)
         set_train_mode(model, config.freeze_bn)
-        result = train_epoch(model, batches, loss_fn, optimizer, scheduler, scaler, device,
-                             amp=amp, max_steps=steps, total=steps, progress=config.progress,
-                             description=f"epoch {epoch + 1}/{config.epochs}")
+        with seeded(config.seed * 1000 + epoch, device):
+            result = train_epoch(model, batches, loss_fn, optimizer, scheduler, scaler, device,
+                                 amp=amp, max_steps=steps, total=steps,
+                                 progress=config.progress,
+                                 description=f"epoch {epoch + 1}/{config.epochs}")
         if config.precise_bn > 0 and not config.freeze_bn:
             recompute_bn_statistics(model, loader(train_data, config.batch_size, shuffle=True,
                                                   seed=config.seed, epoch=epoch,
