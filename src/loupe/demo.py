@@ -63,8 +63,9 @@ class DemoSize:
 
 
 SIZES = {
-    # measured on 2 idle CPU cores: ~10 s of training, ~25 s of maps (much slower when the
-    # cores are shared); SmoothGrad and shuffle saliency at their library defaults (32)
+    # measured end to end on 2 CPU cores: 34 s with 2 threads when idle; when shared with
+    # other jobs (load ~3) 7 min with 2 threads but 61 s with 1 thread (the CLI's default).
+    # SmoothGrad and shuffle saliency at their library defaults (32 samples / shuffles).
     "default": DemoSize("default", 320, 64, 64, 8, 32, 0.1, 32, 32, 6),
     # for tests: seconds
     "small": DemoSize("small", 32, 8, 32, 2, 16, 0.1, 2, 2, 3),
@@ -193,6 +194,7 @@ def _write_outputs(out: Path, val: Any, keep: int, classes: torch.Tensor,
     results = {
         "demo": asdict(spec),
         "seed": seed,
+        "torch_threads": torch.get_num_threads(),
         "synthetic": {"config": asdict(SyntheticConfig()), "train_seed": seed,
                       "val_seed": seed + 1},
         "classifier": {"val_map": classifier_map, "history": history,
@@ -210,8 +212,10 @@ def _write_outputs(out: Path, val: Any, keep: int, classes: torch.Tensor,
         "classes; masks by IRN's background-threshold rule at every threshold 0.00..0.95; "
         "mIoU over background and the object classes. Methods run with their library "
         f"defaults; SmoothGrad with {spec.smoothgrad_samples} samples and shuffle saliency "
-        f"with {spec.shuffles} shuffles (seed {seed}). One seed, one small model and a "
-        "synthetic set: read the ranking with care, not as a result about real data.\n\n"
+        f"with {spec.shuffles} shuffles (seed {seed}); {torch.get_num_threads()} CPU "
+        "thread(s) (floating-point results depend slightly on it). One seed, one small model "
+        "and a synthetic set: read the ranking with care, not as a result about real data."
+        "\n\n"
         "![mIoU against the background threshold](miou_vs_threshold.png)\n\n"
         "Masks at each method's best threshold:\n\n![overlays](overlays.png)\n\n"
         "Maps of each image's first class:\n\n![maps](maps.png)\n"

@@ -170,3 +170,18 @@ def test_load_model_errors_name_the_file(tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_model(tmp_path)
+
+
+def test_timm_backbones_through_the_extra():
+    pytest.importorskip("timm")
+    model = _seeded(build_classifier, "timm:resnet18", 5)
+    assert classifier_head(model) == "fc" and model.fc.out_features == 5
+    x = torch.randn(2, 3, 64, 64)
+    maps = explain(model, x, [[0, 2], [4, 1]], method="cam", upsample=False)
+    with torch.no_grad():
+        logits = model(x)
+    expected = logits.gather(1, torch.tensor([[0, 2], [4, 1]])) - model.fc.bias[
+        torch.tensor([[0, 2], [4, 1]])]
+    assert torch.allclose(maps.mean((-2, -1)), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown backbone timm:no_such_model_xyz"):
+        build_classifier("timm:no_such_model_xyz", 5)

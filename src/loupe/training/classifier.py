@@ -130,9 +130,12 @@ def _timm_model(name: str, num_classes: int, pretrained: str) -> nn.Module:
         import timm
     except ImportError as error:
         raise ValueError(f"backbone timm:{name} needs timm: pip install 'loupe[timm]'") from error
+    if not timm.is_model(name):
+        raise ValueError(f"unknown backbone timm:{name}: not a timm model (timm.list_models())")
+    if pretrained == "none":
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
     try:
-        return timm.create_model(name, pretrained=pretrained == "imagenet",
-                                 num_classes=num_classes)
+        return timm.create_model(name, pretrained=True, num_classes=num_classes)
     except (OSError, RuntimeError) as error:
         raise ValueError(f"{OFFLINE_MESSAGE} (timm {name}: {error})") from error
 
