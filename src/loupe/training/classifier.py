@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from loupe.pipeline import distributed
 from loupe.training.checkpoints import (
     CHECKPOINT_FILE,
     read_state_dict,
@@ -35,13 +36,22 @@ from loupe.training.checkpoints import (
 from loupe.training.common import (
     SyntheticSplits,
     autocast,
+    epoch_seed,
     has_background,
     loader,
     open_split,
-    resolve_device,
     seeded,
     set_train_mode,
     train_epoch,
+)
+from loupe.training.parallel import (
+    bare,
+    broadcast_buffers,
+    data_parallel,
+    gathered_rows,
+    per_rank_batch_size,
+    shard_of,
+    train_loader,
 )
 from loupe.training.schedules import poly_schedule, sgd_with_head_lr, split_parameters
 from loupe.training.transforms import (
@@ -333,12 +343,25 @@ def train_classifier(config: ClassifierConfig) -> Path:
     """Train (or, with ``config.resume``, continue) a classifier; returns ``out/model.pt``.
 
     Per epoch: one pass of the augmented training split, validation mAP on ``val_split``,
-    then ``model.pt``, ``model.json``, ``checkpoint.pt`` and ``history.json`` in ``out``."""
+    then ``model.pt``, ``model.json``, ``checkpoint.pt`` and ``history.json`` in ``out``.
+
+    Under ``torchrun`` every process runs this: DistributedDataParallel, ``batch_size`` is the
+    global batch (``batch_size / world`` per rank), validation is sharded and all-reduced, and
+    rank 0 alone writes ``out`` (see :mod:`loupe.training.parallel`). ``--resume`` loads the
+    checkpoint on every rank, so ``out`` must be on a file system that all ranks see."""
     _check(config)
-    device = resolve_device(config.device)
+    per_rank_batch = per_rank_batch_size(config.batch_size, distributed.launched_world_size())
     out = Path(config.out)
     if config.resume and not (out / CHECKPOINT_FILE).is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_FILE}")
+    with distributed.distributed_session(config.device) as device:
+        _train(config, device, per_rank_batch)
+    return out / "model.pt"
+
+
+def _train(config: ClassifierConfig, device: torch.device, per_rank_batch: int) -> None:
+    out = Path(config.out)
+    main = distributed.is_main()
     train_set = open_split(config.dataset, config.root, config.train_split,
                            config.synthetic, config.data_options)
     val_set = (open_split(config.dataset, config.root, config.val_split, config.synthetic,
@@ -389,31 +412,53 @@ def train_classifier(config: ClassifierConfig) -> Path:
         "config": config.to_json(),
     }
     start, history = 0, []
-    if config.resume:
+    if config.resume:  # on every rank; DDP then starts from rank 0's (the same) weights
         start, history = resume_run(out, spec, model, optimizer, scheduler, scaler)
+    trained = data_parallel(model, device)
     for epoch in range(start, config.epochs):
         train_data.set_epoch(epoch)
-        batches = loader(train_data, config.batch_size, shuffle=True, seed=config.seed,
-                         epoch=epoch, workers=config.workers, drop_last=drop_last)
-        set_train_mode(model, freeze_bn)
-        with seeded(config.seed * 1000 + epoch, device):
+        batches = train_loader(train_data, per_rank_batch, seed=config.seed, epoch=epoch,
+                               workers=config.workers, drop_last=drop_last)
+        set_train_mode(trained, freeze_bn)
+        with seeded(epoch_seed(config.seed, epoch, distributed.rank()), device):
             result = train_epoch(
-                model, batches, F.binary_cross_entropy_with_logits, optimizer, scheduler,
-                scaler, device, amp=amp, max_steps=steps, progress=config.progress,
+                trained, batches, F.binary_cross_entropy_with_logits, optimizer, scheduler,
+                scaler, device, amp=amp, max_steps=steps, progress=config.progress and main,
                 description=f"epoch {epoch + 1}/{config.epochs}", total=steps,
             )
+        broadcast_buffers(trained)  # rank 0's BatchNorm statistics everywhere
         record = {"epoch": epoch + 1, "loss": result.loss, "steps": result.steps,
                   "images_per_second": result.images_per_second}
         if val_data is not None:
-            scores, labels = predict_scores(
-                model, loader(val_data, config.batch_size, shuffle=False, seed=0, epoch=0,
-                              workers=config.workers), device, amp)
+            scores, labels = validation_scores(model, val_data, num_outputs, per_rank_batch,
+                                               device, amp, config.workers)
             ap = average_precision(scores, labels)
             record["val_map"] = mean_average_precision(scores, labels)
             record["val_ap"] = [None if math.isnan(v) else v for v in ap.tolist()]
         history.append(record)
-        logger.info("epoch %d/%d: loss %.4f, %.1f img/s%s", epoch + 1, config.epochs,
-                    result.loss, result.images_per_second,
-                    f", val mAP {record['val_map']:.4f}" if "val_map" in record else "")
-        save_run(out, spec, model, optimizer, scheduler, scaler, epoch + 1, history)
-    return out / "model.pt"
+        if main:
+            logger.info("epoch %d/%d: loss %.4f, %.1f img/s%s", epoch + 1, config.epochs,
+                        result.loss, result.images_per_second,
+                        f", val mAP {record['val_map']:.4f}" if "val_map" in record else "")
+            save_run(out, spec, bare(trained), optimizer, scheduler, scaler, epoch + 1,
+                     history)
+        distributed.barrier()  # nobody goes on (or reads out/) before rank 0 has written
+
+
+def validation_scores(
+    model: nn.Module, val_data: Any, num_outputs: int, batch_size: int, device: torch.device,
+    amp: bool, workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid scores and labels ``(N, C)`` of every item of ``val_data`` (``(image,
+    labels)`` pairs), in order, on every rank: under ``torchrun`` each rank scores its shard
+    (:func:`~loupe.training.parallel.shard_of`) and the rows are all-reduced. ``model`` is
+    the bare network (not the DDP wrapper)."""
+    part = shard_of(val_data)
+    if len(part):
+        scores, labels = predict_scores(
+            model, loader(part, batch_size, shuffle=False, seed=0, epoch=0, workers=workers),
+            device, amp)
+    else:  # more ranks than validation images
+        scores = labels = torch.zeros(0, num_outputs)
+    total = len(val_data)
+    return gathered_rows(scores.float(), total), gathered_rows(labels.float(), total)

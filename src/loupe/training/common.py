@@ -1,6 +1,7 @@
 """What classifier and segmentation training share: devices, mixed precision, opening a data
 split (including the synthetic set), BatchNorm freezing, and one epoch of optimisation with a
-tqdm progress bar (loss, images per second)."""
+tqdm progress bar (loss, images per second), also as one of several ``torchrun`` processes
+(:mod:`loupe.training.parallel`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from loupe.data.synthetic import SyntheticConfig
+from loupe.pipeline import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[Any]
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return nullcontext()
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The global-RNG seed of one epoch on one ``torchrun`` rank (dropout and other in-model
+    randomness): ``seed * 1000 + epoch`` on rank 0, shifted by ``1_000_003 * rank`` elsewhere
+    so that ranks do not draw the same dropout masks for different images."""
+    return seed * 1000 + epoch + 1_000_003 * rank
 
 
 @contextmanager
@@ -137,8 +146,14 @@ def train_epoch(
     ``loss_fn(output, targets)``, scaled backward, optimiser and per-step scheduler step.
 
     ``model`` is expected in training mode (see :func:`set_train_mode`). Stops after
-    ``max_steps`` steps when given. A non-finite loss raises a ValueError (diverged)."""
+    ``max_steps`` steps when given. A non-finite loss raises a ValueError (diverged).
+
+    Under ``torchrun`` (``model`` a DistributedDataParallel, every rank calling this with the
+    same number of batches) the reported loss is the mean of the ranks' losses, i.e. the loss
+    of the global batch, the same on every rank, so that all ranks stop together on
+    divergence; ``images`` and ``images_per_second`` count all ranks."""
     start = time.perf_counter()
+    world = distributed.world_size()
     total_loss, steps, seen = 0.0, 0, 0
     bar = tqdm(batches, desc=description, total=total, disable=not progress, leave=False,
                dynamic_ncols=True)
@@ -152,8 +167,10 @@ def train_epoch(
             if isinstance(output, dict):  # torchvision segmentation models
                 output = output["out"]
             loss = loss_fn(output.float(), targets)
-        if not torch.isfinite(loss):
-            raise ValueError(f"training diverged at step {steps}: loss is {float(loss)}; "
+        # the global batch's loss on every rank (a no-op in one process)
+        reported = distributed.all_reduce_sum(loss.detach().clone()) / world
+        if not torch.isfinite(reported):
+            raise ValueError(f"training diverged at step {steps}: loss is {float(reported)}; "
                              "lower the learning rate (--lr)")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -161,8 +178,8 @@ def train_epoch(
         scaler.update()
         scheduler.step()
         steps += 1
-        seen += images.shape[0]
-        total_loss += float(loss.detach())
+        seen += images.shape[0] * world
+        total_loss += float(reported)
         rate = seen / max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(loss=f"{total_loss / steps:.4f}", img_s=f"{rate:.1f}")
     bar.close()

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from loupe.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou
+from loupe.pipeline import distributed
 from loupe.training.checkpoints import (
     CHECKPOINT_FILE,
     read_state_dict,
@@ -31,13 +32,21 @@ from loupe.training.classifier import OFFLINE_MESSAGE
 from loupe.training.common import (
     SyntheticSplits,
     autocast,
-    loader,
+    epoch_seed,
     open_split,
     recompute_bn_statistics,
-    resolve_device,
     seeded,
     set_train_mode,
     train_epoch,
+)
+from loupe.training.parallel import (
+    average_buffers,
+    bare,
+    broadcast_buffers,
+    data_parallel,
+    per_rank_batch_size,
+    shard_of,
+    train_loader,
 )
 from loupe.training.schedules import poly_schedule, sgd_with_head_lr, split_parameters
 from loupe.training.transforms import (
@@ -246,15 +255,28 @@ def evaluate_segmenter(
 def train_segmenter(config: SegmentationConfig) -> Path:
     """Train (or resume) DeepLabV3 on pseudo-masks; returns ``out/model.pt``. Per epoch:
     training pass, validation mIoU on ``val_split`` ground truth, then ``model.pt``,
-    ``model.json``, ``checkpoint.pt``, ``history.json`` in ``out``."""
+    ``model.json``, ``checkpoint.pt``, ``history.json`` in ``out``.
+
+    Under ``torchrun`` every process runs this: DistributedDataParallel, ``batch_size`` is the
+    global batch, precise BatchNorm runs on every rank and the statistics are averaged, the
+    validation confusion matrix is summed over shards, and rank 0 alone writes ``out`` (see
+    :mod:`loupe.training.parallel`)."""
     if not config.masks:
         raise ValueError("--masks is required: the folder of pseudo-mask PNGs")
     if config.epochs < 1 or config.batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
-    device = resolve_device(config.device)
+    per_rank_batch = per_rank_batch_size(config.batch_size, distributed.launched_world_size())
     out = Path(config.out)
     if config.resume and not (out / CHECKPOINT_FILE).is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_FILE}")
+    with distributed.distributed_session(config.device) as device:
+        _train(config, device, per_rank_batch)
+    return out / "model.pt"
+
+
+def _train(config: SegmentationConfig, device: torch.device, per_rank_batch: int) -> None:
+    out = Path(config.out)
+    main = distributed.is_main()
     base = open_split(config.dataset, config.root, config.train_split, config.synthetic,
                       config.data_options)
     train_set = PseudoMaskDataset(base, config.masks)
@@ -298,34 +320,42 @@ def train_segmenter(config: SegmentationConfig) -> Path:
         return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
 
     start, history = 0, []
-    if config.resume:
+    if config.resume:  # on every rank; DDP then starts from rank 0's (the same) weights
         start, history = resume_run(out, spec, model, optimizer, scheduler, scaler)
+    trained = data_parallel(model, device)
     for epoch in range(start, config.epochs):
         train_data.set_epoch(epoch)
-        batches = loader(train_data, config.batch_size, shuffle=True, seed=config.seed,
-                         epoch=epoch, workers=config.workers, drop_last=drop_last)
-        set_train_mode(model, config.freeze_bn)
-        with seeded(config.seed * 1000 + epoch, device):
-            result = train_epoch(model, batches, loss_fn, optimizer, scheduler, scaler, device,
-                                 amp=amp, max_steps=steps, total=steps,
-                                 progress=config.progress,
+        batches = train_loader(train_data, per_rank_batch, seed=config.seed, epoch=epoch,
+                               workers=config.workers, drop_last=drop_last)
+        set_train_mode(trained, config.freeze_bn)
+        with seeded(epoch_seed(config.seed, epoch, distributed.rank()), device):
+            result = train_epoch(trained, batches, loss_fn, optimizer, scheduler, scaler,
+                                 device, amp=amp, max_steps=steps, total=steps,
+                                 progress=config.progress and main,
                                  description=f"epoch {epoch + 1}/{config.epochs}")
         if config.precise_bn > 0 and not config.freeze_bn:
-            recompute_bn_statistics(model, loader(train_data, config.batch_size, shuffle=True,
-                                                  seed=config.seed, epoch=epoch,
-                                                  workers=config.workers),
+            recompute_bn_statistics(model, train_loader(train_data, per_rank_batch,
+                                                        seed=config.seed, epoch=epoch,
+                                                        workers=config.workers,
+                                                        drop_last=False),
                                     device, config.precise_bn)
+            average_buffers(model)  # every rank's batches count (same number on each)
+        else:
+            broadcast_buffers(model)  # rank 0's running statistics everywhere
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": result.loss,
                                   "steps": result.steps,
                                   "images_per_second": result.images_per_second}
         if val_set is not None:
-            confusion = evaluate_segmenter(model, val_set, preprocessing, device, num_classes,
-                                           batch_size=config.batch_size, amp=amp)
+            confusion = distributed.all_reduce_sum(evaluate_segmenter(
+                model, shard_of(val_set), preprocessing, device, num_classes,
+                batch_size=per_rank_batch, amp=amp))
             record["val_miou"] = float(mean_iou(confusion))
             record["val_iou"] = [None if v != v else float(v) for v in iou_per_class(confusion)]
         history.append(record)
-        logger.info("epoch %d/%d: loss %.4f, %.1f img/s%s", epoch + 1, config.epochs,
-                    result.loss, result.images_per_second,
-                    f", val mIoU {record['val_miou']:.4f}" if "val_miou" in record else "")
-        save_run(out, spec, model, optimizer, scheduler, scaler, epoch + 1, history)
-    return out / "model.pt"
+        if main:
+            logger.info("epoch %d/%d: loss %.4f, %.1f img/s%s", epoch + 1, config.epochs,
+                        result.loss, result.images_per_second,
+                        f", val mIoU {record['val_miou']:.4f}" if "val_miou" in record else "")
+            save_run(out, spec, bare(trained), optimizer, scheduler, scaler, epoch + 1,
+                     history)
+        distributed.barrier()  # nobody goes on (or reads out/) before rank 0 has written
