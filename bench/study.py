@@ -7,7 +7,8 @@ Stages, in order (each resumable: finished map files, trained models and cached 
 are kept; ``--stages`` runs some of them):
 
 prepare   derived folder data sets (bench/study_data.py): coco128 through the COCO ->
-          ImageNet mapping, the three VOC samples
+          ImageNet mapping; with ``--voc`` also the three VOC samples (not in the study's
+          run: maps of every variant for them would cost an estimated 80 CPU-seconds)
 train     the synthetic set's small GAP classifier (``loupe train``)
 maps      every variant of bench/study_variants.py on every data set (``loupe maps``)
 evaluate  per-image threshold sweeps of every variant, raw and Gaussian-blurred, summaries

@@ -89,15 +89,23 @@ def comparisons(args: argparse.Namespace, study_set: Any, stats: dict,
                 continue
             rows += [d for n in methods if n != against for d in diff(n, against, kind)]
         tables[f"methods-{kind}"] = rows
+        # each shuffle variant against its reference; a CAM-based one also against that CAM
         tables[f"ablations-{kind}"] = [
             d for n in names if variants[n].reference in names
-            for d in diff(n, variants[n].reference, kind)
+            for against in [variants[n].reference, *_base_of(variants[n], names)]
+            for d in diff(n, against, kind)
         ]
     tables["smoothing"] = [
         d for n in names if variants[n].group != "ablation"
         for d in diff(n, n, "smoothed", "raw")
     ]
     return tables
+
+
+def _base_of(variant: Any, names: list[str]) -> list[str]:
+    """The map method a shuffle variant is built on (``base=...``), when it was run too."""
+    bases = [o.split("=", 1)[1] for o in variant.options if o.startswith("base=")]
+    return [b for b in bases if b in names]
 
 
 def paired_stats(stats: dict, a: str, kind_a: str, b: str,
@@ -122,6 +130,23 @@ def _difference_table(rows: list[Difference], common: float, label_b: str = "aga
     for (a, b), cells in pairs.items():
         best, fixed = cells["best"], cells[f"{common:g}"]
         lines.append(f"| {a} | {b} | {best.images} | {_cell(best)} | {_cell(fixed)} |")
+    return "\n".join(lines) + "\n"
+
+
+def condensed_table(rows: list[Difference], pairs: list[tuple[str, str]], common: float) -> str:
+    """One row per ``(a, b)`` pair, four cells: raw and smoothed, each at own best
+    thresholds and at ``common`` (rows lists differences of both kinds, see
+    :func:`comparisons`; pairs without a result are left out)."""
+    cells = {(d.a, d.b, kind, d.at): d for kind, part in rows for d in part}
+    head = ["method", "minus", "images", "raw, own best", f"raw, at {common:g}",
+            "smoothed, own best", f"smoothed, at {common:g}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a, b in pairs:
+        keys = [(a, b, kind, at) for kind in KINDS for at in ("best", f"{common:g}")]
+        if not all(k in cells for k in keys):
+            continue
+        lines.append(f"| {a} | {b} | {cells[keys[0]].images} | "
+                     + " | ".join(_cell(cells[k]) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -168,13 +193,29 @@ def write_tables(args: argparse.Namespace, study_set: Any) -> None:
         for kind in KINDS:
             text += [f"\n### Paired differences, {kind} maps (points of mIoU, 95% interval)\n",
                      _difference_table(tables[f"methods-{kind}"], common),
-                     f"\n### Shuffle ablations against their reference, {kind} maps\n",
-                     _difference_table(tables[f"ablations-{kind}"], common, "reference")]
+                     f"\n### Shuffle variants against their reference (and their base "
+                     f"method), {kind} maps\n",
+                     _difference_table(tables[f"ablations-{kind}"], common)]
         text += ["\n### Smoothing: blurred minus raw, per method\n",
                  _difference_table(tables["smoothing"], common, "raw of")]
+        text += ["\n### Condensed: methods\n", condensed_table(
+            [(k, tables[f"methods-{k}"]) for k in KINDS],
+            [(a, b) for b in _againsts(tables) for a in _firsts(tables, "methods")], common),
+            "\n### Condensed: shuffle variants\n", condensed_table(
+            [(k, tables[f"ablations-{k}"]) for k in KINDS],
+            list(dict.fromkeys((d.a, d.b) for d in tables["ablations-raw"])), common)]
     write_results_json(out / "results.json", results)
-    (out / "tables.md").write_text("\n".join(text), encoding="utf-8")
+    with atomic_path(out / "tables.md") as tmp:
+        Path(tmp).write_text("\n".join(text), encoding="utf-8")
     logger.info("wrote %s", out / "tables.md")
+
+
+def _againsts(tables: dict[str, list[Difference]]) -> list[str]:
+    return list(dict.fromkeys(d.b for k in KINDS for d in tables[f"methods-{k}"]))
+
+
+def _firsts(tables: dict[str, list[Difference]], prefix: str) -> list[str]:
+    return list(dict.fromkeys(d.a for k in KINDS for d in tables[f"{prefix}-{k}"]))
 
 
 def write_figures(args: argparse.Namespace, sets: list[Any]) -> None:
@@ -195,7 +236,13 @@ def write_figures(args: argparse.Namespace, sets: list[Any]) -> None:
             plot_miou_vs_threshold(
                 figures / f"study-{study_set.name}-{kind}.png", curves,
                 title=f"{study_set.name} ({full} images), {kind} maps")
-    cli_plot = args.work / "coco" / "cli" / "evaluate-all" / "miou_vs_threshold.png"
-    if cli_plot.is_file():
-        with atomic_path(figures / "results-coco128-miou.png") as tmp:
-            Path(tmp).write_bytes(cli_plot.read_bytes())
+    cli_results = args.work / "coco" / "cli" / "evaluate-all" / "results.json"
+    if cli_results.is_file():
+        # The curves of loupe evaluate's own plot, less the three CAM variants that coincide
+        # with Grad-CAM on this network: matplotlib's colour cycle repeats after 10 lines.
+        methods = json.loads(cli_results.read_text())["methods"]
+        curves = {name: (m["sweep"]["thresholds"], m["sweep"]["miou"])
+                  for name, m in methods.items()
+                  if "sweep" in m and name not in ("cam", "xgradcam", "hirescam")}
+        plot_miou_vs_threshold(figures / "results-coco128-miou.png", curves,
+                               title="coco128 (106 images), loupe evaluate")

@@ -112,3 +112,52 @@ def test_tiny_study_on_the_synthetic_set(tmp_path):
     commands = (work / "commands.sh").read_text().splitlines()
     assert commands[0].startswith("loupe train --dataset synthetic")
     assert sum(line.startswith("loupe maps") for line in commands) == 5
+
+
+def test_voc_samples_become_index_masks(assets, tmp_path):
+    import study_data
+    from PIL import Image
+
+    from loupe.masks.palette import load_mask_png
+
+    info = study_data.prepare_voc_samples(assets, tmp_path / "voc")
+    assert info == {"images": 3, "maps": 3}
+    labels = json.loads((tmp_path / "voc" / "labels.json").read_text())
+    assert labels == {"1": [1], "114": [3], "23": [17]}  # aeroplane, bird, sheep
+    mask = load_mask_png(tmp_path / "voc" / "masks" / "1.png")
+    assert set(mask.unique().tolist()) == {0, 1, 255}
+    odd = tmp_path / "odd.png"
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(odd)
+    with pytest.raises(ValueError, match="odd.png: colours outside the VOC palette"):
+        study_data.voc_index_mask(odd)
+
+
+def test_coco_pixels_without_a_counterpart_are_ignored(assets, tmp_path):
+    import study_data
+
+    from loupe.data import COCO_CLASSES, class_mapping, load_name_table, open_dataset
+    from loupe.masks.palette import load_mask_png
+
+    info = study_data.prepare_coco(assets, tmp_path / "coco")
+    assert (info["images"], info["of"], info["maps"]) == (106, 128, 230)
+    source = open_dataset("yolo", assets / "coco128-seg", "train2017",
+                          names=list(COCO_CLASSES), images=False)
+    mappable = torch.tensor([bool(m) for m in class_mapping(source.class_names,
+                                                            load_name_table())])
+    labels = json.loads((tmp_path / "coco" / "labels.json").read_text())
+    person = COCO_CLASSES.index("person") + 1
+    checked = 0
+    for sample_id in sorted(labels)[:12]:
+        original = source[source.ids.index(sample_id)].mask
+        derived = load_mask_png(tmp_path / "coco" / "masks" / f"{sample_id}.png")
+        unmapped = (original > 0) & ~mappable[original]
+        assert bool((derived[unmapped] == 255).all())
+        assert torch.equal(derived[~unmapped], original[~unmapped])
+        visible = {c for c in original.unique().tolist() if c > 0 and mappable[c]}
+        assert visible <= set(labels[sample_id])  # labels: every mappable class of the file
+        assert all(mappable[c] for c in labels[sample_id])
+        checked += int(bool((original == person).any()))
+    assert checked > 0  # some of these images show people, now ignored
+    assert all(person not in v for v in labels.values())
+    # 000000000025 shows only giraffes, which have no ImageNet class: left out
+    assert "000000000025" not in labels

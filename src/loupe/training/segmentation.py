@@ -323,6 +323,7 @@ def _train(config: SegmentationConfig, device: torch.device, per_rank_batch: int
     if config.resume:  # on every rank; DDP then starts from rank 0's (the same) weights
         start, history = resume_run(out, spec, model, optimizer, scheduler, scaler)
     trained = data_parallel(model, device)
+    precise_bn = config.precise_bn > 0 and not config.freeze_bn
     for epoch in range(start, config.epochs):
         train_data.set_epoch(epoch)
         batches = train_loader(train_data, per_rank_batch, seed=config.seed, epoch=epoch,
@@ -333,12 +334,13 @@ def _train(config: SegmentationConfig, device: torch.device, per_rank_batch: int
                                  device, amp=amp, max_steps=steps, total=steps,
                                  progress=config.progress and main,
                                  description=f"epoch {epoch + 1}/{config.epochs}")
-        if config.precise_bn > 0 and not config.freeze_bn:
-            recompute_bn_statistics(model, train_loader(train_data, per_rank_batch,
-                                                        seed=config.seed, epoch=epoch,
-                                                        workers=config.workers,
-                                                        drop_last=False),
-                                    device, config.precise_bn)
+            if precise_bn:  # seeded too: the head's dropout is active in training mode
+                recompute_bn_statistics(model, train_loader(train_data, per_rank_batch,
+                                                            seed=config.seed, epoch=epoch,
+                                                            workers=config.workers,
+                                                            drop_last=False),
+                                        device, config.precise_bn)
+        if precise_bn:
             average_buffers(model)  # every rank's batches count (same number on each)
         else:
             broadcast_buffers(model)  # rank 0's running statistics everywhere
