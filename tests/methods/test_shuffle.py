@@ -267,7 +267,8 @@ def test_permutation_invariant_model_in_pad_mode_is_vanilla_scaled_by_image_shar
     """In pad mode the model also sees the padding: global average pooling divides by the
     canvas area, so each round's gradient is the vanilla one times H*W / (Hc*Wc)."""
     model, x = Pointwise(), torch.randn(2, 3, 30, 27)
-    maps = loupe.explain(model, x, [0, 4], method="shuffle", n_shuffles=6, offset="pad", seed=3)
+    maps = loupe.explain(model, x, [0, 4], method="shuffle", n_shuffles=6, offset="pad", seed=3,
+                         include_original=False)
     gen = torch.Generator().manual_seed(3)
     rounds = draw_rounds(30, 27, 6, (2, 3, 4), jitter=True, offset="pad", generator=gen)
     share = sum(30 * 27 / (r.canvas[0] * r.canvas[1]) for r in rounds) / len(rounds)
@@ -291,11 +292,14 @@ class Recorder(nn.Module):
 def test_model_sees_every_pixel_once_per_round(offset):
     image = distinct_image(3, 14, 17).float()[None] / 1000
     model = Recorder(TinyNet())
-    loupe.explain(model, image, 1, method="shuffle", n_shuffles=6, offset=offset, chunk_size=1)
+    loupe.explain(model, image, 1, method="shuffle", n_shuffles=6, offset=offset, chunk_size=1,
+                  include_original=False)
     shuffled = model.inputs  # given classes need no clean forward
     assert len(shuffled) == 6
     model.inputs = []
-    loupe.explain(model, image, None, method="shuffle", n_shuffles=6, offset=offset)
+    loupe.explain(
+        model, image, None, method="shuffle", n_shuffles=6, offset=offset, include_original=False
+    )
     assert torch.equal(model.inputs[0], image)  # top-1 is bound on the unshuffled image first
     gen = torch.Generator().manual_seed(0)
     rounds = draw_rounds(14, 17, 6, (2, 3, 4), jitter=True, offset=offset, generator=gen)
@@ -390,7 +394,9 @@ def test_smooth_is_a_gaussian_blur_like_torchvision():
 def test_base_gradcam_shape_identity_and_by_hand():
     model, x = TinyNet(), torch.randn(2, 3, 20, 18)
     targets = [[3, 0], [1, 2]]
-    maps = loupe.explain(model, x, targets, method="shuffle", base="gradcam", n_shuffles=3)
+    maps = loupe.explain(
+        model, x, targets, method="shuffle", base="gradcam", n_shuffles=3, include_original=False
+    )
     assert maps.shape == (2, 2, 20, 18) and torch.isfinite(maps).all()
     assert count_hooks(model) == 0
     # one identity round is Grad-CAM itself

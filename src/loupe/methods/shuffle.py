@@ -35,9 +35,10 @@ Options (defaults and why)
         image to a multiple of the tile size, shuffles and feeds the whole padded canvas and
         crops the un-shuffled gradient back; the model sees extra (mirrored) content, and
         rounds batch together only when their canvases have the same size.
-    include_original=False
-        also average in the unshuffled image (one more round, plain saliency); off because
-        its gradient is what the shuffles are meant to complement.
+    include_original=True
+        also average in the unshuffled image (one more round, plain saliency). On because
+        the study (docs/shuffle-saliency.md) found it never hurts and helps a little:
+        +0.4 [+0.3, +0.5] mIoU points on the synthetic set, +0.3 [-0.4, +0.8] on coco128.
     reduce="abs-max"
         colour reduction of the gradient ``g``: ``"abs-max"`` ``max_c |g_c|`` (Simonyan et
         al.), ``"l2"`` ``||g||_2`` over channels, ``"grad-x-input"`` ``sum_c g_c x_c`` (signed).
@@ -100,7 +101,7 @@ def shuffle_saliency(
     grids: Sequence[int] = (2, 3, 4),
     jitter: bool = True,
     offset: str = "cyclic",
-    include_original: bool = False,
+    include_original: bool = True,
     reduce: str = "abs-max",
     chunk_size: int = 32,
     seed: int = 0,
