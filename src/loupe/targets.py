@@ -80,6 +80,14 @@ class Targets:
         picked = logits.gather(1, classes.clamp(min=0))
         return picked * (classes >= 0)
 
+    def of_rows(self, image_of_row: torch.Tensor) -> Targets:
+        """Targets of copies (noise samples, path points, shuffles) whose image indices are
+        ``image_of_row`` ``(R,)``."""
+        if self.classes is None:
+            return replace(self, batch_size=len(image_of_row))
+        classes = self.classes.to(image_of_row.device)[image_of_row]
+        return replace(self, batch_size=len(image_of_row), classes=classes)
+
     def ensure_bound(self, model: nn.Module, images: torch.Tensor) -> Targets:
         """Bound targets, running one no-grad forward of the clean images only if needed
         (top-1 targets); given classes are range-checked by :meth:`scores`."""

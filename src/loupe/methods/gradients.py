@@ -17,7 +17,6 @@ on the batch size or the chunk size.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from numbers import Real
 
 import numpy as np
@@ -71,14 +70,6 @@ def _check_count(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
-
-
-def _targets_of_rows(targets: Targets, image_of_row: torch.Tensor) -> Targets:
-    """The targets of copies whose image indices are ``image_of_row`` ``(R,)``."""
-    if targets.classes is None:
-        return replace(targets, batch_size=len(image_of_row))
-    classes = targets.classes.to(image_of_row.device)[image_of_row]
-    return replace(targets, batch_size=len(image_of_row), classes=classes)
 
 
 def _chunks(total: int, chunk_size: int, device: torch.device) -> list[torch.Tensor]:
@@ -208,22 +199,15 @@ def smoothgrad_maps(
             f"noise {tuple(noise.shape)} and sigma {tuple(sigma.shape)} do not fit images "
             f"{tuple(images.shape)}"
         )
-    targets = _bound_on_clean(model, images, targets)
+    targets = targets.ensure_bound(model, images)
     total = images.new_zeros((images.shape[0], targets.count, *images.shape[2:]))
     for rows in _chunks(images.shape[0] * n, chunk_size, images.device):
         image_of_row, sample = rows // n, rows % n
         noisy = torch.addcmul(images[image_of_row], sigma[image_of_row, None, None, None],
                               noise[sample])
-        grads = input_gradients(model, noisy, _targets_of_rows(targets, image_of_row))
+        grads = input_gradients(model, noisy, targets.of_rows(image_of_row))
         total.index_add_(0, image_of_row, reduce_channels(grads, reduce).transpose(0, 1))
     return total / n
-
-
-def _bound_on_clean(model: nn.Module, images: torch.Tensor, targets: Targets) -> Targets:
-    """Targets whose top-1 classes (if requested) come from the clean images."""
-    if targets.bound:
-        return targets
-    return targets.ensure_bound(model, images)
 
 
 @register(
@@ -350,14 +334,14 @@ def integrated_gradients_maps(
     _check_reduce(reduce)
     _check_count("chunk_size", chunk_size)
     steps = alphas.shape[0]
-    targets = _bound_on_clean(model, images, targets)
+    targets = targets.ensure_bound(model, images)
     delta = images - baselines
     total = images.new_zeros((images.shape[0], targets.count, *images.shape[1:]))
     for rows in _chunks(images.shape[0] * steps, chunk_size, images.device):
         image_of_row, step = rows // steps, rows % steps
         path = torch.addcmul(baselines[image_of_row], alphas[step, None, None, None],
                              delta[image_of_row])
-        grads = input_gradients(model, path, _targets_of_rows(targets, image_of_row))
+        grads = input_gradients(model, path, targets.of_rows(image_of_row))
         weighted = grads * weights[step, None, None, None]
         total.index_add_(0, image_of_row, weighted.transpose(0, 1))
     return reduce_channels(total * delta[:, None], reduce)

@@ -67,7 +67,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -252,18 +251,10 @@ def _accumulate(
         # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
         picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
         canvases = picked.unflatten(-1, rounds[0].canvas)
-        maps = canvas_maps(model, canvases, _targets_of_rows(targets, image_of)).float()
+        maps = canvas_maps(model, canvases, targets.of_rows(image_of)).float()
         k = maps.shape[1]
         back = maps.flatten(2).gather(2, placements[round_of][:, None, :].expand(-1, k, -1))
         sums.index_add_(0, image_of, back)
-
-
-def _targets_of_rows(targets: Targets, image_of: torch.Tensor) -> Targets:
-    """Targets of shuffled copies: row ``n`` is a copy of image ``image_of[n]``."""
-    if targets.classes is None:
-        return replace(targets, batch_size=image_of.numel())
-    classes = targets.classes.to(image_of.device)[image_of]
-    return replace(targets, batch_size=image_of.numel(), classes=classes)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
