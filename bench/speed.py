@@ -203,7 +203,8 @@ CASES = [
          {"captum": captum("IntegratedGradients")}, slow=True),
     Case("smoothgrad", lambda s: {"n_samples": s.samples, **chunked(s)},
          {"captum": captum("NoiseTunnel")}, slow=True),
-    Case("shuffle", lambda s: {"n_shuffles": s.samples, **chunked(s)},
+    Case("shuffle", lambda s: {"n_shuffles": s.samples, "include_original": False,
+                               **chunked(s)},
          {"captum": captum("NoiseTunnel")}, slow=True),
 ]
 
@@ -231,10 +232,11 @@ def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: bool,
 
 
 def model_rows(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batches: list[int],
-               repeats: int, device: torch.device) -> list[str]:
-    """Forward (no grad) and forward + backward to the input (parameters frozen) img/s."""
+               repeats: int, device: torch.device) -> tuple[list[str], dict[int, float]]:
+    """Markdown rows of forward (no grad) and forward + backward to the input (parameters
+    frozen) img/s at each batch size, and the forward + backward img/s by batch size."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    rows = []
+    rows, backward_rates = [], {}
     try:
         for p, _ in flags:
             p.requires_grad_(False)
@@ -253,10 +255,11 @@ def model_rows(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batches
             fwd = seconds_per_call(forward, repeats, True, device)
             bwd = seconds_per_call(backward, repeats, True, device)
             rows.append(f"| {b} | {rate(b / fwd)} | {rate(b / bwd)} |")
+            backward_rates[b] = b / bwd
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-    return rows
+    return rows, backward_rates
 
 
 def rate(value: float | None) -> str:
@@ -266,8 +269,9 @@ def rate(value: float | None) -> str:
 
 
 def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, batch: int,
-            args: argparse.Namespace, device: torch.device, notes: list[str]) -> str:
-    """One Markdown row: loupe and each peer at ``batch`` images."""
+            args: argparse.Namespace, device: torch.device,
+            notes: list[str]) -> tuple[str, float | None]:
+    """One Markdown row (loupe and each peer at ``batch`` images) and loupe's img/s."""
     slow = case.slow
     b = min(batch, args.slow_batch) if slow else batch
     repeats = 1 if slow else args.repeats
@@ -305,7 +309,8 @@ def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, ba
     shown = f"{b}" if b == batch else f"{b} (of {batch})"
     marker = "*" if slow else ""
     cells = ["failed" if k in failed else rate(ips[k]) for k in ("loupe", *PEERS)]
-    return f"| {case.method}{marker} | {shown} | " + " | ".join(cells) + f" | {ratio} |"
+    row = f"| {case.method}{marker} | {shown} | " + " | ".join(cells) + f" | {ratio} |"
+    return row, ips["loupe"]
 
 
 def timed(make: Callable[[], Callable[[], object]], repeats: int, warmup: bool,
@@ -332,7 +337,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, help="input side (default 224; 64 with --quick)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     p.add_argument("--chunk", type=int, help="rows per forward of chunked methods "
-                   "(default 64; 16 with --quick)")
+                   "(default 16: see loupe._autograd.GRADIENT_CHUNK)")
     p.add_argument("--samples", type=int, default=32, help="T of SmoothGrad / IG / shuffle")
     p.add_argument("--slow-batch", type=int, help="most images timed for slow methods "
                    "(default: 16 on CUDA, 1 on CPU, 2 with --quick)")
@@ -345,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.size = args.size or (64 if args.quick else 224)
     args.batch_sizes = args.batch_sizes or ([1, 4] if args.quick else [1, 16])
     args.repeats = args.repeats or (2 if args.quick else 5)
-    args.chunk = args.chunk or (16 if args.quick else 64)
+    args.chunk = args.chunk or 16
     if args.slow_batch is None:
         args.slow_batch = 2 if args.quick else 16 if args.device.startswith("cuda") else 1
     return args
@@ -372,18 +377,26 @@ def main(argv: list[str] | None = None) -> int:
     classes = torch.randint(0, 1000, (biggest,), generator=g).to(device)
 
     # warm the model up at every batch size and at the chunk size before anything is timed
+    model_batches = sorted({*args.batch_sizes, args.chunk})
     with torch.no_grad():
-        for b in {*args.batch_sizes, args.chunk}:
+        for b in model_batches:
             model(torch.randn(b, 3, args.size, args.size, device=device))
-    forward_rows = model_rows(model, x, classes, args.batch_sizes, args.repeats, device)
+    x_model = x if args.chunk <= biggest else x.repeat(-(-args.chunk // biggest), 1, 1, 1)
+    classes_model = classes.repeat(-(-len(x_model) // biggest))
+    forward_rows, backward_rates = model_rows(model, x_model, classes_model, model_batches,
+                                              args.repeats, device)
 
     notes: list[str] = []
-    rows = []
+    rows, pass_rows = [], []
     for case in cases:
         for batch in args.batch_sizes:
-            rows.append(measure(case, setup, x, classes, batch, args, device, notes))
-            print(rows[-1], file=sys.stderr, flush=True)
-    text = report(args, device, forward_rows, rows, notes, skipped)
+            row, loupe_rate = measure(case, setup, x, classes, batch, args, device, notes)
+            rows.append(row)
+            print(row, file=sys.stderr, flush=True)
+            if case.method in SAMPLING and loupe_rate:
+                pass_rows.append(sampling_row(case.method, row, loupe_rate * args.samples,
+                                              backward_rates[args.chunk]))
+    text = report(args, device, forward_rows, rows, pass_rows, notes, skipped)
     print(text)
     if args.out:
         with atomic_path(args.out) as tmp:
@@ -391,8 +404,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+SAMPLING = ("smoothgrad", "integrated-gradients", "shuffle")  # T forward + backward passes
+
+
+def sampling_row(method: str, row: str, passes: float, raw: float) -> str:
+    """Markdown row: a sampling method's forward + backward passes per second against the
+    model's own forward + input-gradient img/s at the chunk size (1.00 = no overhead)."""
+    batch = row.split("|")[2].strip()
+    return f"| {method} | {batch} | {rate(passes)} | {rate(raw)} | {passes / raw:.2f} |"
+
+
 def report(args: argparse.Namespace, device: torch.device, forward_rows: list[str],
-           rows: list[str], notes: list[str], skipped: list[str]) -> str:
+           rows: list[str], pass_rows: list[str], notes: list[str],
+           skipped: list[str]) -> str:
     from importlib.metadata import version
 
     import captum
@@ -418,7 +442,8 @@ def report(args: argparse.Namespace, device: torch.device, forward_rows: list[st
         f"{args.slow_batch} images (the batch column shows how many). Score-CAM does one "
         "masked forward per channel of layer4 per image; IG, SmoothGrad and shuffle do T "
         "forwards and backwards per image. shuffle is compared with captum "
-        f"NoiseTunnel(Saliency) with {args.samples} samples (the same number of passes).",
+        f"NoiseTunnel(Saliency) with {args.samples} samples, and run with "
+        "include_original=False, so both make the same number of passes.",
         "",
         "Model alone (parameters frozen, one target per image):",
         "",
@@ -426,6 +451,17 @@ def report(args: argparse.Namespace, device: torch.device, forward_rows: list[st
         "|---|---|---|",
         *forward_rows,
     ]
+    if pass_rows:
+        lines += [
+            "",
+            f"Sampling methods against the model alone: loupe's forward + backward passes per "
+            f"second (img/s × T) over the model's forward + input-gradient img/s at the chunk "
+            f"size ({args.chunk} rows), the most a method built on those passes can reach:",
+            "",
+            "| method | batch | loupe passes/s | model fwd+bwd img/s | ratio |",
+            "|---|---|---|---|---|",
+            *pass_rows,
+        ]
     if skipped:
         lines += ["", f"Not registered in loupe yet, so not timed: {', '.join(skipped)}."]
     if notes:

@@ -131,3 +131,17 @@ def test_scorecam_rejects_out_of_range_targets(model, images):
     with pytest.raises(TargetError, match="target class 5 is out of range"):
         scorecam(model, images, [[0], [5], [1]])
     assert count_hooks(model) == 0
+
+
+def test_scorecam_scores_all_zero_channels_with_one_zero_image_forward(model, images):
+    """Channels that are zero everywhere have all-zero masks: the loop oracle scores the zero
+    image once per such channel; loupe scores it once in all, with the same maps."""
+    with torch.no_grad():
+        model.features[0].weight[[1, 4]] = 0
+        model.features[0].bias[[1, 4]] = 0
+    targets = [[0, 3], [2, -1], [4, 4]]
+    model.forwards = 0
+    ours = scorecam(model, images, targets, upsample=False, chunk_size=5)
+    assert model.forwards == 1 + math.ceil(3 * 4 / 5) + 1
+    expected = scorecam_by_loop(model, images, targets)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)

@@ -43,9 +43,10 @@ Options (defaults and why)
         colour reduction of the gradient ``g``: ``"abs-max"`` ``max_c |g_c|`` (Simonyan et
         al.), ``"l2"`` ``||g||_2`` over channels, ``"grad-x-input"`` ``sum_c g_c x_c`` (signed).
         Only for ``base="gradient"``.
-    chunk_size=32
+    chunk_size=16
         shuffled copies per forward/backward (all K targets share one batched backward);
-        lower it to save memory, results do not change.
+        results do not change. 16 because CPUs get slower per image in larger batches (see
+        ``loupe._autograd.GRADIENT_CHUNK``); raise it on a GPU, lower it to save memory.
     seed=0, generator=None
         the rounds are drawn once from ``torch.Generator().manual_seed(seed)`` (or from
         ``generator`` when given) and applied to every image, so the maps do not depend on
@@ -72,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loupe._autograd import grads_per_target
+from loupe._autograd import GRADIENT_CHUNK, grads_per_target
 from loupe.api import MapContext, explain
 from loupe.layers import find_target_layer
 from loupe.methods._tiles import OFFSETS, Round, check_grids, draw_rounds, identity_round
@@ -102,7 +103,7 @@ def shuffle_saliency(
     offset: str = "cyclic",
     include_original: bool = True,
     reduce: str = "abs-max",
-    chunk_size: int = 32,
+    chunk_size: int = GRADIENT_CHUNK,
     seed: int = 0,
     generator: torch.Generator | None = None,
     smooth: float = 0.0,
