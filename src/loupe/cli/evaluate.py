@@ -3,7 +3,9 @@
 Per method: the mIoU at every background threshold 0.00..0.95 (one pass), the best mIoU and
 its threshold, the mIoU at fixed thresholds and its spread over a range (AMN's robustness
 figures), per-class IoU, precision and recall; with several folders, paired bootstrap
-intervals of each method's mIoU difference to the best one (and to baselines). ``--boxes``
+intervals of each method's mIoU difference to the best one (and to baselines).
+``--ignore-classes`` and ``--class-map`` leave data-set classes out of these scores (e.g. the
+COCO classes without an ImageNet counterpart when the maps come through a class map). ``--boxes``
 adds localization (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP). Writes ``results.json``,
 ``report.md``, ``miou_vs_threshold.png`` and ``overlays.png`` into ``--out``. Under
 ``torchrun`` the images are sharded and the matrices all-reduced; rank 0 writes.
@@ -39,6 +41,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="bootstrap resamples of the images (0: none; default 1000)")
     group.add_argument("--bootstrap-seed", type=int, default=0)
     group.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
+    group.add_argument("--ignore-classes", nargs="+", action="extend", default=[],
+                       metavar="NAME", help="data-set classes left out of the segmentation "
+                       "scores (sweep, per-class table, mean, bootstrap): their ground-truth "
+                       "pixels are not counted (as 255), their maps are not used and their "
+                       "labels in --masks files count as background; box metrics are unaffected")
+    group.add_argument("--class-map", metavar="FILE",
+                       help="also ignore every class without a counterpart in this class map "
+                       "(as loupe maps --class-map: 'coco_to_imagenet' or a JSON file "
+                       "{name: [indices]}); combines with --ignore-classes")
     group.add_argument("--boxes", action="store_true",
                        help="also localization: top-1 loc, GT-known loc, MaxBoxAccV2, PxAP")
     group.add_argument("--box-threshold", type=float, default=0.2,
@@ -74,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     sources = make_sources(args.maps, args.masks, args.names)
     config = EvaluationConfig(dataset=spec, sources=sources, thresholds=thresholds,
                               boxes=args.boxes, box_threshold=args.box_threshold,
-                              workers=args.workers, progress=not args.no_progress)
+                              workers=args.workers, progress=not args.no_progress,
+                              ignore_classes=tuple(args.ignore_classes),
+                              class_map=args.class_map)
     with distributed.distributed_session(args.device) as device:
         tally = evaluate_sources(config, device)
         if tally is not None:
@@ -97,6 +110,8 @@ def build_results(tally: Any, args: argparse.Namespace, dataset: dict[str, Any],
         "dataset": dataset, "images": len(tally.ids), "num_classes": tally.num_classes,
         "class_names": list(tally.class_names), "thresholds": list(thresholds),
         "has_masks": tally.has_masks,
+        "ignored_classes": [tally.class_names[c] for c in tally.ignored],
+        "class_map": args.class_map,
         "bootstrap": {"n": args.bootstrap, "seed": args.bootstrap_seed, "level": args.level},
         "methods": {}, "comparisons": [],
     }

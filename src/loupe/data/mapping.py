@@ -151,3 +151,16 @@ def mapped_targets(
             )
         best = best.where(present.to(best.device).bool(), torch.full_like(best, -1))
     return best
+
+
+SHIPPED_CLASS_MAP = "coco_to_imagenet"
+"""The ``--class-map`` word for the shipped COCO -> ImageNet table."""
+
+
+def load_class_map(
+    class_map: str, class_names: Sequence[str], num_model_classes: int | None = None
+) -> ClassMapping:
+    """What ``--class-map`` names (:data:`SHIPPED_CLASS_MAP` or a JSON file ``{data-set class
+    name: [classifier indices]}``), aligned with ``class_names`` by :func:`class_mapping`."""
+    table = load_name_table(None if class_map == SHIPPED_CLASS_MAP else class_map)
+    return class_mapping(class_names, table, num_model_classes)

@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from loupe.data.mapping import ClassMapping, class_mapping, load_name_table
+from loupe.data.mapping import ClassMapping, load_class_map
 
 BACKGROUND_NAMES = ("background", "bg", "_background_")
 
@@ -170,9 +170,7 @@ def class_correspondence(
     if class_map is not None and label_offset is not None:
         raise ValueError("give --class-map or --label-offset, not both")
     if class_map is not None:
-        path = None if class_map == "coco_to_imagenet" else class_map
-        table = load_name_table(path)
-        mapping = class_mapping(class_names, table, outputs)
+        mapping = load_class_map(class_map, class_names, outputs)
         if not any(mapping):
             raise ValueError(f"--class-map {class_map}: no data-set class has a counterpart")
         return mapping, {"class_map": class_map}

@@ -7,10 +7,20 @@ masks, its one confusion matrix. Sums over images give each method's curve; the 
 matrices are kept (sparse) for the paired bootstrap over images. Under ``torchrun`` each rank
 takes ``images[rank::world]``; the sums are all-reduced and the per-image matrices gathered,
 so rank 0 computes exactly what one process would.
+
+Ignored classes (``--ignore-classes``, and with ``--class-map`` every class without a
+counterpart in the class map) leave the segmentation scores as if the evaluated label space
+never had them: their ground-truth pixels become 255 (not counted, as VOC's 255), their maps do
+not take part in the background-threshold rule (as the all-zero map ``loupe maps`` writes for a
+class without a counterpart) and their labels in mask files count as background. Their rows and
+columns of every confusion matrix are then zero, so their IoU is NaN and
+:func:`loupe.metrics.mean_iou` (a mean over the classes with a non-zero union) leaves them out,
+at every threshold and in every bootstrap resample. Box metrics see the unchanged data.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from loupe.data.mapping import load_class_map
 from loupe.masks.palette import load_mask_png
 from loupe.metrics import confusion_matrix, default_thresholds, sweep_confusions
 from loupe.metrics.wsol import default_cam_thresholds
@@ -98,6 +109,66 @@ class EvaluationConfig:
     box_threshold: float = 0.2
     workers: int = 0
     progress: bool = True
+    ignore_classes: tuple[str, ...] = ()
+    class_map: str | None = None
+
+
+def ignored_class_indices(
+    class_names: Sequence[str], ignore_classes: Sequence[str] = (), class_map: str | None = None
+) -> tuple[int, ...]:
+    """The sorted indices of the data-set classes left out of the segmentation scores: those
+    named in ``ignore_classes`` and, with ``class_map`` (what ``loupe maps --class-map`` takes:
+    ``"coco_to_imagenet"`` or a JSON file ``{data-set class name: [classifier indices]}``,
+    read by :func:`loupe.data.mapping.load_class_map`), every
+    class but class 0 whose set of classifier classes is empty.
+
+    Class 0 is the background of the pseudo-masks (the threshold rule's label) and cannot be
+    ignored. Errors name the argument: an unknown name (with close matches), the background,
+    a class map that does not fit the data set, or nothing left to evaluate."""
+    names = list(class_names)
+    ignored: set[int] = set()
+    for name in ignore_classes:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3)
+            hint = (f"close matches: {', '.join(repr(c) for c in close)}" if close
+                    else f"the classes are {', '.join(repr(c) for c in names[:8])}"
+                    + (", ..." if len(names) > 8 else ""))
+            raise ValueError(f"--ignore-classes {name!r} is not a class of the data set; {hint}")
+        index = names.index(name)
+        if index == 0:
+            raise ValueError(f"--ignore-classes {name!r}: class 0 is the background of the "
+                             "masks and cannot be ignored")
+        ignored.add(index)
+    if class_map is not None:
+        try:
+            mapping = load_class_map(class_map, names)
+        except (FileNotFoundError, ValueError) as error:  # file errors name the file already
+            where = "" if str(error).startswith(class_map) else f"{class_map}: "
+            raise type(error)(f"--class-map {where}{error}") from error
+        ignored.update(c for c in range(1, len(names)) if not mapping[c])
+    if ignored and len(ignored) == len(names) - 1:
+        raise ValueError("--ignore-classes/--class-map leave no class but the background; "
+                         "nothing to evaluate")
+    return tuple(sorted(ignored))
+
+
+def ignored_ground_truth(gt: torch.Tensor, ignored: torch.Tensor, ignore: int = 255
+                         ) -> torch.Tensor:
+    """``gt`` ``(..., H, W)`` with the pixels of the ``ignored`` classes ``(M,)`` set to
+    ``ignore`` (left out of every confusion matrix)."""
+    return torch.where(torch.isin(gt, ignored.to(gt)), ignore, gt)
+
+
+def maps_classes_without_ignored(classes: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
+    """Map labels ``(..., K)`` with those of the ``ignored`` classes ``(M,)`` set to -1: their
+    maps become padding and never win a pixel (as a class's all-zero map)."""
+    return torch.where(torch.isin(classes, ignored.to(classes)), -1, classes)
+
+
+def mask_without_ignored(mask: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
+    """A predicted mask ``(..., H, W)`` with the labels of the ``ignored`` classes ``(M,)`` set
+    to 0 (background: the classes are not in the evaluated label space)."""
+    return torch.where(torch.isin(mask, ignored.to(mask)), 0, mask)
 
 
 @dataclass
@@ -109,6 +180,8 @@ class Tally:
         ``(flat index, count)`` int64 tensors (sparse, small).
     pairs: per source, the localization records of (image, class) pairs (``boxes`` mode).
     pxap: per source, the summed PxAP histogram ``(2, E + 1)`` or None without masks.
+    ignored: the indices of the classes left out of the segmentation scores (see
+        :func:`ignored_class_indices`); their rows and columns of ``confusions`` are zero.
     """
 
     num_classes: int
@@ -119,6 +192,7 @@ class Tally:
     per_image: list[dict[int, tuple[torch.Tensor, torch.Tensor]]]
     pairs: list[dict[int, list[PairRecord]]] = field(default_factory=list)
     pxap: list[torch.Tensor | None] = field(default_factory=list)
+    ignored: tuple[int, ...] = ()
 
 
 class _Items(Dataset):
@@ -167,6 +241,8 @@ def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | 
     dataset = open_pipeline_dataset(config.dataset, images=False)
     count = selected_count(dataset, config.dataset)
     n = len(dataset.class_names)
+    ignored = ignored_class_indices(dataset.class_names, config.ignore_classes, config.class_map)
+    ignored_tensor = torch.tensor(ignored, dtype=torch.long, device=device)
     has_masks = count > 0 and _first_mask(dataset) is not None
     if not has_masks and not config.boxes:
         raise ValueError(f"--dataset {config.dataset.kind}: the images have no ground-truth "
@@ -196,12 +272,13 @@ def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | 
         if error is not None:
             raise error[0](error[1])
         gt = gt.to(device) if gt is not None else None
+        counted = ignored_ground_truth(gt, ignored_tensor) if ignored and gt is not None else gt
         for k, (source, (data, classes, path, predicted)) in enumerate(
             zip(config.sources, loaded, strict=True)
         ):
             if gt is not None:
-                conf = _image_confusions(source, data.to(device), classes, gt, thresholds, n,
-                                         path, sample_id)
+                conf = _image_confusions(source, data.to(device), classes, counted, thresholds,
+                                         n, path, sample_id, ignored_tensor)
                 confusions[k] += conf
                 flat = conf.flatten()
                 nonzero = flat.nonzero().flatten()
@@ -213,7 +290,7 @@ def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | 
                     pxap[k] += _pxap_counts(data, classes, gt, box_labels, edges)
     return merge_tallies(n, tuple(dataset.class_names), tuple(dataset.ids[:count]), has_masks,
                          confusions, per_image, pairs if config.boxes else [],
-                         pxap if config.boxes else [])
+                         pxap if config.boxes else [], ignored=ignored)
 
 
 def _first_mask(dataset: Any) -> torch.Tensor | None:
@@ -226,8 +303,10 @@ def _first_mask(dataset: Any) -> torch.Tensor | None:
 def _image_confusions(
     source: Source, data: torch.Tensor, classes: torch.Tensor | None, gt: torch.Tensor,
     thresholds: torch.Tensor, num_classes: int, path: Path, sample_id: str,
+    ignored: torch.Tensor,
 ) -> torch.Tensor:
-    """``(T, N, N)`` (maps) or ``(1, N, N)`` (a mask) confusion matrices of one image."""
+    """``(T, N, N)`` (maps) or ``(1, N, N)`` (a mask) confusion matrices of one image; ``gt``
+    has the ``ignored`` classes' pixels at 255 already, their maps or mask labels go here."""
     size = tuple(data.shape[-2:])
     if size != tuple(gt.shape):
         what = "maps are" if source.kind == "maps" else "mask is"
@@ -237,7 +316,12 @@ def _image_confusions(
         )
     try:
         if source.kind == "maps":
-            return sweep_confusions(data, classes.to(data.device), gt, thresholds, num_classes)
+            classes = classes.to(data.device)
+            if ignored.numel():
+                classes = maps_classes_without_ignored(classes, ignored)
+            return sweep_confusions(data, classes, gt, thresholds, num_classes)
+        if ignored.numel():
+            data = mask_without_ignored(data, ignored)
         return confusion_matrix(data, gt, num_classes)[None]
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
@@ -288,7 +372,7 @@ def _pxap_counts(
 def merge_tallies(
     num_classes: int, class_names: tuple[str, ...], ids: tuple[str, ...], has_masks: bool,
     confusions: list[torch.Tensor], per_image: list[dict], pairs: list[dict],
-    pxap: list[torch.Tensor | None],
+    pxap: list[torch.Tensor | None], *, ignored: tuple[int, ...] = (),
 ) -> Tally | None:
     """Sum the ranks' matrices (all-reduce) and gather their per-image parts on rank 0."""
     confusions = [distributed.all_reduce_sum(c).cpu() for c in confusions]
@@ -304,7 +388,7 @@ def merge_tallies(
         for k, part in enumerate(rank_pairs):
             merged_pairs[k].update(part)
     return Tally(num_classes, class_names, ids, has_masks, confusions, merged_images,
-                 merged_pairs, pxap)
+                 merged_pairs, pxap, ignored)
 
 
 def per_image_confusions(tally: Tally, source: int, threshold_index: int) -> torch.Tensor:

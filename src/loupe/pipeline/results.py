@@ -41,6 +41,13 @@ def _nan_to_none(values: torch.Tensor) -> list[float | None]:
     return [None if math.isnan(v) else v for v in values.tolist()]
 
 
+def _per_class(tally: Tally, values: torch.Tensor) -> dict[str, float | None]:
+    """Class name -> value (None for NaN), the ignored classes left out."""
+    return {name: value for c, (name, value) in
+            enumerate(zip(tally.class_names, _nan_to_none(values), strict=True))
+            if c not in tally.ignored}
+
+
 def method_results(
     tally: Tally, sources: Sequence[Source], thresholds: Sequence[float], *,
     fixed: Sequence[float], spread_range: tuple[float, float], bootstrap: int, seed: int,
@@ -67,11 +74,9 @@ def method_results(
         entry.update(
             miou=float(mean_iou(conf)),
             pixel_accuracy=float(pixel_accuracy(conf)),
-            iou=dict(zip(tally.class_names, _nan_to_none(iou_per_class(conf)), strict=True)),
-            precision=dict(zip(tally.class_names, _nan_to_none(precision_per_class(conf)),
-                               strict=True)),
-            recall=dict(zip(tally.class_names, _nan_to_none(recall_per_class(conf)),
-                            strict=True)),
+            iou=_per_class(tally, iou_per_class(conf)),
+            precision=_per_class(tally, precision_per_class(conf)),
+            recall=_per_class(tally, recall_per_class(conf)),
             confusion=conf.tolist(),
         )
         chosen[source.name] = per_image_confusions(tally, k, at)
@@ -124,6 +129,10 @@ def report_markdown(results: dict[str, Any]) -> str:
     data = results["dataset"]
     lines = [f"# Evaluation: {data['kind']} {data.get('split') or ''} "
              f"({results['images']} images)", ""]
+    if results.get("ignored_classes"):
+        via = f" (with --class-map {results['class_map']})" if results.get("class_map") else ""
+        lines += [f"Ignored classes{via}, not counted and left out of the mean and the "
+                  f"per-class table: {', '.join(results['ignored_classes'])}.", ""]
     swept = {n: m["sweep"] for n, m in methods.items() if m["kind"] == "maps" and "sweep" in m}
     if swept:
         lines += ["## Pseudo-mask mIoU against the background threshold", "",
