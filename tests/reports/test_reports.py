@@ -163,3 +163,16 @@ def test_html_report_errors(tmp_path):
     with pytest.raises(ValueError, match="at least one run"):
         write_html_report(tmp_path / "i.html", {})
     assert not (tmp_path / "i.html").exists()
+
+
+def test_plot_miou_vs_threshold_tells_more_than_ten_curves_apart(tmp_path, monkeypatch):
+    """Matplotlib's colour cycle has 10 colours: curves 11+ differ by line style."""
+    import loupe.reports.plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: drawn.append(figure))
+    curves = {f"m{i}": ([0.1, 0.2], [0.1 * i, 0.05]) for i in range(12)}
+    plot_miou_vs_threshold(tmp_path / "miou.png", curves)
+    lines = [line for line in drawn[0].axes[0].get_lines() if line.get_label() in curves]
+    looks = {(line.get_color(), line.get_linestyle()) for line in lines}
+    assert len(lines) == 12 and len(looks) == 12

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from loupe.cli import UserError
+from loupe.pipeline.distributed import launched_rank
 from loupe.training.common import DATASET_KINDS, SyntheticSplits
 from loupe.training.transforms import Preprocessing
 
@@ -160,5 +161,6 @@ def run(args: argparse.Namespace) -> int:
     history = json.loads((path.parent / "history.json").read_text())
     last = history[-1] if history else {}
     score = f", val mAP {last['val_map']:.4f}" if "val_map" in last else ""
-    print(f"model: {path}{score}")
+    if launched_rank() == 0:  # one line per run, not per torchrun process
+        print(f"model: {path}{score}")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from loupe.cli import UserError
 from loupe.cli.train import add_data_arguments, add_recipe_arguments, common_config
+from loupe.pipeline.distributed import launched_rank
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,5 +51,6 @@ def run(args: argparse.Namespace) -> int:
     history = json.loads((path.parent / "history.json").read_text())
     last = history[-1] if history else {}
     score = f", val mIoU {last['val_miou']:.4f}" if "val_miou" in last else ""
-    print(f"model: {path}{score}")
+    if launched_rank() == 0:  # one line per run, not per torchrun process
+        print(f"model: {path}{score}")
     return 0

@@ -49,6 +49,12 @@ def launched_world_size() -> int:
     return size
 
 
+def launched_rank() -> int:
+    """``RANK`` from the environment (0 without ``torchrun``); also valid before and after
+    the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def local_rank() -> int:
     """``LOCAL_RANK`` (this process's index on its machine), 0 without ``torchrun``."""
     return int(os.environ.get("LOCAL_RANK", "0"))

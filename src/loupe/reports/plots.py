@@ -22,6 +22,9 @@ Curve = tuple[Sequence[float], Sequence[float]]
 Band = tuple[Sequence[float], Sequence[float], Sequence[float]]
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
 def _save(figure: Figure, path: str | os.PathLike[str]) -> None:
     FigureCanvasAgg(figure)
     with atomic_path(path) as tmp:
@@ -46,11 +49,12 @@ def plot_miou_vs_threshold(
         raise ValueError("plot_miou_vs_threshold needs at least one curve")
     figure = Figure(figsize=(6.4, 4.2), dpi=100)
     axes = figure.add_subplot()
-    for name, (thresholds, mious) in curves.items():
+    for i, (name, (thresholds, mious)) in enumerate(curves.items()):
         x, y = _floats(thresholds), [100 * v for v in _floats(mious)]
         if len(x) != len(y) or not x:
             raise ValueError(f"curve {name!r}: {len(x)} thresholds for {len(y)} mIoU values")
-        (line,) = axes.plot(x, y, marker="o", markersize=3, label=name)
+        style = LINE_STYLES[i // 10 % len(LINE_STYLES)]  # the colour cycle has 10 colours
+        (line,) = axes.plot(x, y, marker="o", markersize=3, label=name, linestyle=style)
         best = max(range(len(y)), key=y.__getitem__)
         axes.plot([x[best]], [y[best]], marker="*", markersize=11, color=line.get_color())
         if intervals and name in intervals:
