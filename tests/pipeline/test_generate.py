@@ -160,6 +160,25 @@ def test_maps_refuses_to_resume_a_different_run(tiny_run: Path, tmp_path: Path, 
     assert str(out / "maps.json") in err and "method" in err and "'gradcam'" in err
 
 
+def test_maps_resume_with_another_chunk_size(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """chunk_size only bounds memory: a run resumes with another one, the same maps (up to
+    float rounding: other batch compositions)."""
+    out = tmp_path / "maps"
+    args = ("--limit", "3", "--method", "smoothgrad", "--option", "n_samples=4")
+    assert main(maps_args(tiny_run, out, *args, "chunk_size=3")) == 0
+    victim = sorted(out.glob("*.npz"))[2]
+    before = read_npz(victim)
+    victim.unlink()
+    capsys.readouterr()
+    assert main(maps_args(tiny_run, out, *args, "chunk_size=1")) == 0
+    assert "maps: 1 written, 2 already" in capsys.readouterr().out
+    after = read_npz(victim)
+    assert after["classes"].tolist() == before["classes"].tolist()
+    np.testing.assert_allclose(after["maps"].astype(np.float32),
+                               before["maps"].astype(np.float32), atol=2e-3)
+    assert "chunk_size" not in json.loads((out / "maps.json").read_text())["options"]
+
+
 def test_maps_irn_protocol_through_the_cli(tiny_run: Path, tmp_path: Path) -> None:
     from loupe.data.synthetic import make_synthetic
 

@@ -61,6 +61,11 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 # --------------------------------------------------------------------------- functional core
 
 
+# Options that bound memory and never change the maps (tested for every chunked method): left
+# out of maps.json, so a run can resume with another value (say, smaller chunks after
+# running out of memory).
+MEMORY_OPTIONS = ("chunk_size",)
+
 def multiscale_maps(
     model: nn.Module,
     images: torch.Tensor,
@@ -287,7 +292,8 @@ def describe_run(
                   "float32, classes (K,) int64, scores (K,) float32, predicted () int64",
         "loupe": __version__,
         "method": config.method,
-        "options": {k: _plain(v) for k, v in sorted(config.options.items())},
+        "options": {k: _plain(v) for k, v in sorted(config.options.items())
+                    if k not in MEMORY_OPTIONS},
         "target_layer": config.target_layer,
         "scales": list(config.scales),
         "flip": config.flip,
