@@ -20,9 +20,13 @@ train     ``loupe train``: torchvision MobileNetV2 initialised from the ImageNet
           of predicting the class frequencies (0.14) and the maps were noise (Grad-CAM 2.1%
           mIoU, below the centred-Gaussian baseline)
 maps      ``loupe maps`` of every method for the ground-truth classes of the train split
-          (the WSSS protocol: pseudo-masks are made for the classifier's training images)
-evaluate  ``loupe evaluate`` of all of them against the train split's ground truth: mIoU
-          across background thresholds, bootstrap intervals, report and plot
+          (the WSSS protocol: pseudo-masks are made for the classifier's training images),
+          at 320x320; the three sampling methods (32 passes per image) on the first
+          ``--sampling-images`` (32) train images only, two rows per pass (at 320x320 larger
+          chunks spent more time in the kernel, faulting in freed buffers, than computing)
+evaluate  ``loupe evaluate`` against the train split's ground truth (mIoU across background
+          thresholds, bootstrap intervals, report and plot): every other method on all train
+          images (``evaluate-101``), every method on the first 32 (``evaluate-32``)
 
 Every ``loupe`` command runs in this process and is appended to ``<work>/commands.sh``; CPU
 seconds per step go to ``<work>/timings.json`` (see bench/study.py's ``Runner``).
@@ -41,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study import Runner  # noqa: E402
+from study import Runner, _keep_freed_memory  # noqa: E402
 from study_data import _link, _write_text  # noqa: E402
 
 from loupe.data import COCO_CLASSES, open_dataset  # noqa: E402
@@ -54,6 +58,7 @@ logger = logging.getLogger("loop")
 METHODS = ("baseline-background", "baseline-gaussian", "cam", "gradcam", "gradcam++",
            "xgradcam", "layercam", "hirescam", "saliency", "gradxinput", "smoothgrad",
            "integrated-gradients", "shuffle")
+SAMPLING = ("smoothgrad", "integrated-gradients", "shuffle")
 
 
 def prepare(assets: Path, out: Path) -> dict[str, object]:
@@ -99,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--head-lr-mult", type=float, default=40.0)
     p.add_argument("--size", type=int, default=320, help="maps: images resized to SIZE^2")
+    p.add_argument("--sampling-images", type=int, default=32,
+                   help="first N train images for SmoothGrad, IG and shuffle (0 = all)")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    _keep_freed_memory()
     if REPO in args.work.resolve().parents:
         raise SystemExit(f"--work {args.work} is inside the repository; choose a folder outside")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -127,19 +135,26 @@ def main(argv: list[str] | None = None) -> int:
             "--out", str(classifier), *common,
         ])
     maps = args.work / "maps"
+    sampling = [m for m in args.methods if m in SAMPLING]
+    subset = ["--limit", str(args.sampling_images)] if args.sampling_images else []
     if "maps" in args.stages:
         for method in args.methods:
+            extra = [*subset, "--option", "chunk_size=2"] if method in sampling else []
             runner.loupe(f"maps/{method}", [
                 "maps", *data_args, "--split", "train", "--model", str(classifier),
                 "--method", method, "--size", str(args.size), "--out", str(maps / method),
-                *common,
+                *extra, *common,
             ])
     if "evaluate" in args.stages:
-        runner.loupe("evaluate", [
-            "evaluate", "--maps", *(str(maps / m) for m in args.methods), "--names",
-            *args.methods, *data_args, "--split", "train", "--out",
-            str(args.work / "evaluate"), *common,
-        ])
+        others = [m for m in args.methods if m not in sampling]
+        runs = {"evaluate-101": (others, []), f"evaluate-{args.sampling_images}": (
+            args.methods, subset)} if sampling and subset else {"evaluate": (args.methods, [])}
+        for name, (methods, limit) in runs.items():
+            runner.loupe(name, [
+                "evaluate", "--maps", *(str(maps / m) for m in methods), "--names", *methods,
+                *data_args, "--split", "train", *limit, "--out", str(args.work / name),
+                *common,
+            ])
     return 0
 
 
