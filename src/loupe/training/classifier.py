@@ -28,7 +28,6 @@ from torch import nn
 
 from loupe.pipeline import distributed
 from loupe.training.checkpoints import (
-    CHECKPOINT_FILE,
     read_state_dict,
     resume_run,
     save_run,
@@ -49,7 +48,7 @@ from loupe.training.parallel import (
     broadcast_buffers,
     data_parallel,
     gathered_rows,
-    per_rank_batch_size,
+    launch_training,
     shard_of,
     train_loader,
 )
@@ -350,13 +349,7 @@ def train_classifier(config: ClassifierConfig) -> Path:
     rank 0 alone writes ``out`` (see :mod:`loupe.training.parallel`). ``--resume`` loads the
     checkpoint on every rank, so ``out`` must be on a file system that all ranks see."""
     _check(config)
-    per_rank_batch = per_rank_batch_size(config.batch_size, distributed.launched_world_size())
-    out = Path(config.out)
-    if config.resume and not (out / CHECKPOINT_FILE).is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_FILE}")
-    with distributed.distributed_session(config.device) as device:
-        _train(config, device, per_rank_batch)
-    return out / "model.pt"
+    return launch_training(config, _train)
 
 
 def _train(config: ClassifierConfig, device: torch.device, per_rank_batch: int) -> None:

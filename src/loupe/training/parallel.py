@@ -30,7 +30,8 @@ The rules, for ``W`` processes:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from loupe.pipeline import distributed
+from loupe.training.checkpoints import CHECKPOINT_FILE
 
 
 def per_rank_batch_size(batch_size: int, world: int) -> int:
@@ -48,6 +50,20 @@ def per_rank_batch_size(batch_size: int, world: int) -> int:
             f"{world} torchrun processes (each takes batch_size / {world} images per step)"
         )
     return batch_size // world
+
+
+def launch_training(config: Any, train: Callable[[Any, torch.device, int], None]) -> Path:
+    """What classifier and segmentation training share around their loop: ``--resume`` needs
+    a checkpoint in ``config.out``, the global ``config.batch_size`` is split over the
+    ``torchrun`` processes, and ``train(config, device, per_rank_batch)`` runs inside a
+    distributed session on ``config.device``. Returns ``out/model.pt``."""
+    per_rank_batch = per_rank_batch_size(config.batch_size, distributed.launched_world_size())
+    out = Path(config.out)
+    if config.resume and not (out / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_FILE}")
+    with distributed.distributed_session(config.device) as device:
+        train(config, device, per_rank_batch)
+    return out / "model.pt"
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

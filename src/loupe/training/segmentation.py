@@ -23,7 +23,6 @@ from torch.utils.data import Dataset
 from loupe.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou
 from loupe.pipeline import distributed
 from loupe.training.checkpoints import (
-    CHECKPOINT_FILE,
     read_state_dict,
     resume_run,
     save_run,
@@ -44,7 +43,7 @@ from loupe.training.parallel import (
     bare,
     broadcast_buffers,
     data_parallel,
-    per_rank_batch_size,
+    launch_training,
     shard_of,
     train_loader,
 )
@@ -265,13 +264,7 @@ def train_segmenter(config: SegmentationConfig) -> Path:
         raise ValueError("--masks is required: the folder of pseudo-mask PNGs")
     if config.epochs < 1 or config.batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
-    per_rank_batch = per_rank_batch_size(config.batch_size, distributed.launched_world_size())
-    out = Path(config.out)
-    if config.resume and not (out / CHECKPOINT_FILE).is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_FILE}")
-    with distributed.distributed_session(config.device) as device:
-        _train(config, device, per_rank_batch)
-    return out / "model.pt"
+    return launch_training(config, _train)
 
 
 def _train(config: SegmentationConfig, device: torch.device, per_rank_batch: int) -> None:
