@@ -152,23 +152,13 @@ def ignored_class_indices(
     return tuple(sorted(ignored))
 
 
-def ignored_ground_truth(gt: torch.Tensor, ignored: torch.Tensor, ignore: int = 255
-                         ) -> torch.Tensor:
-    """``gt`` ``(..., H, W)`` with the pixels of the ``ignored`` classes ``(M,)`` set to
-    ``ignore`` (left out of every confusion matrix)."""
-    return torch.where(torch.isin(gt, ignored.to(gt)), ignore, gt)
+def relabel(labels: torch.Tensor, ignored: torch.Tensor, value: int) -> torch.Tensor:
+    """``labels`` (any shape) with every entry in ``ignored`` ``(M,)`` replaced by ``value``.
 
-
-def maps_classes_without_ignored(classes: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
-    """Map labels ``(..., K)`` with those of the ``ignored`` classes ``(M,)`` set to -1: their
-    maps become padding and never win a pixel (as a class's all-zero map)."""
-    return torch.where(torch.isin(classes, ignored.to(classes)), -1, classes)
-
-
-def mask_without_ignored(mask: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
-    """A predicted mask ``(..., H, W)`` with the labels of the ``ignored`` classes ``(M,)`` set
-    to 0 (background: the classes are not in the evaluated label space)."""
-    return torch.where(torch.isin(mask, ignored.to(mask)), 0, mask)
+    How ignored classes leave the scores: ground truth -> 255 (not counted), map labels -> -1
+    (padding: the map never wins a pixel, like a class's all-zero map), predicted mask
+    labels -> 0 (background: the class is not in the evaluated label space)."""
+    return torch.where(torch.isin(labels, ignored.to(labels)), value, labels)
 
 
 @dataclass
@@ -272,7 +262,7 @@ def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | 
         if error is not None:
             raise error[0](error[1])
         gt = gt.to(device) if gt is not None else None
-        counted = ignored_ground_truth(gt, ignored_tensor) if ignored and gt is not None else gt
+        counted = relabel(gt, ignored_tensor, 255) if ignored and gt is not None else gt
         for k, (source, (data, classes, path, predicted)) in enumerate(
             zip(config.sources, loaded, strict=True)
         ):
@@ -318,10 +308,10 @@ def _image_confusions(
         if source.kind == "maps":
             classes = classes.to(data.device)
             if ignored.numel():
-                classes = maps_classes_without_ignored(classes, ignored)
+                classes = relabel(classes, ignored, -1)
             return sweep_confusions(data, classes, gt, thresholds, num_classes)
         if ignored.numel():
-            data = mask_without_ignored(data, ignored)
+            data = relabel(data, ignored, 0)
         return confusion_matrix(data, gt, num_classes)[None]
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
