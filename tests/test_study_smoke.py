@@ -95,9 +95,9 @@ def test_tiny_study_on_the_synthetic_set(tmp_path):
     assert sorted(results["images"]) == ["baseline-background", "baseline-gaussian", "cam",
                                          "shuffle-T8", "shuffle-T8-pad"]
     # all-background maps: only the background class is ever right, by hand from the masks
-    from loupe.pipeline.datasets import DatasetSpec, open_pipeline_dataset
+    from loupe.data.spec import DatasetSpec, open_spec
 
-    val = open_pipeline_dataset(DatasetSpec("synthetic", split="val", synthetic_train=16,
+    val = open_spec(DatasetSpec("synthetic", split="val", synthetic_train=16,
                                             synthetic_val=12, synthetic_size=32))
     masks = torch.stack([val[i].mask for i in range(len(val))])
     present = int((torch.bincount(masks.flatten(), minlength=6)[1:] > 0).sum())

@@ -1,7 +1,12 @@
-"""loupe: where an image classifier looks, and how well that segments."""
+"""loupe: where an image classifier looks, and how well that segments.
 
-from loupe.api import MapContext, explain, normalize
+Importing the package registers the built-in map methods (:mod:`loupe.methods`); the
+registry itself imports none."""
+
+import loupe.methods  # noqa: F401  (registers the built-in methods)
+from loupe.api import MapContext, explain
 from loupe.layers import find_target_layer
+from loupe.masks.normalize import normalize
 from loupe.registry import get_method, list_methods, register
 
 __version__ = "0.1.0"

@@ -4,35 +4,19 @@ from __future__ import annotations
 
 import inspect
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loupe.hooks import Captured, hooked
+from loupe.context import MapContext
+from loupe.hooks import hooked
 from loupe.layers import Reshape, find_target_layer, tokens_to_grid
+from loupe.masks.normalize import normalize
 from loupe.registry import get_method
-from loupe.targets import Targets, TargetsLike, resolve_targets
+from loupe.targets import TargetsLike, resolve_targets
 
-
-@dataclass(frozen=True)
-class MapContext:
-    """What a map method gets: the prepared model, the images, the resolved targets and, for
-    layer methods, the target layer's name, its captured activation and the reshape."""
-
-    model: nn.Module
-    images: torch.Tensor
-    targets: Targets
-    layer: str | None
-    captured: Captured
-    reshape: Reshape
-
-    def activation(self) -> torch.Tensor:
-        """The target layer's last captured output as a grid ``(B, C, h, w)``."""
-        if self.layer is None or self.layer not in self.captured:
-            raise RuntimeError("no activation was captured; run the model inside the method")
-        return self.reshape(self.captured[self.layer])
+__all__ = ["MapContext", "explain", "normalize"]
 
 
 def explain(
@@ -113,12 +97,3 @@ def _check_options(name: str, function: object, options: dict[str, object]) -> N
 
 def _autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
-def normalize(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Per-map min-max normalisation of ``(..., H, W)`` maps to [0, 1]; constant maps -> 0."""
-    flat = maps.flatten(-2)
-    low = flat.min(-1, keepdim=True).values
-    high = flat.max(-1, keepdim=True).values
-    scaled = (flat - low) / (high - low).clamp(min=eps)
-    return scaled.where(high - low > eps, torch.zeros_like(scaled)).view_as(maps)

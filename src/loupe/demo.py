@@ -26,19 +26,15 @@ from typing import Any
 import torch
 
 from loupe.api import explain
+from loupe.data.spec import SyntheticSplits
 from loupe.data.synthetic import SyntheticConfig, make_synthetic
+from loupe.io import read_json, write_json
 from loupe.masks.threshold import masks_from_maps
 from loupe.metrics.sweep import SweepSummary, default_thresholds, sweep_confusions, sweep_summary
+from loupe.models import load_model, preprocessing_of
 from loupe.registry import list_methods
-from loupe.reports import (
-    plot_miou_vs_threshold,
-    plot_overlay_grid,
-    write_report_md,
-    write_results_json,
-)
-from loupe.training.checkpoints import load_model, preprocessing_of, read_json
+from loupe.reports import plot_miou_vs_threshold, plot_overlay_grid, write_report_md
 from loupe.training.classifier import ClassifierConfig, train_classifier
-from loupe.training.common import SyntheticSplits
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +199,7 @@ def _write_outputs(out: Path, val: Any, keep: int, classes: torch.Tensor,
         "methods": table,
         "seconds": seconds,
     }
-    write_results_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     notes = (
         f"Synthetic set (docs/synthetic-data.md): {spec.n_train} training and {spec.n_val} "
         f"validation images of {spec.image_size}x{spec.image_size}, seed {seed}. A small GAP "

@@ -1,4 +1,8 @@
-"""The method registry: methods register under a short name; the CLI, docs and tests read it."""
+"""The method registry: methods register under a short name; the CLI, docs and tests read it.
+
+The registry imports no method: ``import loupe`` (the package's ``__init__``) imports
+:mod:`loupe.methods`, whose modules register themselves, so every built-in method is listed
+as soon as anything of loupe is imported."""
 
 from __future__ import annotations
 
@@ -60,20 +64,13 @@ def register(
     return decorate
 
 
-def _load_builtin_methods() -> None:
-    # Importing the package registers every built-in method exactly once.
-    import loupe.methods  # noqa: F401
-
-
 def list_methods() -> list[str]:
     """Names of all registered methods, sorted."""
-    _load_builtin_methods()
     return sorted(_REGISTRY.view())
 
 
 def get_method(name: str) -> MethodSpec:
     """The spec registered under ``name``; a ValueError listing the choices otherwise."""
-    _load_builtin_methods()
     specs = _REGISTRY.view()
     if name not in specs:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(specs))}")

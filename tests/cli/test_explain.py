@@ -16,11 +16,12 @@ from PIL import Image
 
 import loupe
 from loupe.cli import main
-from loupe.cli.explain import parse_value, title
+from loupe.cli.args import parse_value
+from loupe.cli.explain import title
 from loupe.cli.methods import format_table, method_rows
 from loupe.io import load_npz
 from loupe.models import random_model
-from loupe.overlay import blend, colormap_table, overlay_panels
+from loupe.reports.overlay import blend, colormap_table, overlay_panels
 
 NAMES = ["background", "ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "ibis", "jay"]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -10,9 +10,9 @@ from torchvision.models import resnet18
 from torchvision.models.convnext import LayerNorm2d
 
 from loupe import explain
-from loupe.heads import HeadError, find_cam_head
 from loupe.hooks import hooked
 from loupe.layers import LayerError
+from loupe.methods.heads import HeadError, find_cam_head
 from loupe.targets import TargetError
 from tests.conftest import count_hooks
 

@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 from loupe.masks import save_mask_png
-from loupe.training.checkpoints import save_model
-from loupe.training.classifier import build_classifier
+from loupe.models import build_classifier, save_model
 
 NUM_OBJECT_CLASSES = 5  # the synthetic set's default; data-set classes 0..5, 0 = background
 

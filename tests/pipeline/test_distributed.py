@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from loupe import distributed
 from loupe.cli import main
-from loupe.pipeline import distributed
 
 from .conftest import subprocess_env, tree_bytes
 
@@ -34,7 +34,7 @@ DRIVER = textwrap.dedent("""
 
     import torch
     from loupe.cli import main
-    from loupe.pipeline import distributed
+    from loupe import distributed
 
     plan = json.loads(Path(sys.argv[1]).read_text())
     # One process group for the whole script: the commands join it and leave it standing.

@@ -14,6 +14,7 @@ import torch
 from loupe.cli import main
 from loupe.data.synthetic import make_synthetic
 from loupe.io import save_npz
+from loupe.mapsets.files import map_file_arrays
 from loupe.masks import masks_from_maps, save_mask_png
 from loupe.metrics import (
     bootstrap_miou_difference,
@@ -23,7 +24,6 @@ from loupe.metrics import (
     pxap,
     top1_localization,
 )
-from loupe.pipeline.generate import map_file_arrays
 
 from .conftest import SYNTHETIC, read_npz
 

@@ -14,8 +14,9 @@ from torch import nn
 
 from loupe.cli import main
 from loupe.data.mapping import mapped_scores
-from loupe.pipeline.generate import batch_targets, map_file_arrays, multiscale_maps
-from loupe.training import load_model
+from loupe.mapsets.files import map_file_arrays
+from loupe.mapsets.generate import batch_targets, multiscale_maps
+from loupe.models import load_model
 
 from .conftest import FOLDER_SIZES, SYNTHETIC, read_npz, tree_bytes
 

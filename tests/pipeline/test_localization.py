@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loupe.metrics import pxap
-from loupe.metrics.wsol import default_cam_thresholds
-from loupe.pipeline.localization import (
+from loupe.metrics import (
+    default_cam_thresholds,
     inclusive_boxes,
     pair_record,
+    pxap,
     pxap_counts,
     pxap_edges,
     pxap_from_counts,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from loupe.training.classifier import average_precision, mean_average_precision
+from loupe.metrics import average_precision, mean_average_precision
 
 
 def test_ranked_list_by_hand():

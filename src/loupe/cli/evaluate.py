@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from loupe.cli import UserError
-from loupe.cli.maps import add_dataset_arguments, dataset_spec
+from loupe.cli.args import add_dataset_arguments, add_run_arguments, dataset_spec
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,18 +56,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--iou", type=float, default=0.5, help="IoU of top-1/GT-known loc")
     group.add_argument("--overlays", type=int, default=6,
                        help="images in overlays.png (0: none; needs images)")
-    group = p.add_argument_group("run")
-    group.add_argument("--out", required=True, type=Path, help="run folder for the results")
-    group.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    group.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    group.add_argument("--no-progress", action="store_true")
+    add_run_arguments(p, out_help="run folder for the results")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from loupe import distributed
+    from loupe.evaluation import (
+        EvaluationConfig,
+        ResultOptions,
+        build_results,
+        evaluate_sources,
+        make_sources,
+        write_evaluation,
+    )
     from loupe.metrics import default_thresholds
-    from loupe.pipeline import distributed
-    from loupe.pipeline.evaluate import EvaluationConfig, evaluate_sources, make_sources
 
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
@@ -88,57 +90,18 @@ def run(args: argparse.Namespace) -> int:
                               workers=args.workers, progress=not args.no_progress,
                               ignore_classes=tuple(args.ignore_classes),
                               class_map=args.class_map)
+    options = ResultOptions(fixed=tuple(args.fixed), spread_range=tuple(args.spread_range),
+                            bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
+                            level=args.level, boxes=args.boxes, iou=args.iou,
+                            class_map=args.class_map)
     with distributed.distributed_session(args.device) as device:
         tally = evaluate_sources(config, device)
         if tally is not None:
-            results = build_results(tally, args, spec.describe(), sources, thresholds)
-            write_outputs(args, results, sources, spec)
+            results = build_results(tally, sources, thresholds, spec.describe(), options)
+            write_evaluation(args.out, results, sources, spec, args.overlays)
         distributed.barrier()
     if tally is not None:
         best = max(results["methods"].items(), key=lambda kv: kv[1]["miou"], default=None)
         summary = f"; best {best[0]} mIoU {100 * best[1]['miou']:.1f}" if best else ""
         print(f"evaluated {len(tally.ids)} images{summary}; results in {args.out}")
     return 0
-
-
-def build_results(tally: Any, args: argparse.Namespace, dataset: dict[str, Any],
-                  sources: Any, thresholds: tuple[float, ...]) -> dict[str, Any]:
-    """The ``results.json`` content."""
-    from loupe.pipeline.results import localization_results, method_results
-
-    results: dict[str, Any] = {
-        "dataset": dataset, "images": len(tally.ids), "num_classes": tally.num_classes,
-        "class_names": list(tally.class_names), "thresholds": list(thresholds),
-        "has_masks": tally.has_masks,
-        "ignored_classes": [tally.class_names[c] for c in tally.ignored],
-        "class_map": args.class_map,
-        "bootstrap": {"n": args.bootstrap, "seed": args.bootstrap_seed, "level": args.level},
-        "methods": {}, "comparisons": [],
-    }
-    if tally.has_masks:
-        results["methods"], results["comparisons"] = method_results(
-            tally, sources, thresholds, fixed=args.fixed, spread_range=tuple(args.spread_range),
-            bootstrap=args.bootstrap, seed=args.bootstrap_seed, level=args.level,
-        )
-    if args.boxes:
-        results["localization"] = localization_results(tally, sources, args.iou)
-    return results
-
-
-def write_outputs(args: argparse.Namespace, results: dict[str, Any], sources: Any,
-                  spec: Any) -> None:
-    """Rank 0: the run folder's files, and overlays when the data set has images."""
-    import logging
-
-    from loupe.pipeline.datasets import open_pipeline_dataset
-    from loupe.pipeline.results import write_overlays, write_run
-
-    write_run(args.out, results)
-    if args.overlays and results["has_masks"]:
-        try:
-            dataset = open_pipeline_dataset(spec, images=True)
-            thresholds = {name: m["threshold"] for name, m in results["methods"].items()}
-            ids = list(dataset.ids[: results["images"]])
-            write_overlays(args.out, dataset, ids, sources, thresholds, args.overlays)
-        except (FileNotFoundError, ValueError) as error:
-            logging.getLogger(__name__).warning("no overlays.png: %s", error)

@@ -9,10 +9,8 @@ saw; ``classes`` ``(K,)`` int64; ``scores`` ``(K,)`` float32), both atomically.
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +20,22 @@ from tqdm import tqdm
 
 from loupe.api import explain
 from loupe.cli import UserError
-from loupe.io import load_rgb, save_image, save_npz
-from loupe.models import (
-    Classifier,
-    apply_patch,
-    load_classifier,
-    preprocessing_from_options,
-    preprocessing_from_weights,
-    read_labels,
-    weights_enum,
+from loupe.cli.args import (
+    add_method_arguments,
+    add_model_arguments,
+    method_options,
+    preprocessing_options,
 )
-from loupe.overlay import colormap_table, overlay_panels
-from loupe.registry import get_method, list_methods
+from loupe.distributed import resolve_device
+from loupe.io import load_rgb, save_image, save_npz
+from loupe.mapsets.files import float16_maps
+from loupe.models import Classifier, load_classifier, read_labels
+from loupe.reports.overlay import colormap_table, overlay_panels
 
 logger = logging.getLogger(__name__)
 
+# Whatever PIL reads (explain takes single photos; data sets use loupe.data's suffixes).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,33 +47,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--model", required=True, help="torchvision model name, e.g. resnet50")
-    p.add_argument(
-        "--weights", required=True,
-        help="torchvision weight name (IMAGENET1K_V1, DEFAULT), a state-dict file, or 'random'",
-    )
-    p.add_argument("--num-classes", type=int, help="outputs of a state-dict model (default: "
-                   "read from the file)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
-    p.add_argument("--patch", metavar="PY_FILE:FUNC",
-                   help="call FUNC(model) from PY_FILE after loading (trusted code only)")
-    p.add_argument("--method", default="gradcam", choices=list_methods())
-    p.add_argument("--option", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="method option, e.g. n_shuffles=8 grids=2,3 (ints, floats, bools, lists)")
-    p.add_argument("--target", nargs="+", metavar="CLASS",
-                   help="class indices or names to explain in every image")
-    p.add_argument("--topk", type=int, help="explain each image's K best classes (default 1)")
-    p.add_argument("--target-layer", help="layer for CAM methods (default: found automatically)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--amp", action="store_true", help="run the model under autocast")
-    group = p.add_argument_group("preprocessing (for state-dict or random weights)")
+    group = add_model_arguments(p, runs=False)
+    add_method_arguments(group)
+    group.add_argument("--target", nargs="+", metavar="CLASS",
+                       help="class indices or names to explain in every image")
+    group.add_argument("--topk", type=int, help="explain each image's K best classes "
+                       "(default 1)")
+    group.add_argument("--batch-size", type=int, default=8)
+    group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    group.add_argument("--amp", action="store_true", help="run the model under autocast")
+    group = p.add_argument_group("preprocessing (for state-dict or random weights) and labels")
     group.add_argument("--size", type=int, help="model input side (default 224 or the weights')")
     group.add_argument("--resize", type=int, help="shorter side before the centre crop "
                        "(default size*256/224; = --size keeps the whole short side)")
-    group.add_argument("--mean", type=float, nargs=3, help="mean of RGB in [0, 1]")
-    group.add_argument("--std", type=float, nargs=3, help="std of RGB in [0, 1]")
-    group.add_argument("--scale", help="affine map of RGB in [0, 1] instead, e.g. 'x*2-1'")
     group.add_argument("--labels", type=Path, help="class names, one per line")
     group.add_argument("--labels-offset", type=int, default=0,
                        help="lines to skip first (1 when line 0 is 'background')")
@@ -103,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.topk is not None and args.topk < 1:
         raise UserError(f"--topk must be at least 1, got {args.topk}")
     device = resolve_device(args.device)
-    classifier = build_classifier(args)
+    classifier = load_explained_classifier(args)
     model = classifier.model.to(device)
     names = classifier.class_names
     logger.debug("model %s, weights %s, preprocessing %s", args.model, classifier.source,
@@ -200,86 +183,14 @@ def output_stems(images: Sequence[Path], out: Path, method: str) -> list[Path]:
     return list(stems)
 
 
-def parse_value(text: str) -> object:
-    """``"8"`` -> 8, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, ``"2,3"`` -> (2, 3);
-    anything else stays a string."""
-    if "," in text:
-        return tuple(parse_value(part) for part in text.split(",") if part != "")
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def method_options(method: str, pairs: Sequence[str]) -> dict[str, object]:
-    """``--option KEY=VALUE`` pairs parsed and checked against the method's parameters."""
-    function = get_method(method).function
-    params = list(inspect.signature(function).parameters.values())[1:]
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    options: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise UserError(f"--option {pair!r} must be KEY=VALUE, e.g. n_shuffles=8")
-        if not open_ended and key not in known:
-            choices = ", ".join(known) or "none"
-            raise UserError(f"method {method!r} has no option {key!r} (its options: {choices})")
-        options[key] = parse_value(value.strip())
-    return options
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise UserError(f"--device {name!r} is not a device ({error})") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-def build_classifier(args: argparse.Namespace) -> Classifier:
+def load_explained_classifier(args: argparse.Namespace) -> Classifier:
     """The model, preprocessing and class names the arguments describe."""
     labels = read_labels(args.labels, args.labels_offset) if args.labels else None
-    enum = None if Path(args.weights).is_file() else weights_enum(args.model, args.weights)
-    mean = tuple(args.mean) if args.mean else None
-    std = tuple(args.std) if args.std else None
-    preprocessing = None
-    if enum is None:
-        preprocessing = preprocessing_from_options(
-            size=args.size or 224, resize=args.resize, scale=args.scale, mean=mean, std=std
-        )
-    elif any(v is not None for v in (args.size, args.resize, args.mean, args.std, args.scale)):
-        own = preprocessing_from_weights(enum)  # explicit options override the enum's
-        if args.scale is None and mean is None and std is None:
-            mean, std = own.mean, own.std
-        size = args.size or own.size
-        resize = args.resize or (own.resize if args.size is None else None)
-        preprocessing = replace(
-            preprocessing_from_options(size=size, resize=resize, scale=args.scale, mean=mean,
-                                       std=std),
-            interpolation=own.interpolation,
-        )
-    classifier = load_classifier(
-        args.model, args.weights, num_classes=args.num_classes, preprocessing=preprocessing,
-        labels=labels, labels_source=str(args.labels), seed=args.seed,
+    return load_classifier(
+        args.model, args.weights, num_classes=args.num_classes, seed=args.seed,
+        options=preprocessing_options(args), labels=labels, labels_source=str(args.labels),
+        patch=args.patch,
     )
-    if args.patch:
-        patched = apply_patch(classifier.model, args.patch).eval()
-        classifier = Classifier(patched, classifier.preprocessing, classifier.class_names,
-                                f"{classifier.source} + {args.patch}")
-    return classifier
 
 
 def resolve_class_args(values: Sequence[str], names: Sequence[str] | None) -> list[int]:
@@ -339,17 +250,6 @@ def title(cls: int, score: float, names: Sequence[str] | None) -> str:
 def chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-def float16_maps(maps: torch.Tensor) -> np.ndarray:
-    """Raw maps as float16, clamped to float16's range (with a warning) instead of inf."""
-    maps = maps.float()
-    peak = float(maps.abs().nan_to_num(nan=0.0).max())
-    if peak > FLOAT16_MAX:
-        logger.warning("maps exceed float16's range (%.3g); values clamped", peak)
-    if maps.isnan().any():
-        logger.warning("maps contain NaN")
-    return maps.clamp(-FLOAT16_MAX, FLOAT16_MAX).half().cpu().numpy()
 
 
 def write_outputs(stem: Path, maps: torch.Tensor, classes: torch.Tensor, scores: torch.Tensor,

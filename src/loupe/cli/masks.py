@@ -13,14 +13,13 @@ import argparse
 from pathlib import Path
 
 from loupe.cli import UserError
-from loupe.cli.maps import add_dataset_arguments, dataset_spec
+from loupe.cli.args import add_dataset_arguments, add_run_arguments, dataset_spec
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("masks", help="pseudo-masks (paletted PNGs) from map files",
                               description=__doc__.splitlines()[0])
     p.add_argument("--maps", required=True, type=Path, help="folder written by loupe maps")
-    p.add_argument("--out", required=True, type=Path, help="output folder for <id>.png")
     p.add_argument("--threshold", type=float, default=0.25,
                    help="background score of the IRN rule (default 0.25)")
     p.add_argument("--confident", type=float, nargs=2, metavar=("FG", "BG"),
@@ -28,15 +27,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--crf", action="store_true", help="dense-CRF refinement (pydensecrf2)")
     p.add_argument("--images", type=Path, help="folder of the images (<id>.jpg/.png) for --crf")
     add_dataset_arguments(p, required=False)
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true")
+    add_run_arguments(p, out_help="output folder for <id>.png", workers=False)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from loupe.pipeline import distributed
-    from loupe.pipeline.datasets import open_pipeline_dataset
-    from loupe.pipeline.pseudo_masks import (
+    from loupe import distributed
+    from loupe.data.spec import open_spec
+    from loupe.mapsets.pseudo_masks import (
         MasksConfig,
         dataset_images,
         folder_images,
@@ -54,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         images, description = folder_images(args.images), str(args.images)
     elif args.dataset is not None:
         spec = dataset_spec(args)
-        images = dataset_images(open_pipeline_dataset(spec, images=True))
+        images = dataset_images(open_spec(spec, images=True))
         description = f"dataset {spec.describe()}"
     config = MasksConfig(args.maps, args.out, args.threshold,
                          tuple(args.confident) if args.confident else None, args.crf,

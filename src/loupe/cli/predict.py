@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from loupe.cli import UserError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from loupe.data.base import IMAGE_SUFFIXES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,10 +47,10 @@ def image_files(inputs: list[Path]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from loupe.distributed import resolve_device
     from loupe.io import load_rgb
     from loupe.masks.palette import save_mask_png
-    from loupe.training.checkpoints import load_model, preprocessing_of
-    from loupe.training.common import resolve_device
+    from loupe.models import load_model, preprocessing_of
     from loupe.training.segmentation import predict_masks
     from loupe.training.transforms import image_tensor
 

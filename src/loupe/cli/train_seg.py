@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import fields
 from pathlib import Path
 
 from loupe.cli import UserError
-from loupe.cli.train import add_data_arguments, add_recipe_arguments, common_config
-from loupe.pipeline.distributed import launched_rank
+from loupe.cli.args import add_recipe_arguments, add_training_data_arguments, recipe_values
+from loupe.distributed import launched_rank
+from loupe.io import read_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__)
     p.add_argument("--masks", required=True, type=Path,
                    help="folder of pseudo-masks <id>.png of the training split (255 = ignore)")
-    add_data_arguments(p)
+    add_training_data_arguments(p)
     group = p.add_argument_group("model")
     group.add_argument("--backbone", default="resnet50",
                        choices=("resnet50", "mobilenet_v3_large"))
@@ -41,14 +41,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.masks.is_dir():
         raise UserError(f"--masks {args.masks}: folder not found")
-    values = common_config(args)
-    values.update(masks=str(args.masks), backbone=args.backbone, pretrained=args.pretrained,
-                  freeze_bn=args.freeze_bn, bn_momentum=args.bn_momentum,
-                  precise_bn=args.precise_bn)
+    values = recipe_values(args)
+    values.update(masks=str(args.masks), freeze_bn=args.freeze_bn,
+                  bn_momentum=args.bn_momentum, precise_bn=args.precise_bn)
     names = {f.name for f in fields(SegmentationConfig)}
-    config = SegmentationConfig(**{k: v for k, v in values.items() if k in names})
-    path = train_segmenter(config)
-    history = json.loads((path.parent / "history.json").read_text())
+    path = train_segmenter(SegmentationConfig(**{k: v for k, v in values.items() if k in names}))
+    history = read_json(path.parent / "history.json", "training history")
     last = history[-1] if history else {}
     score = f", val mIoU {last['val_miou']:.4f}" if "val_miou" in last else ""
     if launched_rank() == 0:  # one line per run, not per torchrun process

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.transforms.functional import pil_to_tensor
 
 from loupe.io import load_rgb
 
@@ -304,3 +305,8 @@ def find_images(folder: Path) -> dict[str, Path]:
                 raise ValueError(f"{folder}: two images with the stem {path.stem!r}")
             found[path.stem] = path
     return found
+
+
+def rgb_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
+    """A sample's image as ``(3, H, W)`` uint8: a tensor as it is, a PIL image in RGB."""
+    return image if isinstance(image, torch.Tensor) else pil_to_tensor(image.convert("RGB"))

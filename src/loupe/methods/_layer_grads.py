@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from loupe._autograd import grads_per_target
-from loupe.api import MapContext
+from loupe.context import MapContext
 
 
 def activations_and_grads(ctx: MapContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from loupe.api import MapContext
-from loupe.heads import CAMHead, find_cam_head
+from loupe.context import MapContext
+from loupe.methods.heads import CAMHead, find_cam_head
 from loupe.registry import register
 
 
@@ -56,7 +56,7 @@ def cam(ctx: MapContext, head: str | None = None) -> torch.Tensor:
 
     Options:
         head: module name of the final linear layer (``"fc"``); found automatically when None
-            (see :mod:`loupe.heads`). The head is always checked on this forward: it must
+            (see :mod:`loupe.methods.heads`). The head is always checked on this forward: it must
             reproduce the logits from the spatial mean of the target layer (or of its ReLU),
             otherwise a ``HeadError`` (a ``ValueError``) explains what was found.
 

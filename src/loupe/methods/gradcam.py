@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from loupe.api import MapContext
+from loupe.context import MapContext
 from loupe.methods._layer_grads import activations_and_grads
 from loupe.registry import register
 

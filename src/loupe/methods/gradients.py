@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from loupe._autograd import GRADIENT_CHUNK, grads_per_target
-from loupe.api import MapContext
+from loupe.context import MapContext
 from loupe.registry import register
 from loupe.targets import Targets
 

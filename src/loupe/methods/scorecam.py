@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from loupe.api import MapContext
+from loupe.context import MapContext
 from loupe.registry import register
 from loupe.targets import Targets
 

@@ -74,7 +74,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from loupe._autograd import GRADIENT_CHUNK, grads_per_target
-from loupe.api import MapContext, explain
+from loupe.api import explain
+from loupe.context import MapContext
 from loupe.layers import find_target_layer
 from loupe.methods._tiles import OFFSETS, Round, check_grids, draw_rounds, identity_round
 from loupe.registry import get_method, register

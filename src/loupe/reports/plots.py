@@ -14,8 +14,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from loupe.api import normalize
 from loupe.io import atomic_path
+from loupe.masks.normalize import normalize
 from loupe.masks.palette import colorize_mask
 
 Curve = tuple[Sequence[float], Sequence[float]]

@@ -3,7 +3,8 @@
 Every random draw comes from a ``torch.Generator`` seeded by ``(seed, epoch, index)``, so an
 epoch's augmented samples are the same whatever the number of DataLoader workers, and a resumed
 run sees the same data as an uninterrupted one. Images are tensors ``(3, H, W)`` in [0, 1]
-until :class:`Preprocessing` normalises them; masks are ``(H, W)`` long with 255 = ignore.
+until :class:`~loupe.models.Preprocessing` normalises them; masks are ``(H, W)`` long with
+255 = ignore.
 """
 
 from __future__ import annotations
@@ -18,42 +19,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
-IGNORE_INDEX = 255
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Input normalisation ``(x - mean) / std`` of RGB in [0, 1]. ``x*2-1`` (TF-slim models)
-    is ``mean = std = 0.5``; torchvision's ImageNet models use :meth:`imagenet`."""
-
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-    @classmethod
-    def imagenet(cls) -> Preprocessing:
-        return cls()
-
-    @classmethod
-    def from_scale(cls, rule: str) -> Preprocessing:
-        """Named rules: ``"x*2-1"`` (RGB in [0, 1] then x*2-1) and ``"x"`` (no change)."""
-        rules = {"x*2-1": cls((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "x": cls((0, 0, 0), (1, 1, 1))}
-        key = rule.replace(" ", "")
-        if key not in rules:
-            raise ValueError(f"unknown scale rule {rule!r}; choose one of: {', '.join(rules)}")
-        return rules[key]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalise ``(..., 3, H, W)`` images in [0, 1], on their device."""
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device)[:, None, None]
-        return (images - mean) / std
-
-    def to_json(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(tuple(data["mean"]), tuple(data["std"]))
+from loupe.data.base import IGNORE_INDEX, rgb_tensor
+from loupe.models.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -78,7 +45,7 @@ class Augmentation:
 def image_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
     """A PIL image or a uint8/float tensor as ``(3, H, W)`` float32 in [0, 1]."""
     if isinstance(image, Image.Image):
-        image = TF.pil_to_tensor(image.convert("RGB"))
+        image = rgb_tensor(image)
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
         raise ValueError(f"expected a PIL image or a (3, H, W) tensor, got {type(image).__name__}")
     if image.dtype == torch.uint8:

@@ -17,20 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from loupe.data.base import IMAGE_SUFFIXES
-from loupe.io import load_rgb
+from loupe import distributed
+from loupe.data.base import IMAGE_SUFFIXES, rgb_tensor
+from loupe.io import load_rgb, write_json
+from loupe.mapsets.files import check_same_run, load_map_file, output_path, remove_stale_temp_files
 from loupe.masks import confident_masks, crf_refine_mask, masks_from_maps, save_mask_png
-from loupe.pipeline import distributed
-from loupe.pipeline.files import (
-    check_same_run,
-    load_map_file,
-    output_path,
-    remove_stale_temp_files,
-    write_json_atomic,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +65,7 @@ def folder_images(folder: Path) -> ImageSource:
         for suffix in IMAGE_SUFFIXES:
             path = output_path(folder, sample_id, suffix)
             if path.is_file():
-                return pil_to_tensor(load_rgb(path))
+                return rgb_tensor(load_rgb(path))
         raise FileNotFoundError(f"--images {folder}: no image file for {sample_id!r} "
                                 f"({sample_id}.jpg, .png, ...)")
 
@@ -87,7 +80,7 @@ def dataset_images(dataset: Any) -> ImageSource:
         if sample_id not in index:
             raise ValueError(f"image {sample_id!r} of the maps is not in the data set")
         image = dataset[index[sample_id]].image
-        return image if isinstance(image, torch.Tensor) else pil_to_tensor(image.convert("RGB"))
+        return rgb_tensor(image)
 
     return load
 
@@ -126,7 +119,7 @@ def write_pseudo_masks(
     distributed.barrier()
     if distributed.is_main():
         remove_stale_temp_files(out)
-        write_json_atomic(out / RUN_FILE, description)
+        write_json(out / RUN_FILE, description)
     distributed.barrier()
     mine = distributed.shard(ids)
     written = skipped = 0

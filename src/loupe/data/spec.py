@@ -1,22 +1,65 @@
-"""Opening the data set a pipeline command works on, with the options the CLI exposes.
+"""Which data set a command works on, and opening it.
 
-Kinds are those of :func:`loupe.data.open_dataset` plus ``synthetic`` (the seeded set of
-:mod:`loupe.data.synthetic`, split as ``loupe train`` splits it: ``train`` from ``seed``,
-``val`` from ``seed + 1``, ``test`` from ``seed + 2``), so maps can be made for exactly the
-images a classifier was trained or validated on.
+:class:`DatasetSpec` is what ``loupe maps``, ``masks`` and ``evaluate`` take (``--dataset
+--root --split ...``); :func:`open_split` is what training takes (a kind, a root and a
+split). Kinds are those of :func:`loupe.data.open_dataset` plus ``synthetic``: the seeded set
+of :mod:`loupe.data.synthetic`, split as ``loupe train`` splits it (:class:`SyntheticSplits`:
+``train`` from ``seed``, ``val`` from ``seed + 1``, ``test`` from ``seed + 2``), so maps can be
+made for exactly the images a classifier was trained or validated on.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loupe.data import COCO_CLASSES, list_dataset_kinds, open_dataset
 from loupe.data.base import read_class_names
-from loupe.training.common import SyntheticSplits, open_split
+from loupe.data.coco import COCO_CLASSES
+from loupe.data.kinds import list_dataset_kinds, open_dataset
+from loupe.data.synthetic import SyntheticConfig, make_synthetic
 
-PIPELINE_KINDS = (*list_dataset_kinds(), "synthetic")
+#: The kinds a :class:`DatasetSpec` opens.
+SPEC_KINDS = (*list_dataset_kinds(), "synthetic")
+#: The kinds training opens with :func:`open_split` (image-level labels and, for
+#: segmentation, masks).
+SPLIT_KINDS = ("voc", "coco", "folder", "yolo", "synthetic")
+_SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class SyntheticSplits:
+    """Sizes and seed of the synthetic splits: ``train`` uses ``seed``, ``val`` ``seed + 1``,
+    ``test`` ``seed + 2``; ``scenes`` are the generator's parameters (see
+    :mod:`loupe.data.synthetic`)."""
+
+    n_train: int = 400
+    n_val: int = 100
+    size: int = 96
+    seed: int = 0
+    scenes: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+def open_split(kind: str, root: str | None, split: str,
+               synthetic: SyntheticSplits | None = None,
+               options: dict[str, Any] | None = None) -> Any:
+    """A data set of ``kind`` (one of :data:`SPLIT_KINDS`) for ``split``, yielding
+    :class:`loupe.data.base.Sample`; ``root`` is ignored for ``"synthetic"``; ``options``
+    go to :func:`loupe.data.open_dataset` (e.g. ``names`` of a YOLO set)."""
+    if kind not in SPLIT_KINDS:
+        raise ValueError(
+            f"unknown dataset kind {kind!r}; choose one of: {', '.join(SPLIT_KINDS)}"
+        )
+    if kind == "synthetic":
+        synthetic = synthetic or SyntheticSplits()
+        if split not in _SPLIT_OFFSETS:
+            raise ValueError(f"synthetic data has splits train, val, test; got {split!r}")
+        n = synthetic.n_val if split != "train" else synthetic.n_train
+        return make_synthetic(n, synthetic.size, synthetic.seed + _SPLIT_OFFSETS[split],
+                              synthetic.scenes)
+    if root is None:
+        raise ValueError(f"--root is required for dataset kind {kind!r}")
+    return open_dataset(kind, root, split, **(options or {}))
 
 
 @dataclass(frozen=True)
@@ -50,13 +93,13 @@ class DatasetSpec:
         return data
 
 
-def open_pipeline_dataset(spec: DatasetSpec, *, images: bool = True) -> Any:
+def open_spec(spec: DatasetSpec, *, images: bool = True) -> Any:
     """The data set ``spec`` describes; ``images=False`` reads annotations only (not
     available for ``synthetic``, whose images are in memory anyway). Errors name the
     argument or the file."""
-    if spec.kind not in PIPELINE_KINDS:
+    if spec.kind not in SPEC_KINDS:
         raise ValueError(f"--dataset {spec.kind!r} is not a data set kind; choose one of: "
-                         f"{', '.join(PIPELINE_KINDS)}")
+                         f"{', '.join(SPEC_KINDS)}")
     if spec.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {spec.limit}")
     if spec.kind == "synthetic":
@@ -67,6 +110,11 @@ def open_pipeline_dataset(spec: DatasetSpec, *, images: bool = True) -> Any:
         raise ValueError(f"--root is required for --dataset {spec.kind}")
     if not Path(spec.root).exists():
         raise FileNotFoundError(f"--root {spec.root}: folder not found")
+    return open_dataset(spec.kind, spec.root, spec.split, **_spec_options(spec, images))
+
+
+def _spec_options(spec: DatasetSpec, images: bool) -> dict[str, Any]:
+    """The keyword options of :func:`loupe.data.open_dataset` that ``spec`` asks for."""
     options: dict[str, Any] = {}
     if spec.kind in ("voc", "voc-boxes", "coco", "folder", "yolo", "wsol"):
         options["images"] = images
@@ -85,7 +133,7 @@ def open_pipeline_dataset(spec: DatasetSpec, *, images: bool = True) -> Any:
         if key is None:
             raise ValueError(f"--class-names is only for yolo, folder and wsol, not {spec.kind}")
         options[key] = names
-    return open_dataset(spec.kind, spec.root, spec.split, **options)
+    return options
 
 
 def selected_count(dataset: Any, spec: DatasetSpec) -> int:

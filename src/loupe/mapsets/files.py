@@ -1,4 +1,5 @@
-"""Files of the pipeline: per-image map files, run descriptions, resumability.
+"""Map files: per-image map files (their format, writing and reading), run descriptions,
+resumability.
 
 A map file ``<folder>/<id>.npz`` holds (never pickles):
 
@@ -21,17 +22,51 @@ uninterrupted one byte for byte.
 
 from __future__ import annotations
 
-import json
+import logging
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from loupe.io import atomic_path
+from loupe.io import read_json, to_jsonable
+
+logger = logging.getLogger(__name__)
 
 MAP_KEYS = ("maps", "classes")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def float16_maps(maps: torch.Tensor) -> np.ndarray:
+    """Maps as a float16 array, clamped to float16's range instead of inf (a warning says
+    when values were clamped, and when there are NaNs)."""
+    maps = maps.float()
+    if maps.numel():
+        peak = float(maps.abs().nan_to_num(nan=0.0).max())
+        if peak > FLOAT16_MAX:
+            logger.warning("maps exceed float16's range (%.3g); values clamped", peak)
+        if maps.isnan().any():
+            logger.warning("maps contain NaN")
+    return maps.clamp(-FLOAT16_MAX, FLOAT16_MAX).half().cpu().numpy()
+
+
+def map_file_arrays(
+    maps: torch.Tensor, classes: torch.Tensor, scores: torch.Tensor, predicted: int
+) -> dict[str, np.ndarray]:
+    """The arrays of one map file (see the module docstring) from raw summed maps
+    ``(K, H, W)``: each map divided by its peak absolute value, as float16."""
+    maps = maps.float()
+    peak = maps.abs().nan_to_num(nan=0.0).amax((-2, -1)) if maps.shape[0] else maps.new_zeros(0)
+    peak = torch.where((peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
+    return {
+        "maps": float16_maps(maps / peak[:, None, None]),
+        "peak": peak.cpu().numpy().astype(np.float32),
+        "classes": classes.cpu().numpy().astype(np.int64),
+        "scores": scores.float().cpu().numpy().astype(np.float32),
+        "predicted": np.array(predicted, dtype=np.int64),
+    }
 
 
 def output_path(folder: Path, sample_id: str, suffix: str) -> Path:
@@ -54,21 +89,10 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return stale
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Indented, key-ordered-as-given JSON, atomically (deterministic bytes)."""
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-
-def read_json_file(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from ``path``; errors name the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: {what} not found") from None
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read {what} ({error})") from error
+def read_run_description(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object of a run description (``maps.json``, ``masks.json``); errors name the
+    file."""
+    data = read_json(path, what)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: {what} must be a JSON object")
     return data
@@ -79,8 +103,8 @@ def check_same_run(path: Path, description: Mapping[str, Any], what: str) -> Non
     ``description``: resuming into a folder made with other settings would mix outputs."""
     if not path.is_file():
         return
-    old = read_json_file(path, what)
-    new = json.loads(json.dumps(description))
+    old = read_run_description(path, what)
+    new = to_jsonable(description)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])

@@ -2,11 +2,11 @@
 
 The maps of an image are those of its ground-truth classes (its image-level labels) or of its
 ``topk`` best-scoring classes, each computed for the classifier output that stands for the
-data-set class (:mod:`loupe.pipeline.classifiers`). With several ``scales`` and ``flip`` this
-is the IRN protocol (Ahn et al., "Weakly Supervised Learning of Instance Segmentation with
-Inter-pixel Relations", CVPR 2019, ``make_cam.py``): the image is rescaled by each factor and
-also flipped horizontally; every map is upsampled to the image's size (bilinear), flipped maps
-are flipped back, and all are summed.
+data-set class (:func:`loupe.data.mapping.class_correspondence`). With several ``scales`` and
+``flip`` this is the IRN protocol (Ahn et al., "Weakly Supervised Learning of Instance
+Segmentation with Inter-pixel Relations", CVPR 2019, ``make_cam.py``): the image is rescaled by
+each factor and also flipped horizontally; every map is upsampled to the image's size
+(bilinear), flipped maps are flipped back, and all are summed.
 
 Batches are fixed chunks of ``batch_size`` consecutive images of the data set, and under
 ``torchrun`` whole chunks are dealt to ranks (``chunks[rank::world]``): every image is
@@ -24,38 +24,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from loupe import __version__
+from loupe import __version__, distributed
 from loupe.api import explain
-from loupe.data.mapping import ClassMapping, mapped_scores, mapped_targets
-from loupe.io import save_npz
+from loupe.data.base import rgb_tensor
+from loupe.data.mapping import ClassMapping, class_correspondence, mapped_scores, mapped_targets
+from loupe.data.spec import DatasetSpec, open_spec, selected_count
+from loupe.io import save_npz, write_json
 from loupe.layers import find_target_layer
-from loupe.pipeline import distributed
-from loupe.pipeline.classifiers import (
-    LoadedClassifier,
-    class_correspondence,
-    load_pipeline_classifier,
-)
-from loupe.pipeline.datasets import DatasetSpec, open_pipeline_dataset, selected_count
-from loupe.pipeline.files import (
+from loupe.mapsets.files import (
     check_same_run,
+    map_file_arrays,
     output_path,
     remove_stale_temp_files,
-    write_json_atomic,
 )
+from loupe.models import Classifier, PreprocessingOptions, load_classifier
 from loupe.registry import get_method
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "maps.json"
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 # --------------------------------------------------------------------------- functional core
@@ -180,24 +173,6 @@ def batch_targets(
     return BatchTargets(classes, model_classes, picked, predicted)
 
 
-def map_file_arrays(
-    maps: torch.Tensor, classes: torch.Tensor, scores: torch.Tensor, predicted: int
-) -> dict[str, np.ndarray]:
-    """The arrays of one map file (see :mod:`loupe.pipeline.files`) from raw summed maps
-    ``(K, H, W)``: each map divided by its peak absolute value, as float16."""
-    maps = maps.float()
-    peak = maps.abs().nan_to_num(nan=0.0).amax((-2, -1)) if maps.shape[0] else maps.new_zeros(0)
-    peak = torch.where((peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
-    scaled = (maps / peak[:, None, None]).clamp(-FLOAT16_MAX, FLOAT16_MAX)
-    return {
-        "maps": scaled.half().cpu().numpy(),
-        "peak": peak.cpu().numpy().astype(np.float32),
-        "classes": classes.cpu().numpy().astype(np.int64),
-        "scores": scores.float().cpu().numpy().astype(np.float32),
-        "predicted": np.array(predicted, dtype=np.int64),
-    }
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -271,10 +246,7 @@ class _Images(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         sample = self.dataset[index]
-        image = sample.image
-        if not isinstance(image, torch.Tensor):
-            image = pil_to_tensor(image.convert("RGB"))
-        return index, image, sample.labels
+        return index, rgb_tensor(sample.image), sample.labels
 
 
 def _keep_list(items: list) -> list:
@@ -282,7 +254,7 @@ def _keep_list(items: list) -> list:
 
 
 def describe_run(
-    config: MapsConfig, classifier: LoadedClassifier, dataset: Any, count: int,
+    config: MapsConfig, classifier: Classifier, dataset: Any, count: int,
     correspondence: dict[str, Any],
 ) -> dict[str, Any]:
     """The ``maps.json`` of a run: deterministic (no times, no machine details), so that a
@@ -301,8 +273,8 @@ def describe_run(
         "targets": f"top-{config.topk}" if config.topk else "image-level labels",
         "correspondence": correspondence,
         "classifier": classifier.description,
-        "mean": list(classifier.mean),
-        "std": list(classifier.std),
+        "mean": list(classifier.preprocessing.mean),
+        "std": list(classifier.preprocessing.std),
         "amp": config.amp,
         "dataset": config.dataset.describe(),
         "class_names": list(dataset.class_names),
@@ -322,17 +294,18 @@ def _plain(value: object) -> object:
 
 def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
     """Write ``<out>/<id>.npz`` for every image of the data set not yet done (this rank's
-    share under ``torchrun``; call :func:`loupe.pipeline.distributed.init_distributed`
+    share under ``torchrun``; call :func:`loupe.distributed.init_distributed`
     first) and ``<out>/maps.json`` (rank 0)."""
     config.check()
-    dataset = open_pipeline_dataset(config.dataset, images=True)
-    classifier = load_pipeline_classifier(
+    dataset = open_spec(config.dataset, images=True)
+    classifier = load_classifier(
         config.model, config.weights, num_classes=config.num_classes, seed=config.seed,
-        mean=config.mean, std=config.std, scale=config.scale, patch=config.patch,
+        options=PreprocessingOptions(mean=config.mean, std=config.std, scale=config.scale),
+        patch=config.patch,
     )
     mapping, correspondence = class_correspondence(
-        dataset.class_names, classifier, class_map=config.class_map,
-        label_offset=config.label_offset,
+        dataset.class_names, classifier.num_outputs, model_offset=classifier.label_offset,
+        class_map=config.class_map, label_offset=config.label_offset,
     )
     count = selected_count(dataset, config.dataset)
     out = Path(config.out)
@@ -343,7 +316,7 @@ def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
         stale = remove_stale_temp_files(out)
         if stale:
             logger.info("removed %d temporary files left by an interrupted run", len(stale))
-        write_json_atomic(out / RUN_FILE, description)
+        write_json(out / RUN_FILE, description)
     distributed.barrier()  # no rank writes maps while rank 0 cleans up
 
     ids = list(dataset.ids[:count])
@@ -356,8 +329,8 @@ def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
     done = share - sum(sum(not paths[i].is_file() for i in c) for c in pending)
 
     model = classifier.model.to(device)
-    mean = torch.tensor(classifier.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(classifier.std, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(classifier.preprocessing.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(classifier.preprocessing.std, device=device).view(1, 3, 1, 1)
     loader = DataLoader(_Images(dataset), batch_sampler=pending, num_workers=config.workers,
                         collate_fn=_keep_list, pin_memory=device.type == "cuda")
     world = distributed.world_size()

@@ -1,4 +1,5 @@
-"""Running under ``torchrun``: process group, ranks, sharding and reductions.
+"""Devices and ``torchrun``: the device a ``--device`` names, process group, ranks, sharding
+and reductions.
 
 Every helper works unchanged in a plain single process (no ``torchrun``): ``rank() == 0``,
 ``world_size() == 1``, ``shard(items) == list(items)``, reductions return their input. The
@@ -91,7 +92,7 @@ def init_distributed(
     CPU. With ``WORLD_SIZE`` unset or 1 no process group is created (a no-op apart from
     resolving the device). Calling it again when the group exists only resolves the device.
     """
-    resolved = _resolve_device(device)
+    resolved = resolve_device(device)
     size = launched_world_size()
     if size == 1 or (dist.is_available() and dist.is_initialized()):
         return resolved
@@ -114,7 +115,11 @@ def init_distributed(
     return resolved
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device a ``--device`` value names: ``None`` or ``"auto"`` -> CUDA when available,
+    else the CPU; ``"cuda"`` without an index -> ``cuda:LOCAL_RANK`` under ``torchrun`` (the
+    current device otherwise). A ValueError names the value when it is not a device or CUDA
+    is asked for but absent."""
     if device is None or str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from loupe.api import normalize
+from loupe.masks.normalize import normalize
 
 
 def colormap_table(name: str = "jet", device: torch.device | str = "cpu") -> torch.Tensor:
