@@ -123,7 +123,9 @@ def read_json(path: PathLike, what: str = "JSON file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: {what} not found") from None
-    except (OSError, ValueError) as error:
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: {what} is not valid JSON ({error})") from error
+    except (OSError, ValueError) as error:  # unreadable, not UTF-8
         raise ValueError(f"{path}: cannot read {what} ({error})") from error
 
 

@@ -55,7 +55,7 @@ DRIVER = textwrap.dedent("""
     from pathlib import Path
 
     import torch
-    import loupe.training.fit as fit
+    import loupe.training.loop as loop
     from loupe.cli import main
     from loupe import distributed
 
@@ -82,7 +82,7 @@ DRIVER = textwrap.dedent("""
 
         module.train_epoch, module.save_run = train_epoch, save_run
 
-    spy(fit)  # the one training loop of classifier and segmentation
+    spy(loop)  # the one training loop of classifier and segmentation
     # with "outer": one process group for all commands (PyTorch cannot reliably re-create a
     # destroyed group); without, the command sets up and destroys its own, as `torchrun -m loupe`
     session = distributed.distributed_session("cpu") if plan["outer"] else contextlib.nullcontext()

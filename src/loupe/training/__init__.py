@@ -3,7 +3,7 @@ pseudo-masks (:func:`train_segmenter`), both tasks of the one loop (:func:`train
 shared :class:`Recipe`. The models and their files are in :mod:`loupe.models`."""
 
 from loupe.training.classifier import ClassifierConfig, classifier_task, train_classifier
-from loupe.training.fit import Task, fit, train
+from loupe.training.loop import Task, fit, train
 from loupe.training.recipe import Recipe
 from loupe.training.segmentation import (
     SegmentationConfig,

@@ -1,5 +1,5 @@
 """Multi-label classifier training for WSSS (:func:`train_classifier`): the classifier task of
-the one training loop (:mod:`loupe.training.fit`), validation mAP.
+the one training loop (:mod:`loupe.training.loop`), validation mAP.
 
 The model is :func:`loupe.models.build_classifier` (IRN's for ResNets). Loss: binary
 cross-entropy on image-level labels. For segmentation sets (class 0 = background, never a
@@ -21,7 +21,7 @@ from torch import nn
 from loupe.data import has_background, open_split
 from loupe.metrics.classification import average_precision, mean_average_precision
 from loupe.models.networks import build_classifier, classifier_head
-from loupe.training.fit import Task, autocast, loader, train
+from loupe.training.loop import Task, autocast, loader, train
 from loupe.training.parallel import gathered_rows, shard_of
 from loupe.training.recipe import Recipe
 from loupe.training.transforms import Transformed, augment, image_tensor, resize_and_pad
@@ -50,13 +50,13 @@ def train_classifier(config: ClassifierConfig) -> Path:
     """Train (or, with ``config.resume``, continue) a classifier; returns ``out/model.pt``.
 
     Per epoch: one pass of the augmented training split, validation mAP on ``val_split``,
-    then the run folder (see :func:`loupe.training.fit.train`, also for ``torchrun``:
+    then the run folder (see :func:`loupe.training.loop.train`, also for ``torchrun``:
     validation is sharded and all-reduced)."""
     return train(config, classifier_task)
 
 
 def classifier_task(config: ClassifierConfig, device: torch.device) -> Task:
-    """The classifier :class:`~loupe.training.fit.Task` of ``config``: the model (seeded), its
+    """The classifier :class:`~loupe.training.loop.Task` of ``config``: the model (seeded), its
     augmented training items ``(image, labels)`` and validation by mAP."""
     train_set = open_split(config.dataset, config.root, config.train_split,
                            config.synthetic, config.data_options)

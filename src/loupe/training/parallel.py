@@ -89,7 +89,7 @@ def train_loader(dataset: Any, per_rank_batch: int, *, seed: int, epoch: int, wo
                  drop_last: bool) -> DataLoader:
     """This rank's DataLoader of epoch ``epoch`` (a :class:`RankShuffleSampler`); in one
     process the same order and batches as ``loader(..., shuffle=True)`` of
-    :mod:`loupe.training.fit`. The loader's own generator only seeds workers."""
+    :mod:`loupe.training.loop`. The loader's own generator only seeds workers."""
     sampler = RankShuffleSampler(len(dataset), seed, epoch, distributed.rank(),
                                  distributed.world_size(), drop_last)
     return DataLoader(

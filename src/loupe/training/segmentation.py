@@ -1,5 +1,5 @@
 """Segmentation from pseudo-masks (:func:`train_segmenter`): DeepLabV3 trained on mask PNGs,
-the segmentation task of the one training loop (:mod:`loupe.training.fit`), evaluated on
+the segmentation task of the one training loop (:mod:`loupe.training.loop`), evaluated on
 ground truth.
 
 The last step of the WSSS pipeline: pseudo-masks (``<id>.png``, class indices, 255 = ignore,
@@ -27,7 +27,7 @@ from loupe.data.base import IGNORE_INDEX, read_index_mask
 from loupe.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou
 from loupe.models.networks import build_segmenter
 from loupe.models.preprocessing import Preprocessing
-from loupe.training.fit import Task, autocast, train
+from loupe.training.loop import Task, autocast, train
 from loupe.training.parallel import shard_of
 from loupe.training.recipe import Recipe
 from loupe.training.transforms import Transformed, augment, image_tensor
@@ -46,7 +46,7 @@ class SegmentationConfig(Recipe):
     few hundred steps from scratch: evaluation then sees untrained statistics); None keeps the
     backbone's own. precise_bn > 0: recompute the BatchNorm statistics on that many training
     batches after each epoch, before validation and saving
-    (:func:`loupe.training.fit.recompute_bn_statistics`).
+    (:func:`loupe.training.loop.recompute_bn_statistics`).
     """
 
     epochs: int = 20
@@ -60,7 +60,7 @@ class SegmentationConfig(Recipe):
 def train_segmenter(config: SegmentationConfig) -> Path:
     """Train (or resume) DeepLabV3 on pseudo-masks; returns ``out/model.pt``. Per epoch:
     training pass, (precise BatchNorm), validation mIoU on ``val_split`` ground truth, then the
-    run folder (see :func:`loupe.training.fit.train`, also for ``torchrun``: precise
+    run folder (see :func:`loupe.training.loop.train`, also for ``torchrun``: precise
     BatchNorm runs on every rank and the statistics are averaged, the validation confusion
     matrix is summed over shards)."""
     if not config.masks:
@@ -69,7 +69,7 @@ def train_segmenter(config: SegmentationConfig) -> Path:
 
 
 def segmentation_task(config: SegmentationConfig, device: torch.device) -> Task:
-    """The segmentation :class:`~loupe.training.fit.Task` of ``config``: DeepLabV3 (seeded),
+    """The segmentation :class:`~loupe.training.loop.Task` of ``config``: DeepLabV3 (seeded),
     augmented training items ``(image, pseudo-mask)`` and validation by mIoU."""
     base = open_split(config.dataset, config.root, config.train_split, config.synthetic,
                       config.data_options)
