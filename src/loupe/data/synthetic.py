@@ -211,21 +211,14 @@ def _place_objects(
     return centres, present
 
 
-def render_scenes(n: int, size: int | tuple[int, int], seed: int,
-                  config: SyntheticConfig | None = None) -> Scenes:
-    """Render ``n`` scenes of ``size`` (side or (H, W)) from ``seed``; see the module doc."""
-    config = config or SyntheticConfig()
-    config.check()
-    h, w = (size, size) if isinstance(size, int) else size
-    if n < 1 or h < 16 or w < 16:
-        raise ValueError(f"need n >= 1 and images of at least 16x16, got n={n}, size={size}")
+def _clutter(g: torch.Generator, canvas: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+             bounds: tuple[int, int]) -> torch.Tensor:
+    """``canvas`` ``(n, 3, h, w)`` with clutter painted over it: per image a count drawn from
+    ``bounds`` of textured ellipses and rectangles, without a class."""
+    n, _, h, w = canvas.shape
     side = min(h, w)
-    g = torch.Generator().manual_seed(seed)
-    y, x = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-    canvas = _background(g, n, h, w)
-
-    clutter_counts = _counts(g, n, config.clutter)
-    for k in range(config.clutter[1]):
+    clutter_counts = _counts(g, n, bounds)
+    for k in range(bounds[1]):
         on = k < clutter_counts
         cx, cy = _uniform(g, (n,), 0, w), _uniform(g, (n,), 0, h)
         ra, rb = (_uniform(g, (n,), 0.05, 0.16) * side for _ in range(2))
@@ -238,6 +231,21 @@ def render_scenes(n: int, size: int | tuple[int, int], seed: int,
         colour = _textured(g, x, y, _uniform(g, (n,), 0, 1), _uniform(g, (n,), 0, math.pi),
                            side, (0.0, 0.3))
         canvas = torch.where(inside[:, None], colour, canvas)
+    return canvas
+
+
+def render_scenes(n: int, size: int | tuple[int, int], seed: int,
+                  config: SyntheticConfig | None = None) -> Scenes:
+    """Render ``n`` scenes of ``size`` (side or (H, W)) from ``seed``; see the module doc."""
+    config = config or SyntheticConfig()
+    config.check()
+    h, w = (size, size) if isinstance(size, int) else size
+    if n < 1 or h < 16 or w < 16:
+        raise ValueError(f"need n >= 1 and images of at least 16x16, got n={n}, size={size}")
+    side = min(h, w)
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    canvas = _clutter(g, _background(g, n, h, w), x, y, config.clutter)
 
     c, slots = config.num_classes, config.objects[1]
     counts = _counts(g, n, config.objects)

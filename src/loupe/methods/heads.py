@@ -124,6 +124,26 @@ def find_cam_head(
     norm_name, blocker = _modules_before(model, name)
     channels = activation.shape[1]
     between = f"; {blocker} sits between the pooling and {name!r}" if blocker else ""
+    _check_linear(weight, num_logits, channels, model_name, name, where, between)
+    norm = _layer_norm_parameters(model, norm_name, channels)
+    candidates = [CAMHead(name, weight, bias, relu, norm_name, *norm) for relu in (False, True)]
+    if norm_name is not None:  # a LayerNorm sibling that the forward does not use
+        candidates += [CAMHead(name, weight, bias, relu) for relu in (False, True)]
+    found, error = _first_reproducing(candidates, activation, logits)
+    if found is not None:
+        return found
+    raise HeadError(
+        f"{_PREFIX}{name!r} applied to the spatial mean of {where} (or of its ReLU) does not "
+        f"reproduce {model_name}'s logits (largest difference {error:.3g}){between}. "
+        "The model does not end in global average pooling + one linear layer at this layer; "
+        "use a gradient method such as gradcam"
+    )
+
+
+def _check_linear(weight: torch.Tensor, num_logits: int, channels: int, model_name: str,
+                  name: str, where: str, between: str) -> None:
+    """A HeadError unless the linear layer ``name`` maps ``channels`` features to the
+    ``num_logits`` logits."""
     if weight.shape[0] != num_logits:
         raise HeadError(
             f"{_PREFIX}layer {name!r} of {model_name} has {weight.shape[0]} outputs but the "
@@ -135,24 +155,22 @@ def find_cam_head(
             f"features but {where} has {channels} channels{between}. Use a gradient method "
             "such as gradcam, or the layer whose pooled output feeds the linear layer"
         )
-    norm = _layer_norm_parameters(model, norm_name, channels)
-    candidates = [CAMHead(name, weight, bias, relu, norm_name, *norm) for relu in (False, True)]
-    if norm_name is not None:  # a LayerNorm sibling that the forward does not use
-        candidates += [CAMHead(name, weight, bias, relu) for relu in (False, True)]
+
+
+def _first_reproducing(
+    candidates: list[CAMHead], activation: torch.Tensor, logits: torch.Tensor
+) -> tuple[CAMHead | None, float]:
+    """The first candidate head whose logits of ``activation`` match ``logits``, or None and
+    the smallest largest difference."""
     # Relative to the logits' range: float32 sums over C channels agree to ~1e-6 relative.
     scale = float(logits.float().abs().max()) * _tolerance(activation, logits)
     errors = []
     for candidate in candidates:
         error = float((candidate.logits(activation) - logits.float()).abs().max())
         if error <= scale:
-            return candidate
+            return candidate, error
         errors.append(error)
-    raise HeadError(
-        f"{_PREFIX}{name!r} applied to the spatial mean of {where} (or of its ReLU) does not "
-        f"reproduce {model_name}'s logits (largest difference {min(errors):.3g}){between}. "
-        "The model does not end in global average pooling + one linear layer at this layer; "
-        "use a gradient method such as gradcam"
-    )
+    return None, min(errors)
 
 
 def _tolerance(activation: torch.Tensor, logits: torch.Tensor) -> float:
