@@ -73,11 +73,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK, grads_per_target
+from loupe._autograd import GRADIENT_CHUNK
 from loupe.api import explain
 from loupe.context import MapContext
 from loupe.layers import find_target_layer
 from loupe.methods._tiles import OFFSETS, Round, check_grids, draw_rounds, identity_round
+from loupe.methods.gradients import input_gradients
 from loupe.registry import get_method, register
 from loupe.targets import Targets
 
@@ -209,11 +210,9 @@ def gradient_maps(
     model: nn.Module, canvases: torch.Tensor, targets: Targets, reduce: str = "abs-max"
 ) -> torch.Tensor:
     """Colour-reduced input gradients ``(n, K, Hc, Wc)`` of the target scores of ``canvases``
-    ``(n, C, Hc, Wc)``: one forward, one batched backward for the K targets."""
-    inputs = canvases.detach().requires_grad_(True)
-    with torch.enable_grad():
-        scores = targets.scores(model(inputs))
-        grads = grads_per_target(scores, inputs).transpose(0, 1).float()  # (n, K, C, Hc, Wc)
+    ``(n, C, Hc, Wc)``: one forward, one batched backward for the K targets
+    (:func:`loupe.methods.gradients.input_gradients`)."""
+    grads = input_gradients(model, canvases, targets).transpose(0, 1).float()  # (n, K, C, ..)
     if reduce == "abs-max":
         return grads.abs().amax(2)
     if reduce == "l2":
