@@ -8,13 +8,19 @@ from __future__ import annotations
 import argparse
 import inspect
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loupe.cli import UserError
 from loupe.data.spec import SPEC_KINDS, SPLIT_KINDS, DatasetSpec, SyntheticSplits
+from loupe.distributed import launched_rank
+from loupe.io import read_json
 from loupe.models.preprocessing import Preprocessing, PreprocessingOptions
 from loupe.registry import get_method, list_methods
+from loupe.training.checkpoints import HISTORY_FILE
+
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------- run
 
@@ -238,6 +244,22 @@ def data_options(pairs: list[str]) -> dict[str, Any]:
             raise UserError(f"--data-option {pair!r}: expected KEY=VALUE")
         options[key] = [v for v in value.split(",") if v] if "," in value else value
     return options
+
+
+def config_of(cls: type[T], values: dict[str, Any]) -> T:
+    """``cls(**values)`` for the values that are fields of the config dataclass ``cls``."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def print_trained(path: Path, key: str, words: str) -> None:
+    """``model: PATH, <words> <score>`` from the run's ``history.json`` (its last epoch), on
+    rank 0 only: one line per run, not per ``torchrun`` process."""
+    history = read_json(path.parent / HISTORY_FILE, "training history")
+    last = history[-1] if history else {}
+    score = f", {words} {last[key]:.4f}" if key in last else ""
+    if launched_rank() == 0:
+        print(f"model: {path}{score}")
 
 
 def recipe_values(args: argparse.Namespace) -> dict[str, Any]:

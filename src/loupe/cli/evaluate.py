@@ -16,8 +16,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from loupe import distributed
 from loupe.cli import UserError
 from loupe.cli.args import add_dataset_arguments, add_run_arguments, dataset_spec
+from loupe.evaluation import (
+    EvaluationConfig,
+    ResultOptions,
+    build_results,
+    evaluate_sources,
+    make_sources,
+    write_evaluation,
+)
+from loupe.metrics import default_thresholds
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,17 +71,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loupe import distributed
-    from loupe.evaluation import (
-        EvaluationConfig,
-        ResultOptions,
-        build_results,
-        evaluate_sources,
-        make_sources,
-        write_evaluation,
-    )
-    from loupe.metrics import default_thresholds
-
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.workers < 0:

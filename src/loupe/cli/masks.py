@@ -12,8 +12,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from loupe import distributed
 from loupe.cli import UserError
 from loupe.cli.args import add_dataset_arguments, add_run_arguments, dataset_spec
+from loupe.data.spec import open_spec
+from loupe.mapsets.pseudo_masks import (
+    MasksConfig,
+    dataset_images,
+    folder_images,
+    write_pseudo_masks,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,15 +40,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loupe import distributed
-    from loupe.data.spec import open_spec
-    from loupe.mapsets.pseudo_masks import (
-        MasksConfig,
-        dataset_images,
-        folder_images,
-        write_pseudo_masks,
-    )
-
     if args.images is not None and args.dataset is not None:
         raise UserError("give --images or --dataset for the CRF's images, not both")
     if (args.images is not None or args.dataset is not None) and not args.crf:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 
-from loupe.cli.args import add_recipe_arguments, add_training_data_arguments, recipe_values
-from loupe.distributed import launched_rank
-from loupe.io import read_json
+from loupe.cli.args import (
+    add_recipe_arguments,
+    add_training_data_arguments,
+    config_of,
+    print_trained,
+    recipe_values,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,11 +41,5 @@ def run(args: argparse.Namespace) -> int:
     values = recipe_values(args)
     values.update(head=args.head, output_stride=args.output_stride, eval_size=args.eval_size,
                   freeze_bn=args.freeze_bn, freeze_stem=args.freeze_stem)
-    names = {f.name for f in fields(ClassifierConfig)}
-    path = train_classifier(ClassifierConfig(**{k: v for k, v in values.items() if k in names}))
-    history = read_json(path.parent / "history.json", "training history")
-    last = history[-1] if history else {}
-    score = f", val mAP {last['val_map']:.4f}" if "val_map" in last else ""
-    if launched_rank() == 0:  # one line per run, not per torchrun process
-        print(f"model: {path}{score}")
+    print_trained(train_classifier(config_of(ClassifierConfig, values)), "val_map", "val mAP")
     return 0

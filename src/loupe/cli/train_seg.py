@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 
 from loupe.cli import UserError
-from loupe.cli.args import add_recipe_arguments, add_training_data_arguments, recipe_values
-from loupe.distributed import launched_rank
-from loupe.io import read_json
+from loupe.cli.args import (
+    add_recipe_arguments,
+    add_training_data_arguments,
+    config_of,
+    print_trained,
+    recipe_values,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,11 +47,5 @@ def run(args: argparse.Namespace) -> int:
     values = recipe_values(args)
     values.update(masks=str(args.masks), freeze_bn=args.freeze_bn,
                   bn_momentum=args.bn_momentum, precise_bn=args.precise_bn)
-    names = {f.name for f in fields(SegmentationConfig)}
-    path = train_segmenter(SegmentationConfig(**{k: v for k, v in values.items() if k in names}))
-    history = read_json(path.parent / "history.json", "training history")
-    last = history[-1] if history else {}
-    score = f", val mIoU {last['val_miou']:.4f}" if "val_miou" in last else ""
-    if launched_rank() == 0:  # one line per run, not per torchrun process
-        print(f"model: {path}{score}")
+    print_trained(train_segmenter(config_of(SegmentationConfig, values)), "val_miou", "val mIoU")
     return 0
