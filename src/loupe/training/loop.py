@@ -101,6 +101,7 @@ def train_epoch(
 ) -> EpochResult:
     """One pass of ``(images, targets)`` batches: forward (autocast on CUDA when ``amp``),
     ``loss_fn(output, targets)``, scaled backward, optimiser and per-step scheduler step.
+    ``targets`` is a tensor, or a tuple or dict of tensors (a task with several targets).
 
     ``model`` is expected in training mode (see :func:`set_train_mode`). Stops after
     ``max_steps`` steps when given. A non-finite loss raises a ValueError (diverged).
@@ -118,7 +119,7 @@ def train_epoch(
         if max_steps is not None and steps >= max_steps:
             break
         images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+        targets = to_device(targets, device)
         with autocast(device, amp):
             output = model(images)
             if isinstance(output, dict):  # torchvision segmentation models
@@ -142,6 +143,17 @@ def train_epoch(
     bar.close()
     elapsed = max(time.perf_counter() - start, 1e-9)
     return EpochResult(total_loss / max(steps, 1), steps, seen, seen / elapsed)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A tensor, or tuples, lists and dicts of tensors, on ``device`` (non-blocking)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
 
 
 def loader(dataset: Any, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
