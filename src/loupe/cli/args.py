@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -246,20 +246,22 @@ def data_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
-def config_of(cls: type[T], values: dict[str, Any]) -> T:
-    """``cls(**values)`` for the values that are fields of the config dataclass ``cls``."""
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in values.items() if k in names})
-
-
-def print_trained(path: Path, key: str, words: str) -> None:
-    """``model: PATH, <words> <score>`` from the run's ``history.json`` (its last epoch), on
-    rank 0 only: one line per run, not per ``torchrun`` process."""
+def run_training(args: argparse.Namespace, config_type: type[T], train: Callable[[T], Path],
+                 extra: dict[str, Any], score: tuple[str, str]) -> int:
+    """Train the ``config_type`` (a :class:`loupe.training.Recipe`) of the recipe arguments
+    and ``extra``; then ``model: PATH, <words> <score>`` from the last epoch of the run's
+    ``history.json`` (``score`` = key, words), on rank 0 only (one line per run, not per
+    ``torchrun`` process)."""
+    values = {**recipe_values(args), **extra}
+    names = {f.name for f in fields(config_type)}  # type: ignore[arg-type]
+    path = train(config_type(**{k: v for k, v in values.items() if k in names}))
     history = read_json(path.parent / HISTORY_FILE, "training history")
     last = history[-1] if history else {}
-    score = f", {words} {last[key]:.4f}" if key in last else ""
+    key, words = score
+    found = f", {words} {last[key]:.4f}" if key in last else ""
     if launched_rank() == 0:
-        print(f"model: {path}{score}")
+        print(f"model: {path}{found}")
+    return 0
 
 
 def recipe_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from loupe.cli.args import (
-    add_recipe_arguments,
-    add_training_data_arguments,
-    config_of,
-    print_trained,
-    recipe_values,
-)
+from loupe.cli.args import add_recipe_arguments, add_training_data_arguments, run_training
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,8 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from loupe.training.classifier import ClassifierConfig, train_classifier
 
-    values = recipe_values(args)
-    values.update(head=args.head, output_stride=args.output_stride, eval_size=args.eval_size,
-                  freeze_bn=args.freeze_bn, freeze_stem=args.freeze_stem)
-    print_trained(train_classifier(config_of(ClassifierConfig, values)), "val_map", "val mAP")
-    return 0
+    extra = {"head": args.head, "output_stride": args.output_stride,
+             "eval_size": args.eval_size, "freeze_bn": args.freeze_bn,
+             "freeze_stem": args.freeze_stem}
+    return run_training(args, ClassifierConfig, train_classifier, extra, ("val_map", "val mAP"))

@@ -6,13 +6,7 @@ import argparse
 from pathlib import Path
 
 from loupe.cli import UserError
-from loupe.cli.args import (
-    add_recipe_arguments,
-    add_training_data_arguments,
-    config_of,
-    print_trained,
-    recipe_values,
-)
+from loupe.cli.args import add_recipe_arguments, add_training_data_arguments, run_training
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.masks.is_dir():
         raise UserError(f"--masks {args.masks}: folder not found")
-    values = recipe_values(args)
-    values.update(masks=str(args.masks), freeze_bn=args.freeze_bn,
-                  bn_momentum=args.bn_momentum, precise_bn=args.precise_bn)
-    print_trained(train_segmenter(config_of(SegmentationConfig, values)), "val_miou", "val mIoU")
-    return 0
+    extra = {"masks": str(args.masks), "freeze_bn": args.freeze_bn,
+             "bn_momentum": args.bn_momentum, "precise_bn": args.precise_bn}
+    return run_training(args, SegmentationConfig, train_segmenter, extra,
+                        ("val_miou", "val mIoU"))
