@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loupe.hooks import Captured, hooked
-from loupe.layers import Reshape, find_target_layer, tokens_to_grid
+from loupe.layers import Reshape, default_reshape, find_target_layer
 from loupe.registry import get_method
 from loupe.targets import Targets, TargetsLike, resolve_targets
 
@@ -56,7 +56,9 @@ def explain(
         method: a name from :func:`loupe.list_methods`.
         target_layer: module name for layer methods (``"layer4"``); found automatically if None.
         reshape: turns the layer's output into ``(B, C, h, w)``; the default drops class
-            tokens of ViTs and reshapes the rest to a square grid.
+            tokens of ViTs and reshapes the rest to a square grid, and permutes the
+            ``(B, h, w, C)`` stages of channels-last models (timm Swin), see
+            :func:`loupe.layers.default_reshape`.
         upsample: bilinear upsampling to ``(H, W)``; False returns the method's own resolution.
         autocast: run the model under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
         options: method options (see each method's docstring).
@@ -88,7 +90,7 @@ def explain(
     # Gradients are the method's business: a caller's torch.no_grad() must not break them.
     with hooked(model, [layer] if layer else []) as captured, amp, torch.enable_grad():
         context = MapContext(
-            model, images.detach(), resolved, layer, captured, reshape or tokens_to_grid
+            model, images.detach(), resolved, layer, captured, reshape or default_reshape(model)
         )
         maps = spec.function(context, **options)
     maps = maps.float()

@@ -11,6 +11,9 @@ from torch import nn
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
+# Names of the first norm of a transformer block: torchvision ViT, timm, HuggingFace.
+TOKEN_NORMS = ("ln_1", "norm1", "layernorm_before")
+
 
 class LayerError(ValueError):
     """A layer name that does not exist, or a layer loupe cannot use."""
@@ -70,8 +73,10 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     (``layer4`` of a ResNet, ``features`` of MobileNet/EfficientNet/ConvNeXt/DenseNet), not
     counting 4D outputs of modules nested in a token-producing module (attention internals).
     Transformers (token outputs ``(B, N, C)`` after the last spatial map): the first norm of the
-    last block (``ln_1`` in torchvision ViT, ``norm1`` in timm), as pytorch-grad-cam advises,
-    because after the last block only the class token reaches the head.
+    last block (``ln_1`` in torchvision ViT, ``norm1`` in timm, ``layernorm_before`` in
+    HuggingFace ``transformers``), as pytorch-grad-cam advises, because after the last block
+    only the class token reaches the head. timm Swin (channels-last ``(B, h, w, C)`` stages):
+    its final ``norm``, read through :func:`default_reshape`.
     """
     fired = _output_shapes(model, example)
     in_tokens = _inside_token_modules(fired)
@@ -82,7 +87,7 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     tokens = [
         (i, name)
         for i, (name, s) in enumerate(fired)
-        if i > last_grid and _is_tokens(s) and name.rsplit(".", 1)[-1] in ("ln_1", "norm1")
+        if i > last_grid and _is_tokens(s) and name.rsplit(".", 1)[-1] in TOKEN_NORMS
     ]
     if tokens:
         return tokens[-1][1]
@@ -121,3 +126,22 @@ def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
     side = math.isqrt(n)
     grid = tokens[:, n - side * side :, :]
     return grid.transpose(1, 2).reshape(b, c, side, side)
+
+
+def channels_last_to_grid(activation: torch.Tensor) -> torch.Tensor:
+    """Reshape of a channels-last model (timm Swin, Swin V2, MambaOut, Sequencer, whose stages
+    output ``(B, h, w, C)``): 4D ``(B, h, w, C)`` -> ``(B, C, h, w)``; token sequences
+    ``(B, N, C)`` (a Swin block's ``norm2``) go through :func:`tokens_to_grid`."""
+    if activation.dim() == 4:
+        return activation.permute(0, 3, 1, 2)
+    return tokens_to_grid(activation)
+
+
+def default_reshape(model: nn.Module) -> Reshape:
+    """The reshape ``explain`` uses when none is given: :func:`channels_last_to_grid` for a
+    model that declares channels-last features (timm's ``output_fmt == "NHWC"``), else
+    :func:`tokens_to_grid`. (A convolution inside such a model, e.g. Swin's
+    ``patch_embed.proj``, outputs ``(B, C, h, w)``: pass ``reshape=tokens_to_grid`` for it.)"""
+    if str(getattr(model, "output_fmt", "")) in ("NHWC", "Format.NHWC"):
+        return channels_last_to_grid
+    return tokens_to_grid
