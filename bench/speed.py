@@ -207,6 +207,7 @@ CASES = [
                                **chunked(s)},
          {"captum": captum("NoiseTunnel")}, slow=True),
 ]
+CASES += __import__("cases_guided").CASES  # bench/cases_guided.py: guided-backprop, -gradcam
 
 
 # -- timing ----------------------------------------------------------------------------------

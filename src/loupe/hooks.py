@@ -13,7 +13,22 @@ from loupe.layers import find_module
 
 class Captured(dict[str, torch.Tensor]):
     """Layer name -> the activation that layer produced in the last forward (a leaf that
-    requires grad when ``leaf=True``, so ``torch.autograd.grad`` can reach it)."""
+    requires grad when ``leaf=True``, so ``torch.autograd.grad`` can reach it).
+
+    ``cut`` is True while the leaf replaces the layer's output; inside :meth:`whole_graph`
+    the layer's output is captured as it is and the graph reaches back to the input (for a
+    method that also needs input gradients, as Guided Grad-CAM's guided pass)."""
+
+    cut: bool = True
+
+    @contextmanager
+    def whole_graph(self) -> Iterator[None]:
+        """Forwards in this block record the whole graph: outputs are not cut at the layers."""
+        self.cut = False
+        try:
+            yield
+        finally:
+            self.cut = True
 
 
 @contextmanager
@@ -42,7 +57,7 @@ def hooked(
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; "
                     "choose a layer whose output is a feature map"
                 )
-            if leaf and torch.is_grad_enabled():
+            if leaf and captured.cut and torch.is_grad_enabled():
                 # The graph starts at this leaf; the model goes on with a non-leaf copy so
                 # that in-place ops after the layer (DenseNet's F.relu(inplace=True)) work.
                 captured[name] = output.detach().requires_grad_(True)

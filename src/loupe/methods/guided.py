@@ -29,15 +29,16 @@ Maps
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from loupe._autograd import grads_per_target
-from loupe.api import MapContext, explain
+from loupe.api import MapContext
 from loupe.hooks import PositiveGradient, guided_relus
-from loupe.layers import Reshape, find_target_layer
+from loupe.methods.gradcam import gradcam
 from loupe.methods.gradients import _check_reduce, reduce_channels
 from loupe.registry import register
 from loupe.targets import Targets
@@ -110,33 +111,29 @@ def guided_gradients(
 
 
 def guided_gradcam_maps(
-    model: nn.Module,
-    images: torch.Tensor,
-    targets: Targets,
-    layer: str,
+    guided: torch.Tensor,
+    cams: torch.Tensor,
     *,
-    reshape: Reshape | None = None,
     interpolation: str = "bilinear",
     reduce: str = "abs-max",
-    strict: bool = True,
 ) -> torch.Tensor:
     """Guided Grad-CAM maps ``(B, K, H, W)``: ``reduce_c(GB_k,c * Up(GradCAM_k))``.
 
-    ``GB`` from :func:`guided_gradients`; Grad-CAM at ``layer`` by ``explain(method="gradcam")``
-    with ordinary gradients, for the targets bound by the guided pass, upsampled to ``(H, W)``
-    with ``interpolation`` (``"bilinear"``, the paper's, ``align_corners=False``; or
-    ``"nearest"``, captum's default)."""
+    ``guided``: Guided Backpropagation attributions ``(K, B, C, H, W)`` (see
+    :func:`guided_gradients`); ``cams``: Grad-CAM maps ``(B, K, h, w)`` at the layer's
+    resolution, upsampled to ``(H, W)`` with ``interpolation`` (``"bilinear"``, the paper's,
+    ``align_corners=False``; or ``"nearest"``, captum's default)."""
+    _check_interpolation(interpolation)
+    up = F.interpolate(cams.float(), size=guided.shape[-2:], mode=interpolation,
+                       **({"align_corners": False} if interpolation == "bilinear" else {}))
+    return reduce_channels(guided.transpose(0, 1).float() * up[:, :, None], reduce)
+
+
+def _check_interpolation(interpolation: object) -> None:
     if interpolation not in INTERPOLATIONS:
         raise ValueError(
             f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}"
         )
-    guided, bound = guided_gradients(model, images, targets, strict=strict)
-    given = list(bound.functions) if bound.functions is not None else bound.classes
-    cams = explain(model, images, given, method="gradcam", target_layer=layer,
-                   reshape=reshape, upsample=False)
-    cams = F.interpolate(cams, size=images.shape[-2:], mode=interpolation,
-                         **({"align_corners": False} if interpolation == "bilinear" else {}))
-    return reduce_channels(guided.transpose(0, 1).float() * cams[:, :, None], reduce)
 
 
 @register(
@@ -159,29 +156,27 @@ def guided_backprop(
 
 
 @register(
-    "guided-gradcam", uses_layer=False,
+    "guided-gradcam", uses_layer=True,
     paper="Selvaraju et al., Grad-CAM, ICCV 2017 (Guided Grad-CAM, Section 3.1)",
 )
 def guided_gradcam(
     ctx: MapContext,
     *,
-    target_layer: str | None = None,
     interpolation: str = "bilinear",
     reduce: str = "abs-max",
     strict: bool = True,
 ) -> torch.Tensor:
     """Guided Grad-CAM: ``GB_k * Up(ReLU(sum_c mean_ij(dS_k/dA_c) A_c))`` (Selvaraju et al.
-    2017), Guided Backpropagation times the upsampled Grad-CAM map.
+    2017), Guided Backpropagation times the Grad-CAM map of the target layer, upsampled.
 
-    Options: ``target_layer`` of Grad-CAM (found with :func:`loupe.find_target_layer` when
-    None); ``interpolation`` of the Grad-CAM map (``"bilinear"`` as in the paper, or
+    Options: ``interpolation`` of the Grad-CAM map (``"bilinear"`` as in the paper, or
     ``"nearest"`` as captum's ``GuidedGradCam`` by default); ``reduce`` and ``strict`` as in
-    ``guided-backprop``. Two forwards: a guided one and Grad-CAM's ordinary one.
-    Returns ``(B, K, H, W)``.
+    ``guided-backprop``. Two forwards: the guided one (whole graph, targets bound on it), then
+    the registered ``gradcam`` with ordinary gradients. Returns ``(B, K, H, W)``.
     """
     _check_reduce(reduce)
-    layer = target_layer or find_target_layer(ctx.model, ctx.images)
-    return guided_gradcam_maps(
-        ctx.model, ctx.images, ctx.targets, layer, reshape=ctx.reshape,
-        interpolation=interpolation, reduce=reduce, strict=strict,
-    )
+    _check_interpolation(interpolation)
+    with ctx.captured.whole_graph():
+        guided, bound = guided_gradients(ctx.model, ctx.images, ctx.targets, strict=strict)
+    cams = gradcam(replace(ctx, targets=bound))
+    return guided_gradcam_maps(guided, cams, interpolation=interpolation, reduce=reduce)
