@@ -86,41 +86,37 @@ def hooked(
 GUIDED_RELUS = (nn.ReLU, nn.ReLU6)
 
 
-class PositiveGradient(torch.autograd.Function):
-    """Identity in the forward pass (a copy, so later in-place ops leave the ReLU's saved
-    output alone); the backward pass lets only the positive part of the gradient through."""
-
-    @staticmethod
-    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp(min=0)
-
-
 @contextmanager
-def guided_relus(model: nn.Module) -> Iterator[list[nn.Module]]:
+def guided_relus(model: nn.Module) -> Iterator[set[object]]:
     """Guided backpropagation through every ``nn.ReLU`` and ``nn.ReLU6`` module of ``model``.
 
-    Inside the block each such module's output passes through :class:`PositiveGradient`, so
-    the gradient reaching the ReLU's input is ``[x > 0] * max(g, 0)`` (ReLU6: ``[0 < x < 6] *
-    max(g, 0)``) instead of ``[x > 0] * g``. ReLUs applied as functions (``F.relu``) are not
-    modules and stay unguided (see :mod:`loupe.methods.guided`). Yields the hooked modules;
-    the forward hooks are removed in ``finally``, also when the block raised.
+    Inside the block, each such module's output gets a gradient hook that keeps the positive
+    part of the incoming gradient, so the gradient reaching the ReLU's input is
+    ``[x > 0] * max(g, 0)`` (ReLU6: ``[0 < x < 6] * max(g, 0)``) instead of ``[x > 0] * g``
+    (no copy of the activation; ``inplace=True`` is fine). ReLUs applied as functions
+    (``F.relu``) are not modules and stay unguided (see :mod:`loupe.methods.guided`).
+
+    Yields the set of autograd nodes of the guided outputs, filled by each forward, so that a
+    graph walk can tell guided ReLUs from functional ones. Module hooks and gradient hooks are
+    removed in ``finally``, also when the block raised.
     """
-    relus = [m for m in model.modules() if isinstance(m, GUIDED_RELUS)]
+    nodes: set[object] = set()
     handles = []
 
-    def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor | None:
+    def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
         if torch.is_grad_enabled() and output.requires_grad:
-            return PositiveGradient.apply(output)
-        return None
+            nodes.add(output.grad_fn)
+            handles.append(output.register_hook(_positive))
 
     try:
-        for module in relus:
-            handles.append(module.register_forward_hook(hook))
-        yield relus
+        for module in model.modules():
+            if isinstance(module, GUIDED_RELUS):
+                handles.append(module.register_forward_hook(hook))
+        yield nodes
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _positive(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)

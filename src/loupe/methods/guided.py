@@ -37,7 +37,7 @@ from torch import nn
 
 from loupe._autograd import grads_per_target
 from loupe.api import MapContext
-from loupe.hooks import PositiveGradient, guided_relus
+from loupe.hooks import guided_relus
 from loupe.methods.gradcam import gradcam
 from loupe.methods.gradients import _check_reduce, reduce_channels
 from loupe.registry import register
@@ -49,27 +49,24 @@ INTERPOLATIONS = ("bilinear", "nearest")
 _RELU_NODES = ("ReluBackward0", "ReluBackward1")
 
 
-def unguided_relus(scores: torch.Tensor) -> int:
-    """How many ReLU (or ReLU6) operations in the autograd graph of ``scores`` do not feed a
-    :class:`loupe.hooks.PositiveGradient`, i.e. were applied as functions, not modules.
+def unguided_relus(scores: torch.Tensor, guided: set[object] | frozenset = frozenset()) -> int:
+    """How many ReLU (or ReLU6) operations in the autograd graph of ``scores`` are not among
+    the ``guided`` nodes (see :func:`loupe.hooks.guided_relus`), i.e. were applied as
+    functions, not modules.
 
     Walks the graph once (no backward is run). A ReLU node is ``ReluBackward`` or a
     ``HardtanhBackward`` whose lower bound is 0 (``F.relu6``, ``nn.ReLU6``)."""
-    guided_node = PositiveGradient._backward_cls
-    relus, guided, seen = set(), set(), set()
+    relus, seen = set(), set()
     stack = [scores.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        children = [child for child, _ in node.next_functions if child is not None]
-        if isinstance(node, guided_node):
-            guided.update(children)
         if _is_relu_node(node):
             relus.add(node)
-        stack.extend(children)
-    return len(relus - guided)
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return len(relus - set(guided))
 
 
 def _is_relu_node(node: object) -> bool:
@@ -87,12 +84,12 @@ def guided_gradients(
 
     One forward with every ReLU module guided, one batched backward for all K targets.
     Raises a ValueError when the model applies ReLUs as functions and ``strict`` is True."""
-    with guided_relus(model) as relus, torch.enable_grad():
+    with guided_relus(model) as guided, torch.enable_grad():
         leaf = images.detach().requires_grad_(True)
         output = model(leaf)
         bound = targets.bind(output)
         scores = bound.scores(output)
-        missed = unguided_relus(scores)
+        missed = unguided_relus(scores, guided)
         if missed and strict:
             raise ValueError(
                 f"guided backpropagation: {type(model).__name__} applies {missed} ReLU(s) as "
@@ -102,10 +99,10 @@ def guided_gradients(
             )
         if missed:
             logger.warning("guided backpropagation: %d functional ReLU(s) left unguided", missed)
-        if not relus:
+        if not guided:
             logger.warning(
-                "guided backpropagation: %s has no nn.ReLU/nn.ReLU6 module; the maps are its "
-                "plain gradients", type(model).__name__,
+                "guided backpropagation: no nn.ReLU/nn.ReLU6 module of %s took part; the maps "
+                "are its plain gradients", type(model).__name__,
             )
         return grads_per_target(scores, leaf).detach(), bound
 
