@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -30,8 +30,11 @@ def find_module(model: nn.Module, name: str) -> nn.Module:
     raise LayerError(f"layer {name!r} does not exist in {type(model).__name__}{hint}")
 
 
-def _output_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[str, torch.Size]]:
-    """(name, output shape) of every module, in the order the outputs were produced."""
+def _output_shapes(
+    model: nn.Module, example: torch.Tensor
+) -> tuple[list[tuple[str, torch.Size]], object]:
+    """(name, output shape) of every module, in the order the outputs were produced, and the
+    model's own output."""
     fired: list[tuple[str, torch.Size]] = []
     handles = []
 
@@ -49,17 +52,18 @@ def _output_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[str, t
             if name:
                 handles.append(module.register_forward_hook(make_hook(name)))
         with torch.no_grad():
-            model(example[:1])
+            output = model(example[:1])
     finally:
         for handle in handles:
             handle.remove()
         for m, mode in training.items():
             m.training = mode
-    return fired
+    return fired, output
 
 
 def _is_grid(shape: torch.Size) -> bool:
-    return len(shape) == 4 and shape[2] * shape[3] > 1
+    # batch 1 as the example: per-region features (a detector's RoI pooling) do not count
+    return len(shape) == 4 and shape[0] == 1 and shape[2] * shape[3] > 1
 
 
 def _is_tokens(shape: torch.Size) -> bool:
@@ -76,9 +80,13 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     last block (``ln_1`` in torchvision ViT, ``norm1`` in timm, ``layernorm_before`` in
     HuggingFace ``transformers``), as pytorch-grad-cam advises, because after the last block
     only the class token reaches the head. timm Swin (channels-last ``(B, h, w, C)`` stages):
-    its final ``norm``, read through :func:`default_reshape`.
+    its final ``norm``, read through :func:`default_reshape`. Segmentation models with a dict
+    output ``{"out": ...}`` and a ``backbone`` (torchvision DeepLabV3, FCN): the backbone's last
+    map (``backbone.layer4``), not the classifier's logits. Detection models (a list of dicts)
+    raise a LayerError asking for the layer.
     """
-    fired = _output_shapes(model, example)
+    fired, output = _output_shapes(model, example)
+    fired = _candidates(model, fired, output)
     in_tokens = _inside_token_modules(fired)
     last_grid = max(
         (i for i, (name, s) in enumerate(fired) if _is_grid(s) and name not in in_tokens),
@@ -97,6 +105,22 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str:
         f"no layer of {type(model).__name__} produces a spatial map (B, C, h, w) or a token "
         "grid (B, N, C); name one with target_layer="
     )
+
+
+def _candidates(
+    model: nn.Module, fired: list[tuple[str, torch.Size]], output: object
+) -> list[tuple[str, torch.Size]]:
+    """The fired layers a default may come from, by the kind of model ``output`` shows."""
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], Mapping):
+        raise LayerError(
+            f"{type(model).__name__} returns a list of dicts (a detection model): name the "
+            "layer with target_layer= (e.g. 'backbone.body.layer4' for torchvision's "
+            "ResNet-FPN detectors)"
+        )
+    if isinstance(output, Mapping) and "out" in output:
+        backbone = [(name, s) for name, s in fired if name.startswith("backbone.")]
+        return backbone or fired
+    return fired
 
 
 def _inside_token_modules(fired: list[tuple[str, torch.Size]]) -> set[str]:
