@@ -118,7 +118,8 @@ def _candidates(
             "ResNet-FPN detectors)"
         )
     if isinstance(output, Mapping) and "out" in output:
-        backbone = [(name, s) for name, s in fired if name.startswith("backbone.")]
+        backbone = [(name, s) for name, s in fired
+                    if name == "backbone" or name.startswith("backbone.")]
         return backbone or fired
     return fired
 
