@@ -207,7 +207,7 @@ CASES = [
                                **chunked(s)},
          {"captum": captum("NoiseTunnel")}, slow=True),
 ]
-CASES += __import__("cases_guided").CASES  # bench/cases_guided.py: guided-backprop, -gradcam
+CASES += __import__("cases_guided").cases(Case)  # guided-backprop, guided-gradcam
 
 
 # -- timing ----------------------------------------------------------------------------------
