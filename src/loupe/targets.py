@@ -27,6 +27,9 @@ factory raises a TargetError when its per-image values do not match the rows it 
 cannot tell when the counts match by chance). Detection models: name the layer
 (``target_layer="backbone.body.layer4"`` for torchvision's ResNet-FPN detectors; the FPN
 levels are a dict, which no layer method reads) and pass images ``(B, 3, H, W)`` in [0, 1].
+torchvision's detectors resize each image and pad it to a multiple of 32 inside the model, so
+a layer map covers the padded image: choose sizes whose resized sides are multiples of 32 (or
+crop the map with ``upsample=False``) for maps that line up with the input.
 """
 
 from __future__ import annotations
