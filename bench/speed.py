@@ -207,6 +207,7 @@ CASES = [
                                **chunked(s)},
          {"captum": captum("NoiseTunnel")}, slow=True),
 ]
+CASES += __import__("cases_guided").cases(Case)  # guided-backprop, guided-gradcam
 
 
 # -- timing ----------------------------------------------------------------------------------

@@ -8,11 +8,15 @@ from loupe.api import MapContext, explain
 from loupe.layers import find_target_layer
 from loupe.masks.normalize import normalize
 from loupe.registry import get_method, list_methods, register
+from loupe.targets import BoxScore, ClassScore, SegmentationScore
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BoxScore",
+    "ClassScore",
     "MapContext",
+    "SegmentationScore",
     "__version__",
     "explain",
     "find_target_layer",

@@ -11,7 +11,7 @@ from torch import nn
 
 from loupe.context import MapContext
 from loupe.hooks import hooked
-from loupe.layers import Reshape, find_target_layer, tokens_to_grid
+from loupe.layers import Reshape, default_reshape, find_target_layer
 from loupe.masks.normalize import normalize
 from loupe.registry import get_method
 from loupe.targets import TargetsLike, resolve_targets
@@ -40,7 +40,9 @@ def explain(
         method: a name from :func:`loupe.list_methods`.
         target_layer: module name for layer methods (``"layer4"``); found automatically if None.
         reshape: turns the layer's output into ``(B, C, h, w)``; the default drops class
-            tokens of ViTs and reshapes the rest to a square grid.
+            tokens of ViTs and reshapes the rest to a square grid, and permutes the
+            ``(B, h, w, C)`` stages of channels-last models (timm Swin), see
+            :func:`loupe.layers.default_reshape`.
         upsample: bilinear upsampling to ``(H, W)``; False returns the method's own resolution.
         autocast: run the model under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
         options: method options (see each method's docstring).
@@ -49,11 +51,7 @@ def explain(
         Raw maps (not normalised; see :func:`normalize`) on the images' device. Model mode,
         parameter ``requires_grad`` flags and hooks are as before the call, also on error.
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a 4D tensor (B, C, H, W), got {shape}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be floating point, got {images.dtype}")
+    _check_images(images)
     spec = get_method(method)
     _check_options(spec.name, spec.function, options)
     layer = None
@@ -64,15 +62,11 @@ def explain(
             raise ValueError(f"method {method!r} does not use a target layer")
         options["target_layer"] = target_layer
     resolved = resolve_targets(targets, images.shape[0], images.device)
-    amp = (
-        torch.autocast(images.device.type, dtype=_autocast_dtype(images.device))
-        if autocast
-        else nullcontext()
-    )
+    amp = _autocast_context(images.device) if autocast else nullcontext()
     # Gradients are the method's business: a caller's torch.no_grad() must not break them.
     with hooked(model, [layer] if layer else []) as captured, amp, torch.enable_grad():
         context = MapContext(
-            model, images.detach(), resolved, layer, captured, reshape or tokens_to_grid
+            model, images.detach(), resolved, layer, captured, reshape or default_reshape(model)
         )
         maps = spec.function(context, **options)
     maps = maps.float()
@@ -93,6 +87,20 @@ def _check_options(name: str, function: object, options: dict[str, object]) -> N
             f"method {name!r} has no option {', '.join(repr(u) for u in unknown)}; "
             f"its options are: {', '.join(known) or 'none'}"
         )
+
+
+def _check_images(images: object) -> None:
+    """A ValueError unless ``images`` is a floating-point ``(B, C, H, W)`` tensor."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a 4D tensor (B, C, H, W), got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point, got {images.dtype}")
+
+
+def _autocast_context(device: torch.device) -> torch.autocast:
+    """``torch.autocast`` on ``device``: float16 on CUDA, bfloat16 elsewhere."""
+    return torch.autocast(device.type, dtype=_autocast_dtype(device))
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype:
