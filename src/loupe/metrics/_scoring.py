@@ -10,9 +10,8 @@ out image-major, builds each chunk of ``chunk_size`` rows with one gather (the m
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

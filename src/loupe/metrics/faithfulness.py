@@ -52,6 +52,7 @@ from loupe.metrics.sanity import (
     cascading_randomization,
     spearman,
 )
+from loupe.registry import get_method
 from loupe.targets import Targets, TargetsLike, resolve_targets
 
 logger = logging.getLogger(__name__)
@@ -297,6 +298,8 @@ def _check_table(
 ) -> tuple[list[str], list[str]]:
     if isinstance(methods, str) or not methods:
         raise ValueError(f"methods must be a non-empty list of method names, got {methods!r}")
+    for method in methods:
+        get_method(method)  # a clear error before any work
     iterable = not isinstance(images, torch.Tensor)
     if metrics is None:
         metrics = [m for m, spec in METRICS.items()
