@@ -205,10 +205,9 @@ def faithfulness_table(
         regions: ``(N, K, H, W)`` bool object masks (one per target) for the pointing games;
             :func:`box_regions` draws boxes.
         target_layer, method_options: ``method_options[method]`` are that method's options.
-        metric_options: options per metric group (``"deletion"``, ``"insertion"``,
-            ``"road"``, ``"pointing_game"``, ``"energy_pointing_game"``, ``"randomization"``),
-            passed to :func:`deletion_curves`, :func:`road`, ... (e.g. ``{"deletion":
-            {"steps": 50}}``).
+        metric_options: options per metric group (a ``MetricSpec.group``), passed to its
+            function (:func:`deletion_curves`, :func:`road`, ...): ``{"deletion":
+            {"steps": 50}}``.
         score: ``"probability"`` (softmax) or ``"logit"``, for every perturbation metric.
         chunk_size: perturbed images per forward; n_boot, seed, level: the bootstrap.
 
@@ -216,35 +215,61 @@ def faithfulness_table(
         :class:`FaithfulnessTable`; ``.records()`` gives rows for JSON or a report.
     """
     methods, metrics = _check_table(methods, metrics, regions, images, metric_options)
-    groups = list(dict.fromkeys(METRICS[m].group for m in metrics))
+    values = _table_values(
+        model, _batches(images, targets, regions, batch_size), methods, metrics, score=score,
+        chunk_size=chunk_size, target_layer=target_layer, method_options=method_options or {},
+        metric_options=metric_options or {},
+    )
+    logger.info("faithfulness: %d methods x %d metrics scored", len(methods), len(metrics))
+    per_image = {key: torch.cat(parts) for key, parts in values.items()}
+    intervals = {key: _interval(column, n_boot, seed, level) for key, column in per_image.items()}
+    return FaithfulnessTable(tuple(methods), tuple(metrics), MappingProxyType(per_image),
+                             MappingProxyType(intervals))
+
+
+def _table_values(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    methods: list[str],
+    metrics: list[str],
+    *,
+    score: str,
+    chunk_size: int,
+    target_layer: str | None,
+    method_options: Mapping[str, Mapping[str, object]],
+    metric_options: Mapping[str, Mapping[str, object]],
+) -> dict[tuple[str, str], list[torch.Tensor]]:
+    """``(method, metric) ->`` per-image values ``(B,)`` of each batch."""
     values: dict[tuple[str, str], list[torch.Tensor]] = {
-        (method, metric): [] for method in methods for metric in metrics
-    }
-    for batch_images, batch_targets, batch_regions in _batches(images, targets, regions,
-                                                               batch_size):
-        if any(METRICS[m].needs_regions for m in metrics) and batch_regions is None:
-            raise ValueError("the pointing games need regions for every batch")
-        device = _device(model, batch_images)
-        scorer = Scorer(model, batch_images.to(device), batch_targets, score=score,
-                        chunk_size=chunk_size)
+        (method, metric): [] for method in methods for metric in metrics}
+    for batch_images, batch_targets, batch_regions in batches:
+        _check_regions(metrics, batch_regions)
+        scorer = Scorer(model, batch_images.to(_device(model, batch_images)), batch_targets,
+                        score=score, chunk_size=chunk_size)
         for method in methods:
-            options = dict((method_options or {}).get(method, {}))
+            options = dict(method_options.get(method, {}))
             maps = explain(model, scorer.images, _given(scorer.targets), method=method,
                            target_layer=target_layer, **options)
             batch = _Batch(scorer, maps, batch_regions, method, target_layer, options)
-            for group in groups:
-                for metric, value in _group_values(
-                    group, batch, (metric_options or {}).get(group, {})
-                ).items():
-                    if metric in metrics:
-                        values[method, metric].append(_per_image(value, scorer))
-        logger.info("faithfulness: %d images scored", scorer.images.shape[0])
-    per_image = {key: torch.cat(parts) for key, parts in values.items()}
-    intervals = {
-        key: _interval(column, n_boot, seed, level) for key, column in per_image.items()
-    }
-    return FaithfulnessTable(tuple(methods), tuple(metrics), MappingProxyType(per_image),
-                             MappingProxyType(intervals))
+            for metric, value in _batch_values(batch, metrics, metric_options).items():
+                values[method, metric].append(_per_image(value, scorer))
+    return values
+
+
+def _batch_values(batch: _Batch, metrics: list[str],
+                  metric_options: Mapping[str, Mapping[str, object]]
+                  ) -> dict[str, torch.Tensor]:
+    """``metric -> (B, K)`` for the requested metrics, each group computed once."""
+    out = {}
+    for group in dict.fromkeys(METRICS[m].group for m in metrics):
+        values = _group_values(group, batch, metric_options.get(group, {}))
+        out.update({metric: value for metric, value in values.items() if metric in metrics})
+    return out
+
+
+def _check_regions(metrics: list[str], regions: torch.Tensor | None) -> None:
+    if regions is None and any(METRICS[m].needs_regions for m in metrics):
+        raise ValueError("the pointing games need regions for every batch")
 
 
 def _per_image(values: torch.Tensor, scorer: Scorer) -> torch.Tensor:

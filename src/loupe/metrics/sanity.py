@@ -19,7 +19,7 @@ permuted. It happens on a deep copy: the caller's model is never changed.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -152,8 +152,20 @@ def cascading_randomization(
                        reshape=reshape, **options)
         return (maps.abs() if absolute else maps).flatten(2).flatten(0, 1)  # (B*K, P)
 
-    reference = maps_of(model)
     stages = list(range(len(layers))) if every_stage else [len(layers) - 1]
+    correlations = _cascade(model, layers, stages, seed, maps_of)
+    values = correlations.view(len(stages), images.shape[0], bound.count).float()
+    valid = bound.valid
+    if valid is not None:
+        values = values.where(valid.to(values.device), torch.full_like(values, float("nan")))
+    return Randomization(tuple(layers), tuple(stages), values)
+
+
+def _cascade(model: nn.Module, layers: list[str], stages: list[int], seed: int,
+             maps_of: Callable[[nn.Module], torch.Tensor]) -> torch.Tensor:
+    """``(S, N)`` Spearman correlations of ``maps_of(copy)`` with ``maps_of(model)`` after
+    re-initialising ``layers[: s + 1]`` of a deep copy, for each ``s`` in ``stages``."""
+    reference = maps_of(model)
     copied = copy.deepcopy(model)
     devices = sorted({
         p.device.index if p.device.index is not None else torch.cuda.current_device()
@@ -166,9 +178,4 @@ def cascading_randomization(
             _reinitialise(find_module(copied, name))
             if index in stages:
                 correlations.append(spearman(reference, maps_of(copied)))
-    shape = (len(stages), images.shape[0], bound.count)
-    values = torch.stack(correlations).view(shape).float()
-    valid = bound.valid
-    if valid is not None:
-        values = values.where(valid.to(values.device), torch.full_like(values, float("nan")))
-    return Randomization(tuple(layers), tuple(stages), values)
+    return torch.stack(correlations)
