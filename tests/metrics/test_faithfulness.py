@@ -8,6 +8,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from loupe import explain
 from loupe.metrics.faithfulness import (
     Scorer,
     box_regions,
@@ -247,6 +248,10 @@ def test_cascade_order_stages_and_no_side_effects():
     last = cascading_randomization(model, x, method="gradcam", seed=3, every_stage=False)
     assert every.correlations.shape == (3, 2, 1) and last.stages == (2,)
     torch.testing.assert_close(every.correlations[-1], last.correlations[0])
+    maps = explain(model, x, None, method="gradcam")
+    given = cascading_randomization(model, x, method="gradcam", seed=3, every_stage=False,
+                                    reference_maps=maps)
+    torch.testing.assert_close(given.correlations, last.correlations)
     assert model.training and count_hooks(model) == hooks
     assert (every.correlations.abs() <= 1 + 1e-6).all()
 
@@ -334,6 +339,7 @@ def test_same_values_on_cuda():
          "all removed"),
         (lambda m, x, s: cascading_randomization(m, x, layers=["nope"]), "does not exist"),
         (lambda m, x, s: cascading_randomization(m, x, layers=[]), "at least one block"),
+        (lambda m, x, s: cascading_randomization(m, x, reference_maps=s), "reference_maps"),
     ],
 )
 def test_errors(call, message):

@@ -127,7 +127,7 @@ def _group_values(group: str, batch: _Batch, options: Mapping[str, object]
     given = _given(scorer.targets)
     result = cascading_randomization(
         model, images, given, method=batch.method, target_layer=batch.target_layer,
-        method_options=batch.method_options, every_stage=False, **options,
+        method_options=batch.method_options, every_stage=False, reference_maps=maps, **options,
     )
     return {"randomization": result.correlations[-1]}
 

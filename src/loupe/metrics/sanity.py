@@ -114,6 +114,7 @@ def cascading_randomization(
     target_layer: str | None = None,
     reshape: Reshape | None = None,
     method_options: Mapping[str, object] | None = None,
+    reference_maps: torch.Tensor | None = None,
 ) -> Randomization:
     """Spearman correlation between the maps of ``images`` ``(B, C, H, W)`` under the trained
     ``model`` and under copies with the top 1, 2, ... blocks re-initialised (Adebayo et al.
@@ -128,6 +129,8 @@ def cascading_randomization(
         absolute: compare ``|M|`` instead of ``M`` (the paper shows both).
         every_stage: False records only the last stage (everything in ``layers``
             randomised): one map computation instead of one per block.
+        reference_maps: the trained model's maps ``(B, K, H, W)`` for these targets, when
+            the caller already has them (saves one map computation).
 
     Returns:
         :class:`Randomization` with correlations ``(S, B, K)``, S = len(layers) or 1.
@@ -153,7 +156,17 @@ def cascading_randomization(
         return (maps.abs() if absolute else maps).flatten(2).flatten(0, 1)  # (B*K, P)
 
     stages = list(range(len(layers))) if every_stage else [len(layers) - 1]
-    correlations = _cascade(model, layers, stages, seed, maps_of)
+    if reference_maps is None:
+        reference = maps_of(model)
+    elif reference_maps.dim() != 4 or reference_maps.shape[:2] != (images.shape[0], bound.count):
+        raise ValueError(
+            f"reference_maps must be (B, K, H, W) = ({images.shape[0]}, {bound.count}, ...), "
+            f"got {tuple(reference_maps.shape)}"
+        )
+    else:
+        reference = (reference_maps.abs() if absolute else reference_maps).flatten(2)
+        reference = reference.flatten(0, 1).to(images.device)
+    correlations = _cascade(model, layers, stages, seed, reference, maps_of)
     values = correlations.view(len(stages), images.shape[0], bound.count).float()
     valid = bound.valid
     if valid is not None:
@@ -162,10 +175,10 @@ def cascading_randomization(
 
 
 def _cascade(model: nn.Module, layers: list[str], stages: list[int], seed: int,
-             maps_of: Callable[[nn.Module], torch.Tensor]) -> torch.Tensor:
-    """``(S, N)`` Spearman correlations of ``maps_of(copy)`` with ``maps_of(model)`` after
-    re-initialising ``layers[: s + 1]`` of a deep copy, for each ``s`` in ``stages``."""
-    reference = maps_of(model)
+             reference: torch.Tensor, maps_of: Callable[[nn.Module], torch.Tensor]
+             ) -> torch.Tensor:
+    """``(S, N)`` Spearman correlations of ``maps_of(copy)`` with ``reference`` ``(N, P)``
+    after re-initialising ``layers[: s + 1]`` of a deep copy, for each ``s`` in ``stages``."""
     copied = copy.deepcopy(model)
     devices = sorted({
         p.device.index if p.device.index is not None else torch.cuda.current_device()
