@@ -10,47 +10,29 @@ the scores are averaged over ``f`` in 10%..90%. MoRF low and LeRF high are good,
 combined score is ``(mean LeRF - mean MoRF) / 2`` (pytorch-grad-cam's ``ROADCombined``).
 
 The system is solved for all rows (image, target, order, fraction) and channels at once by
-Jacobi-preconditioned conjugate gradients on the pixel grid (the matrix is the graph
-Laplacian of the removed pixels, symmetric positive definite while some pixel is kept),
-where the authors and pytorch-grad-cam call ``scipy.sparse.linalg.spsolve`` on one image at
-a time. Pixels are removed by rank, ``floor(f * H * W)`` of them, as in the authors' code
-(ties broken by a seeded random order); pytorch-grad-cam thresholds at
-``np.percentile(map, 100 f)``, which removes the same pixels when ``f * H * W`` is a whole
-number and the map has no ties.
+multigrid-preconditioned conjugate gradients on the pixel grid (:mod:`loupe.metrics._harmonic`),
+where the authors and pytorch-grad-cam call ``scipy.sparse.linalg.spsolve`` on one image at a
+time. Pixels are removed by rank, ``floor(f * H * W)`` of them, as in the authors' code (ties
+broken by a seeded random order); pytorch-grad-cam thresholds at ``np.percentile(map, 100 f)``,
+which removes the same pixels when ``f * H * W`` is a whole number and the map has no ties.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from loupe._autograd import GRADIENT_CHUNK
+from loupe.metrics._harmonic import linear_imputation
 from loupe.metrics._scoring import Scorer, maps_for, pixel_ranks
 from loupe.targets import Targets, TargetsLike
 
-logger = logging.getLogger(__name__)
-
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ORDERS = ("morf", "lerf")
-
-
-
-def neighbour_sum(x: torch.Tensor) -> torch.Tensor:
-    """``sum_j w_j x_j`` over the 8 neighbours of every pixel of ``x`` ``(..., H, W)`` (zero
-    outside the image), with Rong et al.'s weights 1/6 (direct) and 1/12 (diagonal): the
-    stencil ``([1 2 1]^T [1 2 1] - 4 delta) / 12``, applied separably (on CPUs 8x faster
-    than a one-channel ``conv2d``)."""
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (1, 1, 1, 1))
-    rows = padded[..., :, 0:w] + 2 * padded[..., :, 1:w + 1] + padded[..., :, 2:w + 2]
-    block = rows[..., 0:h, :] + 2 * rows[..., 1:h + 1, :] + rows[..., 2:h + 2, :]
-    return (block - 4 * x) / 12
 
 
 @dataclass(frozen=True)
@@ -66,68 +48,6 @@ class RoadScores:
     def combined(self) -> torch.Tensor:
         """``(B, K)`` ``(mean_f LeRF - mean_f MoRF) / 2``; higher is better."""
         return (self.lerf.mean(-1) - self.morf.mean(-1)) / 2
-
-
-def linear_imputation(
-    images: torch.Tensor, removed: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 5000
-) -> torch.Tensor:
-    """``images`` ``(N, C, H, W)`` with the pixels where ``removed`` ``(N, H, W)`` is True
-    replaced by the solution of ``x_i = sum_j w_ij y_j / sum_j w_ij`` over the 8 neighbours
-    ``j`` in the image (``y`` = the image where kept, ``x`` where removed), per channel.
-
-    Conjugate gradients, all rows and channels batched, until every system's residual is
-    below ``tol`` times its right-hand side (checked every 10 iterations); float32 (or the
-    images' float64), about 1e-5 from scipy's direct solve at 224x224. Rows that remove
-    every pixel have no solution: a ValueError.
-    """
-    n, c, h, w = images.shape
-    if removed.shape != (n, h, w):
-        raise ValueError(f"removed must be (N, H, W) = {(n, h, w)}, got {tuple(removed.shape)}")
-    if bool(removed.flatten(1).all(1).any()):
-        raise ValueError("cannot impute an image whose pixels are all removed")
-    dtype = torch.float32 if images.dtype in (torch.float16, torch.bfloat16) else images.dtype
-    values = images.to(dtype).reshape(n * c, 1, h, w)
-    unknown = removed.to(dtype)[:, None].repeat_interleave(c, dim=0)
-    degree = neighbour_sum(torch.ones(1, 1, h, w, dtype=dtype, device=images.device))
-
-    unknown_degree = unknown * degree
-
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        return unknown_degree * x - unknown * neighbour_sum(x)
-
-    rhs = unknown * neighbour_sum(values * (1 - unknown))
-    solution = _conjugate_gradients(apply, rhs, tol, max_iter)
-    filled = torch.where(unknown.bool(), solution, values)
-    return filled.reshape(n, c, h, w).to(images.dtype)
-
-
-def _conjugate_gradients(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
-                         tol: float, max_iter: int) -> torch.Tensor:
-    """Solve ``apply(x) = rhs`` for a batch ``(N, 1, H, W)`` of SPD systems by conjugate
-    gradients, one step size per system. (The diagonal is 1 inside the image and 7/12 or 5/12
-    at its border: a Jacobi preconditioner does not pay.)"""
-    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vecdot(a.flatten(1), b.flatten(1))[:, None, None, None]
-
-    tiny = torch.finfo(rhs.dtype).tiny
-    x = torch.zeros_like(rhs)
-    residual = rhs.clone()
-    direction = rhs.clone()
-    rr = dot(residual, residual)
-    limit = (tol * tol) * rr
-    for step in range(max_iter):
-        if step % 10 == 0 and bool((rr <= limit).all()):
-            logger.debug("conjugate gradients: %d iterations", step)
-            return x
-        moved = apply(direction)
-        alpha = rr / dot(direction, moved).clamp(min=tiny)
-        x.addcmul_(alpha, direction)
-        residual.addcmul_(alpha, moved, value=-1)
-        rr_next = dot(residual, residual)
-        direction.mul_(rr_next / rr.clamp(min=tiny)).add_(residual)
-        rr = rr_next
-    logger.warning("conjugate gradients stopped after max_iter=%d iterations", max_iter)
-    return x
 
 
 def noisy_linear_imputation(
