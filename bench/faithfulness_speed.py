@@ -12,8 +12,9 @@ top-1 class) for every implementation, matched settings:
 - road: loupe ``road`` (MoRF and LeRF at 10..90%, noisy linear imputation) vs
   pytorch-grad-cam ``ROADCombined`` (the same 9 percentiles, both orders).
 
-Every implementation is warmed up once (on one image) and timed once on the batch; chunked
-ones get the same rows per forward (``--chunk``). Only ratios measured in the same run count.
+Every implementation is warmed up once (on one image), then timed on the batch in
+``--repeats`` rounds that interleave the implementations (median); chunked ones get the same
+rows per forward (``--chunk``). Only ratios measured in the same run count.
 
     python bench/faithfulness_speed.py --quick
     python bench/faithfulness_speed.py --device cuda --images 16 --out bench/faithfulness.md
@@ -26,6 +27,7 @@ import contextlib
 import io
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from functools import partial
@@ -64,14 +66,28 @@ class FixedMaps:
 
 def timed(function: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object],
           images: torch.Tensor, maps: torch.Tensor, classes: torch.Tensor) -> float:
-    """Seconds of one call on the batch after one warm-up call on its first image."""
-    function(images[:1], maps[:1], classes[:1])
+    """Seconds of one call on the batch."""
     sync(images)
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         function(images, maps, classes)
     sync(images)
     return time.perf_counter() - start
+
+
+def median_seconds(entries: list[tuple[str, Callable]], images: torch.Tensor,
+                   maps: torch.Tensor, classes: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds per implementation over ``repeats`` rounds, the implementations
+    interleaved within each round (so a change of machine load hits all of them), after one
+    warm-up call each on the first image."""
+    for _, function in entries:
+        with contextlib.redirect_stdout(io.StringIO()):
+            function(images[:1], maps[:1], classes[:1])
+    times: dict[str, list[float]] = {name: [] for name, _ in entries}
+    for _ in range(repeats):
+        for name, function in entries:
+            times[name].append(timed(function, images, maps, classes))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def sync(images: torch.Tensor) -> None:
@@ -143,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--metrics", nargs="+", default=["confidence", "deletion+insertion",
                                                          "road"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--quick", action="store_true", help="resnet18 at 64x64, 4 images")
     parser.add_argument("--out", help="also write the table here (markdown)")
     args = parser.parse_args(argv)
@@ -160,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         f"{args.model} at {args.size}x{args.size}, {args.images} images, chunk {args.chunk}, "
+        f"median of {args.repeats} interleaved rounds, "
         f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}, load {load:.2f} at start",
         "",
@@ -169,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     for metric, entries in implementations(model, args.chunk).items():
         if metric not in args.metrics:
             continue
-        seconds = {name: timed(f, images, maps, classes) for name, f in entries}
+        seconds = median_seconds(entries, images, maps, classes, args.repeats)
         for name, value in seconds.items():
             ratio = value / seconds["loupe"]
             lines.append(f"| {metric} | {name} | {args.images / value:.2f} | {ratio:.2f} | "
