@@ -32,7 +32,6 @@ from loupe.metrics._scoring import Scorer, maps_for, pixel_ranks
 from loupe.targets import Targets, TargetsLike
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-ORDERS = ("morf", "lerf")
 
 
 @dataclass(frozen=True)
