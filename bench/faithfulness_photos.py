@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def photos(root: Path, size: int) -> tuple[torch.Tensor, list[str]]:
-    paths = sorted(p for p in (root / "photos").iterdir() if p.suffix in (".jpg", ".png"))
+    paths = sorted(p for p in (root / "photos").iterdir()
+                   if p.suffix in (".jpg", ".png") and not p.name.startswith(("LICENSE", "COPY")))
     images = []
     for path in paths:
         image = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
