@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from loupe._autograd import GRADIENT_CHUNK
-from loupe.api import normalize
+from loupe.masks.normalize import normalize
 from loupe.metrics._scoring import Scorer, maps_for
 from loupe.targets import Targets, TargetsLike
 

@@ -139,11 +139,7 @@ def cascading_randomization(
         raise ValueError(f"seed must be an int, got {seed!r}")
     if get_method(method).uses_layer:
         target_layer = target_layer or find_target_layer(model, images)
-    layers = list(layers) if layers is not None else cascade_layers(model, images)
-    if not layers:
-        raise ValueError("layers must name at least one block to randomise")
-    for name in layers:
-        find_module(model, name)  # a clear error for a wrong name
+    layers = _checked_layers(model, images, layers)
     bound = resolve_targets(targets, images.shape[0], images.device)
     with hooked(model, []):
         bound = bound.ensure_bound(model, images)
@@ -158,20 +154,37 @@ def cascading_randomization(
     stages = list(range(len(layers))) if every_stage else [len(layers) - 1]
     if reference_maps is None:
         reference = maps_of(model)
-    elif reference_maps.dim() != 4 or reference_maps.shape[:2] != (images.shape[0], bound.count):
-        raise ValueError(
-            f"reference_maps must be (B, K, H, W) = ({images.shape[0]}, {bound.count}, ...), "
-            f"got {tuple(reference_maps.shape)}"
-        )
     else:
-        reference = (reference_maps.abs() if absolute else reference_maps).flatten(2)
-        reference = reference.flatten(0, 1).to(images.device)
+        reference = _given_reference(reference_maps, images, bound.count, absolute)
     correlations = _cascade(model, layers, stages, seed, reference, maps_of)
     values = correlations.view(len(stages), images.shape[0], bound.count).float()
     valid = bound.valid
     if valid is not None:
         values = values.where(valid.to(values.device), torch.full_like(values, float("nan")))
     return Randomization(tuple(layers), tuple(stages), values)
+
+
+def _checked_layers(model: nn.Module, images: torch.Tensor,
+                    layers: Sequence[str] | None) -> list[str]:
+    """``layers`` (default :func:`cascade_layers`), each checked to name a module."""
+    layers = list(layers) if layers is not None else cascade_layers(model, images)
+    if not layers:
+        raise ValueError("layers must name at least one block to randomise")
+    for name in layers:
+        find_module(model, name)  # a clear error for a wrong name
+    return layers
+
+
+def _given_reference(reference_maps: torch.Tensor, images: torch.Tensor, count: int,
+                     absolute: bool) -> torch.Tensor:
+    """The caller's trained-model maps ``(B, K, H, W)`` as ``(B*K, P)`` rows, checked."""
+    if reference_maps.dim() != 4 or reference_maps.shape[:2] != (images.shape[0], count):
+        raise ValueError(
+            f"reference_maps must be (B, K, H, W) = ({images.shape[0]}, {count}, ...), "
+            f"got {tuple(reference_maps.shape)}"
+        )
+    reference = (reference_maps.abs() if absolute else reference_maps).flatten(2)
+    return reference.flatten(0, 1).to(images.device)
 
 
 def _cascade(model: nn.Module, layers: list[str], stages: list[int], seed: int,
