@@ -158,9 +158,8 @@ def cascading_randomization(
         reference = _given_reference(reference_maps, images, bound.count, absolute)
     correlations = _cascade(model, layers, stages, seed, reference, maps_of)
     values = correlations.view(len(stages), images.shape[0], bound.count).float()
-    valid = bound.valid
-    if valid is not None:
-        values = values.where(valid.to(values.device), torch.full_like(values, float("nan")))
+    if bound.valid is not None:
+        values = values.where(bound.valid.to(values.device), values.new_tensor(float("nan")))
     return Randomization(tuple(layers), tuple(stages), values)
 
 
