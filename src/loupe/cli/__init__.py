@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "report": "report",
     "train": "train",
     "train-seg": "train_seg",
+    "train-amn": "train_amn",
     "predict": "predict",
     "demo": "demo",
 }

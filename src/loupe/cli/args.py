@@ -255,6 +255,12 @@ def run_training(args: argparse.Namespace, config_type: type[T], train: Callable
     values = {**recipe_values(args), **extra}
     names = {f.name for f in fields(config_type)}  # type: ignore[arg-type]
     path = train(config_type(**{k: v for k, v in values.items() if k in names}))
+    return report_training(path, score)
+
+
+def report_training(path: Path, score: tuple[str, str]) -> int:
+    """Print ``model: PATH, <words> <score>`` from the last epoch of the run's
+    ``history.json`` (``score`` = key, words), on rank 0 only; returns 0."""
     history = read_json(path.parent / HISTORY_FILE, "training history")
     last = history[-1] if history else {}
     key, words = score

@@ -1,6 +1,7 @@
 """Models: torchvision and timm classifiers and their weights, loupe's own networks, the input
 preprocessing, model files of a run folder, and the one loader, :func:`load_classifier`."""
 
+from loupe.models.amn import AMNModel, AMNNetwork, backbone_features, build_amn
 from loupe.models.loader import Classifier, load_classifier, read_labels
 from loupe.models.networks import (
     SmallGAPNet,
@@ -30,11 +31,15 @@ from loupe.models.zoo import (
 )
 
 __all__ = [
+    "AMNModel",
+    "AMNNetwork",
     "Classifier",
     "Preprocessing",
     "PreprocessingOptions",
     "SmallGAPNet",
     "apply_patch",
+    "backbone_features",
+    "build_amn",
     "build_classifier",
     "build_segmenter",
     "check_model_name",

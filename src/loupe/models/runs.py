@@ -3,7 +3,7 @@
 normalisation (``model.json``), written atomically (:mod:`loupe.io`)::
 
     model.pt        the trained weights (state_dict only)
-    model.json      {"kind": "classifier" | "segmenter", "model": {build arguments},
+    model.json      {"kind": "classifier" | "segmenter" | "amn", "model": {build arguments},
                      "preprocessing": {"mean", "std"}, "class_names": [...],
                      "label_offset": int, "input_size": int, "config": {training config}}
 
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from loupe.io import PathLike, read_json, save_torch, write_json
+from loupe.models.amn import build_amn
 from loupe.models.networks import build_classifier, build_segmenter
 from loupe.models.preprocessing import Preprocessing
 from loupe.models.weights import read_state_dict
@@ -66,9 +67,11 @@ def load_model(path: PathLike, device: str | torch.device = "cpu") -> tuple[nn.M
         model = build_classifier(**spec["model"], pretrained="none")
     elif kind == "segmenter":
         model = build_segmenter(**spec["model"])
+    elif kind == "amn":
+        model = build_amn(**spec["model"])
     else:
         raise ValueError(f"{spec_path(path)}: unknown model kind {kind!r} "
-                         "(expected 'classifier' or 'segmenter')")
+                         "(expected 'classifier', 'segmenter' or 'amn')")
     state = read_state_dict(weights_path(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -1,7 +1,9 @@
-"""Training: multi-label classifiers for WSSS (:func:`train_classifier`) and DeepLabV3 from
-pseudo-masks (:func:`train_segmenter`), both tasks of the one loop (:func:`train`) with the
-shared :class:`Recipe`. The models and their files are in :mod:`loupe.models`."""
+"""Training: multi-label classifiers for WSSS (:func:`train_classifier`), AMN on their
+confident labels (:func:`train_amn`) and DeepLabV3 from pseudo-masks
+(:func:`train_segmenter`), all tasks of the one loop (:func:`train`) with the shared
+:class:`Recipe`. The models and their files are in :mod:`loupe.models`."""
 
+from loupe.training.amn import AMNConfig, amn_loss, amn_task, train_amn
 from loupe.training.classifier import ClassifierConfig, classifier_task, train_classifier
 from loupe.training.loop import Task, fit, train
 from loupe.training.recipe import Recipe
@@ -15,17 +17,21 @@ from loupe.training.segmentation import (
 from loupe.training.transforms import Augmentation
 
 __all__ = [
+    "AMNConfig",
     "Augmentation",
     "ClassifierConfig",
     "Recipe",
     "SegmentationConfig",
     "Task",
+    "amn_loss",
+    "amn_task",
     "classifier_task",
     "evaluate_segmenter",
     "fit",
     "predict_masks",
     "segmentation_task",
     "train",
+    "train_amn",
     "train_classifier",
     "train_segmenter",
 ]

@@ -1,7 +1,8 @@
-"""The one training loop. A trainer (classifier, segmentation, and the coming AMN) says what
-it trains as a :class:`Task`: the network it built, its head, its training items, its loss,
-its ``model.json`` and how to validate; :func:`train` runs the loop that every trainer shares
-with the :class:`~loupe.training.recipe.Recipe`: SGD with a faster head, poly decay per step,
+"""The one training loop. A trainer (classifier, segmentation, AMN) says what it trains as a
+:class:`Task`: the network it built, its head, its training items, its loss, its
+``model.json``, how to validate and (AMN) its optimiser; :func:`train` runs the loop that
+every trainer shares with the :class:`~loupe.training.recipe.Recipe`: SGD (or the task's
+optimiser) with a faster head, poly decay per step,
 mixed precision on CUDA, seeded epochs, ``--resume``, precise BatchNorm, one process or
 several ``torchrun`` processes (:mod:`loupe.training.parallel`), and after every epoch the
 run folder (:mod:`loupe.training.checkpoints`)."""
@@ -101,7 +102,9 @@ def train_epoch(
 ) -> EpochResult:
     """One pass of ``(images, targets)`` batches: forward (autocast on CUDA when ``amp``),
     ``loss_fn(output, targets)``, scaled backward, optimiser and per-step scheduler step.
-    ``targets`` is a tensor, or a tuple or dict of tensors (a task with several targets).
+    ``targets`` is a tensor, or a tuple or dict of tensors (a task with several targets);
+    ``images`` a tensor, or a tuple or list of tensors for a model with several inputs
+    (AMN's images and label vectors), called as ``model(*images)``.
 
     ``model`` is expected in training mode (see :func:`set_train_mode`). Stops after
     ``max_steps`` steps when given. A non-finite loss raises a ValueError (diverged).
@@ -118,10 +121,10 @@ def train_epoch(
     for images, targets in bar:
         if max_steps is not None and steps >= max_steps:
             break
-        images = images.to(device, non_blocking=True)
+        images = to_device(images, device)
         targets = to_device(targets, device)
         with autocast(device, amp):
-            output = model(images)
+            output = forward(model, images)
             if isinstance(output, dict):  # torchvision segmentation models
                 output = output["out"]
             loss = loss_fn(output.float(), targets)
@@ -136,13 +139,23 @@ def train_epoch(
         scaler.update()
         scheduler.step()
         steps += 1
-        seen += images.shape[0] * world
+        seen += batch_size(images) * world
         total_loss += float(reported)
         rate = seen / max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(loss=f"{total_loss / steps:.4f}", img_s=f"{rate:.1f}")
     bar.close()
     elapsed = max(time.perf_counter() - start, 1e-9)
     return EpochResult(total_loss / max(steps, 1), steps, seen, seen / elapsed)
+
+
+def forward(model: nn.Module, inputs: torch.Tensor | tuple | list) -> Any:
+    """``model(inputs)``, or ``model(*inputs)`` for a tuple or list of inputs."""
+    return model(*inputs) if isinstance(inputs, tuple | list) else model(inputs)
+
+
+def batch_size(inputs: torch.Tensor | tuple | list) -> int:
+    """The number of items of a batch of inputs (the first input's first dimension)."""
+    return int((inputs[0] if isinstance(inputs, tuple | list) else inputs).shape[0])
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -192,7 +205,7 @@ def recompute_bn_statistics(
         for images, _ in batches:
             if used >= max_batches:
                 break
-            model(images.to(device))
+            forward(model, to_device(images, device))
             used += 1
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
@@ -219,6 +232,8 @@ class Task:
     validate: ``validate(model, batch_size, amp) -> figures`` after each epoch, on every rank
         with the bare model (None: no validation); the figures go into ``history.json``.
     score: the key of the figure logged after each epoch, and its words.
+    optimizer: ``optimizer((backbone, head)) -> Optimizer`` from the trainable parameters
+        split at ``head`` (None: the recipe's SGD, the head at ``lr * head_lr_mult``).
     """
 
     model: nn.Module
@@ -230,6 +245,8 @@ class Task:
     precise_bn: int = 0
     validate: Callable[[nn.Module, int, bool], dict[str, Any]] | None = None
     score: tuple[str, str] = ("val", "validation")
+    optimizer: Callable[[tuple[list[nn.Parameter], list[nn.Parameter]]],
+                        torch.optim.Optimizer] | None = None
 
 
 def train(config: Recipe, build_task: Callable[[Any, torch.device], Task]) -> Path:
@@ -271,8 +288,9 @@ def fit(config: Recipe, task: Task, device: torch.device, per_rank_batch: int) -
     steps = len(task.train_data) // config.batch_size if drop_last else 1
     if config.max_steps_per_epoch is not None:
         steps = min(steps, config.max_steps_per_epoch)
-    optimizer = sgd_with_head_lr(split_parameters(task.model, task.head), config.lr,
-                                 config.head_lr_mult, config.momentum, config.weight_decay)
+    groups = split_parameters(task.model, task.head)
+    optimizer = task.optimizer(groups) if task.optimizer is not None else sgd_with_head_lr(
+        groups, config.lr, config.head_lr_mult, config.momentum, config.weight_decay)
     scheduler = poly_schedule(optimizer, config.epochs * steps, config.poly_power)
     amp = config.amp and device.type == "cuda"
     run = _Optimisation(optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp), amp,

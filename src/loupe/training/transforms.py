@@ -34,12 +34,15 @@ class Augmentation:
         meaning: factors drawn from ``[1 - s, 1 + s]``, hue shift from ``[-h, h]``); zeros: off.
     crop: side of the random square crop; smaller images are padded (image with 0 after
         normalisation, i.e. the mean colour; mask with 255). None: no crop.
+    rescale: (min, max) of a random scale factor applied after ``resize_long`` (AMN's and
+        DeepLab's ``rescale=(0.5, 1.5)``); None: off.
     """
 
     resize_long: tuple[int, int] | None = (320, 640)
     flip: bool = True
     jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
     crop: int | None = 512
+    rescale: tuple[float, float] | None = None
 
 
 def image_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
@@ -65,7 +68,22 @@ def random_resize(
     bilinearly (antialiased), the mask by nearest neighbour."""
     h, w = image.shape[-2:]
     target = int(torch.randint(long_side[0], long_side[1] + 1, (), generator=g))
-    scale = target / max(h, w)
+    return _resize_by(image, mask, target / max(h, w))
+
+
+def random_rescale(
+    image: torch.Tensor, mask: torch.Tensor | None, factors: tuple[float, float],
+    g: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rescale by a factor drawn uniformly from ``factors``; the image bilinearly
+    (antialiased), the mask by nearest neighbour."""
+    return _resize_by(image, mask, _draw(g, *factors))
+
+
+def _resize_by(
+    image: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    h, w = image.shape[-2:]
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
                           antialias=True)[0]
@@ -120,6 +138,8 @@ def augment(
     """Rescale, flip, jitter, normalise, crop a ``(3, H, W)`` [0, 1] image and its mask."""
     if augmentation.resize_long is not None:
         image, mask = random_resize(image, mask, augmentation.resize_long, g)
+    if augmentation.rescale is not None:
+        image, mask = random_rescale(image, mask, augmentation.rescale, g)
     if augmentation.flip and bool(torch.rand((), generator=g) < 0.5):
         image = image.flip(-1)
         mask = None if mask is None else mask.flip(-1)
