@@ -3,6 +3,8 @@
 New methods are picked up automatically; ``FAST`` only makes the expensive ones cheap here.
 The model is a small torchvision ResNet (BasicBlocks, GAP + linear head) so every method
 applies: gradient methods, the Grad-CAM family, Score-CAM, CAM and model-free baselines.
+``amn`` explains a label-conditioned AMN model: there the ResNet is the classifier of an AMN
+model whose network runs on the ResNet's own stages (:func:`model_for`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 import loupe
 from loupe import explain, get_method, list_methods
+from loupe.models import AMNModel, AMNNetwork, backbone_features
 from tests.conftest import count_hooks
 
 METHODS = list_methods()
@@ -81,6 +84,29 @@ def tiny_resnet(seed: int = 0) -> TinyResNet:
     return model.eval()
 
 
+class TinyAMN(AMNModel):
+    """An AMN model around a tiny ResNet (its classifier), whose network reads the ResNet's
+    stages; it fails in forward when the ResNet's ``fail`` is set, and counts its calls."""
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        self.classifier.calls += 1
+        if self.classifier.fail:
+            raise RuntimeError("forward failed on purpose")
+        return super().forward(images, labels)
+
+
+def model_for(method: str, model: nn.Module) -> nn.Module:
+    """The model ``method`` explains: ``model`` itself, or for ``amn`` a :class:`TinyAMN`
+    with ``model`` as its classifier (head seeded, on ``model``'s device)."""
+    if method != "amn":
+        return model
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        network = AMNNetwork(backbone_features(model), 32, 10, rates=(1, 2)).to(device)
+    return TinyAMN(network, model)
+
+
 def constant_model() -> TinyResNet:
     """Same network with a zero head weight: the logits are the bias whatever the input."""
     model = tiny_resnet()
@@ -101,7 +127,8 @@ def images() -> torch.Tensor:
 
 
 def run(method: str, model: nn.Module, images: torch.Tensor, targets=TARGETS, **extra):
-    return explain(model, images, targets, method=method, **{**FAST.get(method, {}), **extra})
+    return explain(model_for(method, model), images, targets, method=method,
+                   **{**FAST.get(method, {}), **extra})
 
 
 def _check_maps(maps: torch.Tensor, images: torch.Tensor, k: int) -> None:

@@ -102,9 +102,8 @@ def train_epoch(
 ) -> EpochResult:
     """One pass of ``(images, targets)`` batches: forward (autocast on CUDA when ``amp``),
     ``loss_fn(output, targets)``, scaled backward, optimiser and per-step scheduler step.
-    ``targets`` is a tensor, or a tuple or dict of tensors (a task with several targets);
-    ``images`` a tensor, or a tuple or list of tensors for a model with several inputs
-    (AMN's images and label vectors), called as ``model(*images)``.
+    ``targets`` is a tensor, or a tuple or dict of tensors (several targets); ``images`` a
+    tensor, or a tuple or list of them for a model of several inputs (``model(*images)``).
 
     ``model`` is expected in training mode (see :func:`set_train_mode`). Stops after
     ``max_steps`` steps when given. A non-finite loss raises a ValueError (diverged).
