@@ -49,21 +49,30 @@ def _softmax_by_hand(i: int, j: int, channel: int) -> float:
 def test_maps_are_the_softmax_probabilities_of_the_targets():
     model = StubAMN(LOGITS, SCORES)
     images = torch.zeros(2, 3, 2, 2)
-    maps = explain(model, images, [[2, 0], [1, -1]], method="amn", upsample=False)
-    assert maps.shape == (2, 2, 2, 2)
+    targets = [[2, 0], [1, -1]]
+    raw = explain(model, images, targets, method="amn", upsample=False, min_max=False)
+    assert raw.shape == (2, 2, 2, 2)
     for i in range(2):
         for j in range(2):
-            assert float(maps[0, 0, i, j]) == pytest.approx(_softmax_by_hand(i, j, 3))
-            assert float(maps[0, 1, i, j]) == pytest.approx(_softmax_by_hand(i, j, 1))
-            assert float(maps[1, 0, i, j]) == pytest.approx(_softmax_by_hand(i, j, 2))
-    assert torch.count_nonzero(maps[1, 1]) == 0  # padding
+            assert float(raw[0, 0, i, j]) == pytest.approx(_softmax_by_hand(i, j, 3))
+            assert float(raw[0, 1, i, j]) == pytest.approx(_softmax_by_hand(i, j, 1))
+            assert float(raw[1, 0, i, j]) == pytest.approx(_softmax_by_hand(i, j, 2))
+    assert torch.count_nonzero(raw[1, 1]) == 0  # padding
     # each image's label vector is the union of its targets
     assert torch.equal(model.seen[-1], torch.tensor([[1.0, 0, 1], [0, 1, 0]]))
+    # by default each map is min-max normalised over the image (make_amn_cam.py)
+    maps = explain(model, images, targets, method="amn", upsample=False)
+    values = [_softmax_by_hand(i, j, 3) for i in range(2) for j in range(2)]
+    low, high = min(values), max(values)
+    assert float(maps[0, 0, 1, 1]) == pytest.approx((values[3] - low) / (high - low))
+    assert float(maps[0, 0].min()) == 0.0 and float(maps[0, 0].max()) == pytest.approx(1.0)
+    assert torch.count_nonzero(maps[1, 1]) == 0
 
 
 def test_without_targets_the_classifier_top1_is_explained_and_is_the_label():
     model = StubAMN(LOGITS, SCORES)
-    maps = explain(model, torch.zeros(2, 3, 2, 2), method="amn", upsample=False)
+    maps = explain(model, torch.zeros(2, 3, 2, 2), method="amn", upsample=False,
+                   min_max=False)
     assert torch.equal(model.seen[-1], torch.tensor([[0.0, 1, 0], [1, 0, 0]]))
     assert float(maps[0, 0, 1, 0]) == pytest.approx(_softmax_by_hand(1, 0, 2))
     assert float(maps[1, 0, 1, 0]) == pytest.approx(_softmax_by_hand(1, 0, 1))
@@ -73,7 +82,7 @@ def test_functional_core():
     assert torch.equal(label_vectors(torch.tensor([[2, 2, -1], [-1, -1, -1]]), 3),
                        torch.tensor([[0.0, 0, 1], [0, 0, 0]]))
     assert label_vectors(torch.zeros(2, 0, dtype=torch.long), 3).shape == (2, 3)
-    maps = amn_maps(LOGITS, torch.tensor([[0], [2]]))
+    maps = amn_maps(LOGITS, torch.tensor([[0], [2]]), min_max=False)
     probabilities = torch.softmax(LOGITS, 1)
     torch.testing.assert_close(maps[:, 0], torch.stack([probabilities[0, 1], probabilities[1, 3]]))
 
