@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -87,38 +88,43 @@ def spread_bootstrap(a: torch.Tensor, b: torch.Tensor, n: int = 1000, seed: int 
 
 def pipeline(runner: Runner, work: Path, key: str, data_args: list[str],
              classifier: Path, maps_extra: list[str], amn_extra: list[str],
-             spec: DatasetSpec) -> dict[str, object]:
-    """CAM maps -> confident labels -> AMN -> AMN maps -> evaluation, in ``work``."""
+             spec: DatasetSpec, tag: str = "") -> dict[str, object]:
+    """CAM maps -> confident labels -> AMN -> AMN maps -> evaluation, in ``work``; the AMN
+    run, its maps, the evaluation and ``summary.json`` carry ``-tag`` (variants share the
+    classifier's maps and labels)."""
     common = ["--device", "cpu", "--no-progress"]
     protocol = ["--scales", *SCALES, "--flip", *maps_extra]
-    maps = {"cam": work / "maps-cam", "amn": work / "maps-amn"}
+    suffix = f"-{tag}" if tag else ""
+    run = work / f"amn{suffix}"
+    maps = {"cam": work / "maps-cam", "amn": work / f"maps-amn{suffix}"}
     runner.loupe(f"{key}/maps-cam", ["maps", *data_args, "--split", "train", "--model",
                                      str(classifier), "--method", "cam", *protocol,
                                      "--out", str(maps["cam"]), *common])
     runner.loupe(f"{key}/labels", ["masks", "--maps", str(maps["cam"]), "--confident", "0.30",
                                    "0.05", "--out", str(work / "labels"), "--no-progress"])
-    if not (work / "amn" / "model.pt").is_file() or _unfinished(work / "amn"):
-        resume = ["--resume"] if (work / "amn" / "checkpoint.pt").is_file() else []
-        runner.loupe(f"{key}/train-amn", [
+    if not (run / "model.pt").is_file() or _unfinished(run):
+        resume = ["--resume"] if (run / "checkpoint.pt").is_file() else []
+        runner.loupe(f"{key}/train-amn{suffix}", [
             "train-amn", "--classifier", str(classifier), "--masks", str(work / "labels"),
-            *_training_data(data_args), *amn_extra, *resume, "--out", str(work / "amn"),
+            *data_args, "--val-split", "val", *amn_extra, *resume, "--out", str(run),
             "--device", "cpu", "--no-progress"])
-    runner.loupe(f"{key}/maps-amn", ["maps", *data_args, "--split", "train", "--model",
-                                     str(work / "amn"), "--method", "amn", *protocol,
-                                     "--out", str(maps["amn"]), *common])
-    runner.loupe(f"{key}/evaluate", ["evaluate", "--maps", str(maps["cam"]), str(maps["amn"]),
-                                     "--names", "cam", "amn", *data_args, "--split", "train",
-                                     "--out", str(work / "evaluate"), *common])
+    runner.loupe(f"{key}/maps-amn{suffix}", ["maps", *data_args, "--split", "train",
+                                             "--model", str(run), "--method", "amn",
+                                             *protocol, "--out", str(maps["amn"]), *common])
+    evaluation = work / f"evaluate{suffix}"
+    runner.loupe(f"{key}/evaluate{suffix}", [
+        "evaluate", "--maps", str(maps["cam"]), str(maps["amn"]), "--names", "cam", "amn",
+        *data_args, "--split", "train", "--out", str(evaluation), *common])
     dataset = open_spec(spec, images=False) if spec.kind != "synthetic" else open_spec(spec)
     num_classes = len(dataset.class_names)
-    confusions = {name: runner.timed(f"{key}/spread-{name}", lambda d=d: per_image_confusions(
-        d, dataset, num_classes)) for name, d in maps.items()}
-    results = json.loads((work / "evaluate" / "results.json").read_text())
+    confusions = {name: runner.timed(f"{key}/spread-{name}{suffix}", lambda d=d: (
+        per_image_confusions(d, dataset, num_classes))) for name, d in maps.items()}
+    results = json.loads((evaluation / "results.json").read_text())
     summary = {"spread_bootstrap": spread_bootstrap(confusions["cam"], confusions["amn"]),
-               "history": json.loads((work / "amn" / "history.json").read_text()),
+               "history": json.loads((run / "history.json").read_text()),
                **{name: results["methods"][name]["sweep"] for name in maps},
                "comparisons": results["comparisons"]}
-    (work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (work / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -128,11 +134,6 @@ def _unfinished(run: Path) -> bool:
         run / "history.json").is_file() else []
     epochs = json.loads((run / "model.json").read_text())["config"]["epochs"]
     return len(history) < epochs
-
-
-def _training_data(data_args: list[str]) -> list[str]:
-    """``maps``-style data options as ``train-amn`` takes them, with the val split."""
-    return [*data_args, "--val-split", "val"]
 
 
 def run_synthetic(args: argparse.Namespace, runner: Runner) -> dict[str, object]:
@@ -152,7 +153,7 @@ def run_synthetic(args: argparse.Namespace, runner: Runner) -> dict[str, object]
                        synthetic_val=n_val, synthetic_size=size, synthetic_seed=0)
     amn = ["--epochs", str(args.synthetic_epochs), "--crop", str(size), "--batch-size", "16"]
     return pipeline(runner, work, "synthetic", ["--dataset", "synthetic", *sizes],
-                    classifier, [], amn, spec)
+                    classifier, [], [*amn, *shlex.split(args.amn_args)], spec, args.tag)
 
 
 def run_coco(args: argparse.Namespace, runner: Runner) -> dict[str, object]:
@@ -162,10 +163,11 @@ def run_coco(args: argparse.Namespace, runner: Runner) -> dict[str, object]:
                          f"--work {args.coco_run} --stages prepare train first")
     spec = DatasetSpec("folder", root=str(data), split="train")
     amn = ["--epochs", str(args.coco_epochs), "--crop", str(args.coco_crop),
-           "--batch-size", "16"]
+           "--batch-size", "16", "--rescale", *(str(r) for r in args.coco_rescale)]
     return pipeline(runner, args.work / "coco128", "coco128",
                     ["--dataset", "folder", "--root", str(data)], classifier,
-                    ["--size", str(args.coco_size)], amn, spec)
+                    ["--size", str(args.coco_size)], [*amn, *shlex.split(args.amn_args)],
+                    spec, args.tag)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -182,6 +184,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--coco-epochs", type=int, default=5)
     p.add_argument("--coco-crop", type=int, default=320)
     p.add_argument("--coco-size", type=int, default=320, help="maps: images resized to SIZE^2")
+    p.add_argument("--coco-rescale", type=float, nargs=2, default=[0.25, 0.75],
+                   help="AMN's random rescale of the (640-pixel) coco images: the authors' "
+                   "0.5-1.5 of the 320-pixel size the maps are made at")
+    p.add_argument("--tag", default="", help="name of an AMN variant (its run, maps and "
+                   "evaluation get -TAG; the classifier's maps and labels are shared)")
+    p.add_argument("--amn-args", default="", metavar="ARGS",
+                   help="more train-amn arguments, one string (e.g. '--eps 0.2')")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
