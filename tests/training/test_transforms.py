@@ -63,6 +63,30 @@ def test_flip_and_resize_move_image_and_mask_together():
         assert torch.allclose(out[0][flat], out_mask[flat].float(), atol=1e-4)
 
 
+def test_rescale_draws_a_factor_in_range_and_moves_image_and_mask_together():
+    image, mask = _image_and_mask(20, 40)
+    image[0] = mask.float()
+    aug = Augmentation(resize_long=None, flip=False, jitter=(0, 0, 0, 0), crop=None,
+                       rescale=(0.5, 1.5))
+    sizes = set()
+    for seed in range(8):
+        out, out_mask = augment(image, mask, aug, Preprocessing.from_scale("x"),
+                                torch.Generator().manual_seed(seed))
+        h, w = out.shape[-2:]
+        assert out_mask.shape == (h, w)
+        sizes.add((h, w))
+        # the factor is the generator's first draw (no other step draws here), in [0.5, 1.5]
+        factor = float(torch.rand((), generator=torch.Generator().manual_seed(seed)) + 0.5)
+        assert (h, w) == (round(20 * factor), round(40 * factor))
+        # nearest labels agree with the bilinear image where the labels are flat
+        flat = torch.nn.functional.max_pool2d(out_mask[None, None].float(), 3, 1, 1)[0, 0] == \
+            -torch.nn.functional.max_pool2d(-out_mask[None, None].float(), 3, 1, 1)[0, 0]
+        assert torch.allclose(out[0][flat], out_mask[flat].float(), atol=1e-4)
+    assert len(sizes) > 4
+    # off by default: the recipes that do not ask for it draw the same numbers as before
+    assert Augmentation().rescale is None
+
+
 def test_preprocessing_rules():
     x = torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1)
     assert torch.allclose(Preprocessing.from_scale("x*2-1")(x).flatten(),
