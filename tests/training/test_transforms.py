@@ -64,8 +64,10 @@ def test_flip_and_resize_move_image_and_mask_together():
 
 
 def test_rescale_draws_a_factor_in_range_and_moves_image_and_mask_together():
-    image, mask = _image_and_mask(20, 40)
-    image[0] = mask.float()
+    image = torch.zeros(3, 20, 40)
+    mask = torch.zeros(20, 40, dtype=torch.long)
+    mask[4:14, 22:36] = 1
+    image[0] = mask.float()  # channel 0 carries the object
     aug = Augmentation(resize_long=None, flip=False, jitter=(0, 0, 0, 0), crop=None,
                        rescale=(0.5, 1.5))
     sizes = set()
@@ -78,10 +80,9 @@ def test_rescale_draws_a_factor_in_range_and_moves_image_and_mask_together():
         # the factor is the generator's first draw (no other step draws here), in [0.5, 1.5]
         factor = float(torch.rand((), generator=torch.Generator().manual_seed(seed)) + 0.5)
         assert (h, w) == (round(20 * factor), round(40 * factor))
-        # nearest labels agree with the bilinear image where the labels are flat
-        flat = torch.nn.functional.max_pool2d(out_mask[None, None].float(), 3, 1, 1)[0, 0] == \
-            -torch.nn.functional.max_pool2d(-out_mask[None, None].float(), 3, 1, 1)[0, 0]
-        assert torch.allclose(out[0][flat], out_mask[flat].float(), atol=1e-4)
+        # the object lands on the same pixels in the image and in the mask
+        seen, labelled = out[0] > 0.5, out_mask == 1
+        assert (seen & labelled).sum() >= 0.85 * (seen | labelled).sum()
     assert len(sizes) > 4
     # off by default: the recipes that do not ask for it draw the same numbers as before
     assert Augmentation().rescale is None
