@@ -88,7 +88,9 @@ def _resize_by(
     image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
                           antialias=True)[0]
     if mask is not None:
-        mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        # nearest at pixel centres ("nearest-exact", PIL's NEAREST), aligned with the image
+        mask = F.interpolate(mask[None, None].float(), size=size,
+                             mode="nearest-exact")[0, 0].long()
     return image, mask
 
 
