@@ -7,7 +7,7 @@ import torch
 
 from loupe import explain, list_methods
 from tests.conftest import count_hooks
-from tests.test_registry import FAST, tiny_resnet
+from tests.test_registry import FAST, model_for, tiny_resnet
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def test_target_class_out_of_range(model, images, method):
     # a model-free method (a baseline) cannot, and must then not have called the model.
     model.calls = 0
     try:
-        explain(model, images, [[3, 10], [2, 1]], method=method, **FAST.get(method, {}))
+        explain(model_for(method, model), images, [[3, 10], [2, 1]], method=method,
+                **FAST.get(method, {}))
     except ValueError as error:
         assert str(error) == (
             "target class 10 is out of range for a model with 10 outputs (valid: 0..9)"

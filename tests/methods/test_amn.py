@@ -93,7 +93,7 @@ def test_errors_are_clear():
         explain(nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten(), nn.Linear(8, 3)), images,
                 0, method="amn")
     model = StubAMN(LOGITS, SCORES)
-    with pytest.raises(TargetError, match="class target 3 is out of range"):
+    with pytest.raises(TargetError, match="target class 3 is out of range for a model with 3"):
         explain(model, images, [[3], [0]], method="amn")
     with pytest.raises(ValueError, match="score-function targets are not supported"):
         explain(model, images, lambda output: output[:, 0], method="amn")

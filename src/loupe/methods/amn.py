@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from loupe.context import MapContext
 from loupe.masks.normalize import normalize
 from loupe.registry import register
-from loupe.targets import TargetError
 
 
 def label_vectors(classes: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -79,11 +78,8 @@ def amn(ctx: MapContext, min_max: bool = True) -> torch.Tensor:
     with torch.no_grad():
         if ctx.targets.classes is None:
             targets = ctx.targets.bind(model(ctx.images))
-        else:
-            targets = ctx.targets
-            if bool((targets.classes >= num_classes).any()):
-                raise TargetError(f"class target {int(targets.classes.max())} is out of range "
-                                  f"for an AMN network of {num_classes} classes")
+        else:  # checks the classes against the network's
+            targets = ctx.targets.bind(ctx.images.new_zeros(ctx.images.shape[0], num_classes))
         classes = targets.classes.to(ctx.images.device)
         logits = model(ctx.images, label_vectors(classes, num_classes))
         return amn_maps(logits, classes, min_max=min_max)
