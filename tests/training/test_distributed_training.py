@@ -1,7 +1,7 @@
-"""``loupe train`` and ``loupe train-seg`` under ``torchrun``: two real processes on the CPU
-(gloo) train with DistributedDataParallel, end with identical weights, and only rank 0
-writes the run folder; the same commands run in one process, and with frozen BatchNorm two
-processes follow one process step for step (the global batch is kept)."""
+"""``loupe train``, ``loupe train-seg`` and ``loupe train-amn`` under ``torchrun``: two real
+processes on the CPU (gloo) train with DistributedDataParallel, end with identical weights,
+and only rank 0 writes the run folder; the same commands run in one process, and with frozen
+BatchNorm two processes follow one process step for step (the global batch is kept)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from loupe.masks.palette import save_mask_png
 from loupe.metrics import mean_average_precision
 from loupe.metrics.segmentation import confusion_matrix, mean_iou
 from loupe.models import Preprocessing, build_classifier, load_model
+from loupe.training.amn import evaluate_amn
 from loupe.training.parallel import (
     RankShuffleSampler,
     epoch_permutation,
@@ -46,6 +47,8 @@ TRAIN_SEG = ["train-seg", *SYNTHETIC, "--backbone", "mobilenet_v3_large", "--pre
              "none", "--epochs", "1", "--batch-size", "4", "--max-steps-per-epoch", "2",
              "--no-resize", "--crop", "32", "--lr", "0.05", "--bn-momentum", "0.1",
              "--precise-bn", "2"]
+TRAIN_AMN = ["train-amn", *SYNTHETIC, "--epochs", "2", "--batch-size", "8", "--crop", "32",
+             "--rescale", "0.8", "1.2", "--rates", "1", "2", "--lr", "1e-4"]
 
 # Runs the CLI commands of a plan in each torchrun process. Spies on the training modules
 # record, per rank, the model each epoch trained (saved afterwards as that rank's state dict),
@@ -194,6 +197,8 @@ def test_two_processes_train_like_one(tmp_path: Path) -> None:
         "seg": [*TRAIN_SEG, "--masks", str(masks), "--out", str(two / "seg")],
         "cut": [*TRAIN, "--out", str(two / "resumed")],
         "resume": [*TRAIN, "--resume", "--out", str(two / "resumed")],
+        "amn": [*TRAIN_AMN, "--classifier", str(two / "frozen"), "--masks", str(masks),
+                "--out", str(two / "amn")],
     }, outer=True, interrupt={"cut": "epoch 2/"})
     assert [r["code"] for r in results["cut"]] == [130, 130]
     assert [r.get("saves", 0) for r in results["cut"]] == [1, 0]
@@ -209,6 +214,13 @@ def test_two_processes_train_like_one(tmp_path: Path) -> None:
         assert torch.allclose(value.float(), straight[name].float(), atol=1e-6), name
     assert_data_parallel_run(results["frozen"], two / "frozen", epochs=2, per_rank=4, steps=2)
     assert_data_parallel_run(results["seg"], two / "seg", epochs=1, per_rank=2, steps=2)
+    assert_data_parallel_run(results["amn"], two / "amn", epochs=2, per_rank=4, steps=2)
+    # AMN's validation was sharded too: the all-reduced confusion gives the full split's mIoU
+    model, spec = load_model(two / "amn")
+    full = evaluate_amn(model, make_synthetic(N_VAL, SIZE, seed=1),
+                        Preprocessing.from_json(spec["preprocessing"]), torch.device("cpu"), 6)
+    amn_history = json.loads((two / "amn" / "history.json").read_text())
+    assert amn_history[-1]["val_miou"] == pytest.approx(float(mean_iou(full)), abs=1e-9)
 
     # the same commands in one process (no torchrun)
     assert main([*FROZEN, "--out", str(one / "frozen")]) == 0
