@@ -135,7 +135,8 @@ class Scenes:
     ``0..C-1`` of each object slot or -1 when the slot is empty, ``badges`` (N, S, 4) float
     xyxy of each slot's badge square in pixels (meaningless for empty slots; parts may be
     hidden by later objects), ``badge_masks`` (N, H, W) bool the visible badge pixels (inside
-    the object mask, occlusion applied)."""
+    the object mask, occlusion applied), ``distractor_masks`` (N, H, W) bool the visible
+    pixels of badge-less distractor bodies (background in ``masks``)."""
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -143,6 +144,7 @@ class Scenes:
     object_classes: torch.Tensor
     badges: torch.Tensor
     badge_masks: torch.Tensor
+    distractor_masks: torch.Tensor
 
 
 def _uniform(g: torch.Generator, shape: tuple[int, ...], low: float, high: float) -> torch.Tensor:
@@ -248,15 +250,16 @@ def render_scenes(n: int, size: int | tuple[int, int], seed: int,
         radii = torch.cat([radii, _uniform(g, (n, extra, 2), *config.body_radius) * side], 1)
     centres, present = _place_objects(g, active, radii.amax(-1) / side, config.min_separation)
     centres = centres * torch.tensor([w, h])
+    distractors = torch.zeros(n, h, w, dtype=torch.bool)
     if extra:
-        canvas = _paint_distractors(g, canvas, x, y, centres[:, slots:], radii[:, slots:],
-                                    present[:, slots:])
+        canvas, distractors = _paint_distractors(g, canvas, x, y, centres[:, slots:],
+                                                 radii[:, slots:], present[:, slots:])
     scenes = _paint_objects(g, canvas, x, y, classes, centres[:, :slots], radii[:, :slots],
                             present[:, :slots], config)
     images = scenes.images + config.noise * torch.randn(scenes.images.shape, generator=g)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     return Scenes(images, scenes.masks, scenes.instances, scenes.object_classes,
-                  scenes.badges, scenes.badge_masks)
+                  scenes.badges, scenes.badge_masks, distractors & (scenes.masks == 0))
 
 
 def _paint_clutter(g: torch.Generator, canvas: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -283,10 +286,12 @@ def _paint_clutter(g: torch.Generator, canvas: torch.Tensor, x: torch.Tensor, y:
 
 def _paint_distractors(g: torch.Generator, canvas: torch.Tensor, x: torch.Tensor,
                        y: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
-                       present: torch.Tensor) -> torch.Tensor:
+                       present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Badge-less bodies (centres ``(N, D, 2)`` pixels, semi-axes ``(N, D, 2)``, ``present``
-    ``(N, D)``) with hue and stripe angle from the whole range, painted on ``canvas``."""
+    ``(N, D)``) with hue and stripe angle from the whole range, painted on ``canvas``;
+    returns the canvas and the bodies' pixels ``(N, H, W)`` bool."""
     n, side = canvas.shape[0], min(canvas.shape[-2:])
+    painted = torch.zeros(n, *canvas.shape[-2:], dtype=torch.bool)
     for j in range(centres.shape[1]):
         angle = _uniform(g, (n,), 0, math.pi)
         body = _ellipse(x, y, centres[:, j, 0], centres[:, j, 1], radii[:, j, 0],
@@ -294,7 +299,8 @@ def _paint_distractors(g: torch.Generator, canvas: torch.Tensor, x: torch.Tensor
         colour = _textured(g, x, y, _uniform(g, (n,), 0, 1), _uniform(g, (n,), 0, math.pi),
                            side, (0.15, 0.3))
         canvas = torch.where(body[:, None], colour, canvas)
-    return canvas
+        painted |= body
+    return canvas, painted
 
 
 def _body_colour(g: torch.Generator, x: torch.Tensor, y: torch.Tensor, cls: torch.Tensor,
@@ -354,7 +360,8 @@ def _paint_objects(g: torch.Generator, canvas: torch.Tensor, x: torch.Tensor, y:
         instances[painted] = j
         badge_masks[painted] = in_badge[painted]
     object_classes = torch.where(present, classes, -1)
-    return Scenes(canvas, masks, instances, object_classes, badges, badge_masks)
+    return Scenes(canvas, masks, instances, object_classes, badges, badge_masks,
+                  torch.zeros_like(badge_masks))
 
 
 class SyntheticDataset(Dataset):
@@ -368,7 +375,8 @@ class SyntheticDataset(Dataset):
         class ``c``); labels: ``(N, C + 1)`` float multi-hot with ``labels[:, 0] == 0``;
         class_names: ``C + 1`` names, index 0 = ``"background"``; ids: ``N`` strings;
         badge_masks: ``(N, H, W)`` bool, the visible badge pixels (a part of the object in
-        ``masks``); instances, object_classes, badges: see :class:`Scenes`.
+        ``masks``); distractor_masks: ``(N, H, W)`` bool, visible badge-less bodies
+        (background in ``masks``); instances, object_classes, badges: see :class:`Scenes`.
     """
 
     def __init__(self, scenes: Scenes, seed: int, object_classes: int,
@@ -379,6 +387,7 @@ class SyntheticDataset(Dataset):
         self.object_classes = scenes.object_classes
         self.badges = scenes.badges
         self.badge_masks = scenes.badge_masks
+        self.distractor_masks = scenes.distractor_masks
         present = F.one_hot(self.masks.flatten(1), object_classes + 1).amax(1).float()
         present[:, 0] = 0.0
         self.labels = present
