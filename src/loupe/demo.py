@@ -62,6 +62,7 @@ class DemoSize:
     smoothgrad_samples: int
     shuffles: int
     overlay_rows: int
+    backbone: str = "small"
 
 
 SIZES = {
@@ -180,14 +181,14 @@ def badge_table(badges: dict[str, BadgeStatistic]) -> str:
 
 def demo_classifier_config(size: DemoSize, seed: int, out: str | Path, progress: bool = False,
                            scenes: SyntheticConfig | None = None) -> ClassifierConfig:
-    """The demo's classifier: ``"small"`` GAP network from random weights on the synthetic
+    """The demo's classifier: the ``size.backbone`` GAP network from random weights on the synthetic
     train split (generator ``scenes``, default :class:`SyntheticConfig`), SGD at ``size.lr``
     (no 10x head: nothing is pretrained), mild rescaling (+-12.5%), flips and jitter without
     hue, no crop beyond the image size."""
     side = size.image_size
     splits = SyntheticSplits(size.n_train, size.n_val, side, seed, scenes or SyntheticConfig())
     return ClassifierConfig(
-        dataset="synthetic", synthetic=splits, backbone="small", pretrained="none",
+        dataset="synthetic", synthetic=splits, backbone=size.backbone, pretrained="none",
         epochs=size.epochs, batch_size=size.batch_size, lr=size.lr, head_lr_mult=1.0,
         resize_long=(round(side * 0.875), round(side * 1.125)), crop=side,
         jitter=(0.2, 0.2, 0.2, 0.0), seed=seed, out=str(out), progress=progress,
