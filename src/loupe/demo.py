@@ -69,7 +69,7 @@ SIZES = {
     # measured end to end on 2 CPU cores: 34 s with 2 threads when idle; when shared with
     # other jobs (load ~3) 7 min with 2 threads but 61 s with 1 thread (the CLI's default).
     # SmoothGrad and shuffle saliency at their library defaults (32 samples / shuffles).
-    "default": DemoSize("default", 320, 64, 64, 8, 32, 0.1, 32, 32, 6),
+    "default": DemoSize("default", 320, 64, 96, 8, 32, 0.1, 32, 32, 6),
     # for tests: seconds
     "small": DemoSize("small", 32, 8, 32, 2, 16, 0.1, 2, 2, 3),
 }
