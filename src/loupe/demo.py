@@ -4,10 +4,13 @@ Steps (fixed seed): render train and validation scenes (:mod:`loupe.data.synthet
 small GAP classifier (:func:`loupe.training.train_classifier`, backbone ``"small"``), compute
 maps on the validation images for their ground-truth classes with CAM, Grad-CAM, vanilla
 saliency, SmoothGrad, shuffle saliency and the model-free baselines (when registered), turn
-them into masks with IRN's background-threshold rule at every threshold, and write a run
-folder::
+them into masks with IRN's background-threshold rule at every threshold (and CAM's masks
+refined by a dense CRF, ``cam+crf``, when ``pydensecrf2`` is installed), measure the badge
+statistic of every map (:func:`badge_statistic`: how much of the map's energy on the objects
+lies on their small class-discriminative badges), and write a run folder::
 
-    report.md               the mIoU table (best, at fixed thresholds, spread) and figures
+    report.md               the mIoU table (best, at fixed thresholds, spread), the badge
+                            statistic and figures
     results.json            everything measured, machine-readable
     miou_vs_threshold.png   mIoU against the background threshold, one curve per method
     overlays.png            image | ground truth | each method's mask at its best threshold
@@ -78,7 +81,8 @@ SIZES = {
 @dataclass
 class DemoResult:
     """What :func:`run_demo` measured: the folder, one sweep summary per method (and
-    ``cam+crf``), the badge statistic per map method, the classifier's validation mAP and the seconds each stage took."""
+    ``cam+crf``), the badge statistic per map method, the classifier's validation mAP and
+    the seconds each stage took."""
 
     out: Path
     table: dict[str, SweepSummary]

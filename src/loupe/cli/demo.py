@@ -1,4 +1,4 @@
-"""``loupe demo``: the whole evaluation on the synthetic set, offline, on a CPU (~1 min)."""
+"""``loupe demo``: the whole evaluation on the synthetic set, offline, on a CPU (~1.5 min)."""
 
 from __future__ import annotations
 
