@@ -69,9 +69,10 @@ class DemoSize:
 
 
 SIZES = {
-    # measured end to end on 2 CPU cores: 34 s with 2 threads when idle; when shared with
-    # other jobs (load ~3) 7 min with 2 threads but 61 s with 1 thread (the CLI's default).
-    # SmoothGrad and shuffle saliency at their library defaults (32 samples / shuffles).
+    # 96x96 (docs/synthetic-data.md: the design the badge statistic chose). Measured end to
+    # end with 1 thread (the CLI's default): 1 min 31 s of CPU time; 4 min 49 s wall while
+    # the 2 cores were shared (load average 8-11). SmoothGrad and shuffle saliency at their
+    # library defaults (32 samples / shuffles).
     "default": DemoSize("default", 320, 64, 96, 8, 32, 0.1, 32, 32, 6),
     # for tests: seconds
     "small": DemoSize("small", 32, 8, 32, 2, 16, 0.1, 2, 2, 3),
