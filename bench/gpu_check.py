@@ -65,7 +65,7 @@ class StepFailed(Exception):
 class Step:
     name: str
     budget_s: float
-    run: Callable[[Check], list[str]]  # -> Markdown lines of its section
+    run: Callable[[Check, list[str]], None]  # appends its section's Markdown as it goes
     status: str = "not run"
     seconds: float = 0.0
     peak_mib: float | None = None
@@ -165,20 +165,20 @@ class Check:
 
 # -- step 1: the CUDA-marked tests ------------------------------------------------------------
 
-def step_tests(check: Check) -> list[str]:
+def step_tests(check: Check, lines: list[str]) -> None:
     junit, record = check.work / "junit.xml", check.work / "record.jsonl"
     env = dict(check.env, LOUPE_GPU_CHECK_RECORD=str(record))
     try:
-        check.command([sys.executable, "-m", "pytest", "-m", "cuda", "tests", "-q",
-                       "-p", "no:cacheprovider", f"--junitxml={junit}"], env=env)
+        output, _, _ = check.command([sys.executable, "-m", "pytest", "-m", "cuda", "tests",
+                                      "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"],
+                                     env=env)
     finally:
         counts = junit_counts(junit) if junit.is_file() else {}
-        lines = [f"pytest -m cuda: {counts or 'no junit file'}", ""]
-        lines += record_tables(record)
+        lines += [f"`pytest -m cuda tests`: {counts or 'no junit file'} (failures: see "
+                  "gpu-check.log)", "", *record_tables(record)]
     if counts.get("tests", 0) == 0 or counts.get("skipped", 0):
         raise StepFailed(f"{counts.get('tests', 0)} tests ran, {counts.get('skipped', 0)} "
                          "skipped (a GPU run must not skip)")
-    return lines
 
 
 def junit_counts(path: Path) -> dict[str, int]:
@@ -204,16 +204,18 @@ def record_tables(path: Path) -> list[str]:
 
 # -- step 2: bench/speed.py -------------------------------------------------------------------
 
-def step_speed(check: Check) -> list[str]:
+SPEED = ["--device", "cuda", "--batch-sizes", "1", "64", "--chunk", "64", "--slow-batch", "8",
+         "--strict"]
+
+
+def step_speed(check: Check, lines: list[str]) -> None:
     table = check.work / "speed.md"
+    lines += [f"`python bench/speed.py {' '.join(SPEED)}`", ""]
     try:
-        check.command([sys.executable, "bench/speed.py", "--device", "cuda", "--batch-sizes",
-                       "1", "64", "--chunk", "64", "--slow-batch", "8", "--strict",
-                       "--out", str(table)])
+        check.command([sys.executable, "bench/speed.py", *SPEED, "--out", str(table)])
     finally:
         text = table.read_text() if table.is_file() else "(no table written)"
-    return ["```", "python bench/speed.py --device cuda --batch-sizes 1 64 --chunk 64 "
-            "--slow-batch 8 --strict", "```", "", text.replace("# loupe speed", "### loupe speed")]
+        lines.append(text.replace("# loupe speed", "### loupe speed"))
 
 
 # -- step 3: loupe maps at the IRN protocol ---------------------------------------------------
@@ -226,8 +228,7 @@ def maps_runs(check: Check) -> list[tuple[str, list[str]]]:
     for model in ("resnet50", "mobilenet_v2"):
         runs.append((f"{model}, synthetic (400, 96 px)", [*synthetic, "--model", model]))
         runs.append((f"{model}, coco128 (own size)", [*coco, "--model", model]))
-        runs.append((f"{model}, coco128 (own size), --amp", [*coco, "--model", model,
-                                                              "--amp"]))
+    runs.append(("resnet50, coco128 (own size), --amp", [*coco, "--model", "resnet50", "--amp"]))
     return runs
 
 
@@ -239,8 +240,8 @@ def maps_rate(output: str, name: str) -> tuple[int, float]:
     return int(found.group(1)), float(found.group(2))
 
 
-def step_maps(check: Check) -> list[str]:
-    lines = ["`loupe maps --method gradcam --weights random --scales 1.0 0.5 1.5 2.0 --flip "
+def step_maps(check: Check, lines: list[str]) -> None:
+    lines += ["`loupe maps --method gradcam --weights random --scales 1.0 0.5 1.5 2.0 --flip "
              "--batch-size 8 --workers 4 --device cuda`; images/s is loupe's own count of "
              "the map loop (model loading excluded), wall the whole command.", "",
              "| run | images | images/s | wall s | peak MiB | "
@@ -251,11 +252,12 @@ def step_maps(check: Check) -> list[str]:
             "--batch-size", "8", "--workers", "4", "--device", "cuda", "--no-progress",
             "--out", str(check.work / f"maps-{i}"))
         images, rate = maps_rate(output, name)
+        rate = rate or images / seconds  # the log line rounds to 0.1 images/s
         projected = " | ".join(f"{n / rate / 60:.1f} min" for n in PROJECTIONS.values())
         lines.append(f"| {name} | {images} | {rate:.1f} | {seconds:.1f} | {peak:.0f} | "
                      f"{projected} |")
-    return lines + ["", "Projections divide the image count by the rate measured; VOC images "
-                    "(about 500 x 375) are smaller than coco128's (about 640 x 480)."]
+    lines += ["", "Projections divide the image count by the rate measured; VOC images "
+              "(about 500 x 375) are smaller than coco128's (about 640 x 480)."]
 
 
 # -- step 4: torchrun with NCCL ---------------------------------------------------------------
@@ -266,8 +268,8 @@ TRAIN = ["--epochs", "1", "--max-steps-per-epoch", "3", "--batch-size", "16", "-
          "--crop", "96", "--pretrained", "none"]
 
 
-def torchrun_chain(check: Check, procs: int) -> tuple[Path, list[str]]:
-    """train -> maps -> masks -> evaluate -> train-seg under torchrun; its folder and rows."""
+def torchrun_chain(check: Check, procs: int, lines: list[str]) -> Path:
+    """train -> maps -> masks -> evaluate -> train-seg under torchrun, a table row each."""
     base = check.work / f"torchrun-{procs}"
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(procs), "-m", "loupe"]
@@ -284,37 +286,35 @@ def torchrun_chain(check: Check, procs: int) -> tuple[Path, list[str]]:
                        "--backbone", "mobilenet_v3_large", "--device", "cuda",
                        "--out", str(base / "segmenter")]),
     ]
-    rows = []
     for name, argv in commands:
         _, seconds, peak = check.command([*run, *argv])
-        rows.append(f"| {procs} | {name} | {seconds:.1f} | {peak:.0f} |")
-    return base, rows
+        lines.append(f"| {procs} | {name} | {seconds:.1f} | {peak:.0f} |")
+    return base
 
 
-def step_torchrun(check: Check) -> list[str]:
-    lines = ["| processes | command | wall s | peak MiB |", "|---|---|---|---|"]
+def step_torchrun(check: Check, lines: list[str]) -> None:
+    lines += ["With one process loupe creates no process group (WORLD_SIZE=1): NCCL itself "
+              "runs only with 2 processes, which need 2 GPUs (NCCL refuses two ranks on one "
+              "device).", "", "| processes | command | wall s | peak MiB |", "|---|---|---|---|"]
     counts = [1, 2] if torch.cuda.device_count() >= 2 else [1]
-    folders = {}
-    for procs in counts:
-        folders[procs], rows = torchrun_chain(check, procs)
-        lines += rows
+    folders = {procs: torchrun_chain(check, procs, lines) for procs in counts}
     one = folders[1]
     check.loupe("evaluate", *SYNTHETIC, "--maps", str(one / "maps"), "--bootstrap", "200",
                 "--overlays", "0", "--device", "cpu", "--out", str(check.work / "eval-cpu"))
     same_results(one / "evaluate", check.work / "eval-cpu", "GPU (torchrun 1) and CPU")
     lines.append("")
     lines.append("- evaluate of the torchrun-1 maps: the same results.json on the CPU "
-                 "(one process) as on the GPU under torchrun (NCCL)")
+                 "(one process) as on the GPU under torchrun")
     if 2 in folders:
         check.loupe("evaluate", *SYNTHETIC, "--maps", str(folders[2] / "maps"), "--bootstrap",
                     "200", "--overlays", "0", "--device", "cpu",
                     "--out", str(check.work / "eval-cpu-2"))
         same_results(folders[2] / "evaluate", check.work / "eval-cpu-2", "torchrun 2 and CPU")
-        lines.append("- the same for the maps of 2 processes")
+        lines.append("- the same for the maps of 2 processes, evaluated by 2 processes "
+                     "(NCCL) and by one CPU process")
     else:
         lines.append(f"- one GPU ({torch.cuda.device_count()} visible): --nproc_per_node 2 "
                      "not run")
-    return lines
 
 
 def same_results(a: Path, b: Path, what: str) -> None:
@@ -354,8 +354,10 @@ def report(steps: list[Step], total_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-STEPS = [("tests", 150, step_tests), ("speed", 140, step_speed), ("maps", 80, step_maps),
+# seconds per step on one GPU; torchrun gets TORCHRUN_EXTRA_S more where 2 processes run
+STEPS = [("tests", 140, step_tests), ("speed", 130, step_speed), ("maps", 100, step_maps),
          ("torchrun", 90, step_torchrun)]
+TORCHRUN_EXTRA_S = 80
 
 
 def run_steps(check: Check, steps: list[Step]) -> None:
@@ -365,7 +367,7 @@ def run_steps(check: Check, steps: list[Step]) -> None:
         print(f"gpu-check: step {step.name} ...", flush=True)
         with check.sampler.window() as memory:
             try:
-                step.lines = step.run(check)
+                step.run(check, step.lines)
                 step.status = "ok"
             except StepFailed as error:
                 step.status = f"FAILED: {error}"
@@ -392,9 +394,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    steps = [Step(n, b, f) for n, b, f in STEPS if args.steps is None or n in args.steps]
+    extra = TORCHRUN_EXTRA_S if torch.cuda.device_count() >= 2 else 0
+    steps = [Step(n, b + (extra if n == "torchrun" else 0), f) for n, b, f in STEPS
+             if args.steps is None or n in args.steps]
     with tempfile.TemporaryDirectory(prefix="loupe-gpu-check-") as work:
-        check = Check(args.out, Path(work), assets, start + BUDGET_S)
+        check = Check(args.out, Path(work), assets, start + BUDGET_S + extra)
         try:
             run_steps(check, steps)
         finally:
