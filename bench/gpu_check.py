@@ -73,13 +73,13 @@ class Step:
 
 
 class MemorySampler:
-    """Device memory in use (all processes), sampled in a thread; windows report the peak
-    above the level in use when they opened."""
+    """Device memory in use (all processes, all GPUs), sampled in a thread; each open window
+    (they nest: a step, a command) reports its peak above the level in use when it opened."""
 
     def __init__(self, interval_s: float = 0.05) -> None:
         self.count = torch.cuda.device_count()
         self.interval_s = interval_s
-        self.peak = 0
+        self.windows: list[dict[str, float]] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -94,21 +94,26 @@ class MemorySampler:
 
     def _loop(self) -> None:
         while not self.stop.wait(self.interval_s):
-            used = self.used()
-            with self.lock:
-                self.peak = max(self.peak, used)
+            self._update(self.used())
+
+    def _update(self, used: int) -> None:
+        with self.lock:
+            for box in self.windows:
+                box["peak"] = max(box["peak"], used)
 
     @contextmanager
     def window(self) -> Iterator[dict[str, float]]:
         idle = self.used()
+        box = {"idle": idle, "peak": idle}
         with self.lock:
-            self.peak = idle
-        box: dict[str, float] = {}
+            self.windows.append(box)
         try:
             yield box
         finally:
-            with self.lock:
-                box["peak_mib"] = (max(self.peak, self.used()) - idle) / 2**20
+            self._update(self.used())
+            with self.lock:  # by identity: two windows can hold equal numbers
+                self.windows = [w for w in self.windows if w is not box]
+            box["peak_mib"] = (box["peak"] - box["idle"]) / 2**20
 
     def close(self) -> None:
         self.stop.set()
@@ -169,13 +174,13 @@ def step_tests(check: Check, lines: list[str]) -> None:
     junit, record = check.work / "junit.xml", check.work / "record.jsonl"
     env = dict(check.env, LOUPE_GPU_CHECK_RECORD=str(record))
     try:
-        output, _, _ = check.command([sys.executable, "-m", "pytest", "-m", "cuda", "tests",
-                                      "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"],
-                                     env=env)
+        check.command([sys.executable, "-m", "pytest", "-m", "cuda", "tests", "-q", "-p",
+                       "no:cacheprovider", f"--junitxml={junit}"], env=env)
     finally:
         counts = junit_counts(junit) if junit.is_file() else {}
-        lines += [f"`pytest -m cuda tests`: {counts or 'no junit file'} (failures: see "
-                  "gpu-check.log)", "", *record_tables(record)]
+        lines += [f"`pytest -m cuda tests`: {counts or 'no junit file'}", ""]
+        lines += [f"- {f}" for f in junit_problems(junit)] + [""] if junit.is_file() else []
+        lines += record_tables(record)
     if counts.get("tests", 0) == 0 or counts.get("skipped", 0):
         raise StepFailed(f"{counts.get('tests', 0)} tests ran, {counts.get('skipped', 0)} "
                          "skipped (a GPU run must not skip)")
@@ -185,6 +190,18 @@ def junit_counts(path: Path) -> dict[str, int]:
     root = ET.parse(path).getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+
+
+def junit_problems(path: Path, most: int = 60) -> list[str]:
+    """``FAILED|ERROR|SKIPPED test id: first line of the message`` of each such test case."""
+    found = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        for kind in ("failure", "error", "skipped"):
+            for problem in case.findall(kind):
+                message = (problem.get("message") or problem.text or "").strip().splitlines()
+                found.append(f"{kind.upper()} {case.get('classname')}::{case.get('name')}: "
+                             f"{message[0][:200] if message else ''}")
+    return found[:most] + ([f"... and {len(found) - most} more"] if len(found) > most else [])
 
 
 def record_tables(path: Path) -> list[str]:
@@ -332,15 +349,26 @@ def machine() -> list[str]:
     props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
     gpus = ", ".join(f"{p.name} ({p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} "
                      f"SMs, compute {p.major}.{p.minor})" for p in props)
-    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                            capture_output=True, text=True).stdout.strip().splitlines()
-    nccl = ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else "?"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip() or "unknown"
-    return [f"- GPU: {gpus}", f"- driver {driver[0] if driver else 'unknown'}; torch "
-            f"{torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+    driver = quiet(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    try:
+        nccl = ".".join(map(str, torch.cuda.nccl.version()))
+    except Exception as error:  # a build without NCCL: say so in the report
+        nccl = f"unavailable ({type(error).__name__})"
+    commit = quiet(["git", "rev-parse", "--short", "HEAD"])
+    return [f"- GPU: {gpus}", f"- driver {driver.splitlines()[0] if driver else 'unknown'}; "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
             f"{torch.backends.cudnn.version()}, NCCL {nccl}",
-            f"- Python {platform.python_version()}, {os.cpu_count()} CPUs, loupe commit {commit}"]
+            f"- Python {platform.python_version()}, {os.cpu_count()} CPUs, loupe commit "
+            f"{commit or 'unknown'}"]
+
+
+def quiet(argv: list[str]) -> str:
+    """A helper command's output, or "" when it is missing or fails."""
+    try:
+        return subprocess.run(argv, cwd=REPO, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def report(steps: list[Step], total_s: float) -> str:

@@ -60,12 +60,22 @@ def test_maps_rate_reads_the_line_loupe_maps_logs(tmp_path, caplog):
         gpu_check.maps_rate("maps: 2 written", "tiny")
 
 
-def test_junit_counts_and_record_tables(tmp_path):
+def test_junit_counts_problems_and_record_tables(tmp_path):
     junit = tmp_path / "junit.xml"
-    junit.write_text('<testsuites><testsuite name="pytest" errors="0" failures="1" '
-                     'skipped="2" tests="40"></testsuite></testsuites>')
+    junit.write_text(
+        '<testsuites><testsuite name="pytest" errors="0" failures="1" skipped="1" tests="40">'
+        '<testcase classname="tests.test_cuda" name="test_a[gradcam-float16]" time="0.1"/>'
+        '<testcase classname="tests.test_cuda" name="test_b" time="0.1">'
+        '<failure message="assert (0.99 &gt;= 0.999)&#10;more">trace</failure></testcase>'
+        '<testcase classname="tests.test_registry" name="test_c[cuda]" time="0">'
+        '<skipped type="pytest.skip" message="no CUDA device">skip</skipped></testcase>'
+        '</testsuite></testsuites>')
     assert gpu_check.junit_counts(junit) == {"tests": 40, "failures": 1, "errors": 0,
-                                             "skipped": 2}
+                                             "skipped": 1}
+    assert gpu_check.junit_problems(junit) == [
+        "FAILURE tests.test_cuda::test_b: assert (0.99 >= 0.999)",
+        "SKIPPED tests.test_registry::test_c[cuda]: no CUDA device"]
+    assert gpu_check.junit_problems(junit, most=1)[1] == "... and 1 more"
     record = tmp_path / "record.jsonl"
     record.write_text(json.dumps({"check": "autocast", "method": "gradcam", "dtype": "float16",
                                   "correlation": 0.9999951, "agreement": 0.99904,
@@ -87,3 +97,22 @@ def test_same_results_ignores_the_folder_and_names_a_difference(tmp_path):
     gpu_check.same_results(a, b, "a and b")
     with pytest.raises(gpu_check.StepFailed, match="differ between a and c"):
         gpu_check.same_results(a, c, "a and c")
+
+
+def test_memory_windows_nest(monkeypatch):
+    used = {"bytes": 1000 * 2**20}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info",
+                        lambda i: (80 * 2**30 - used["bytes"], 80 * 2**30))
+    sampler = gpu_check.MemorySampler(interval_s=3600)  # samples only when told
+    try:
+        with sampler.window() as step:
+            with sampler.window() as first:
+                used["bytes"] += 300 * 2**20
+                sampler._update(sampler.used())
+                used["bytes"] -= 300 * 2**20
+            with sampler.window() as second:
+                used["bytes"] += 100 * 2**20
+    finally:
+        sampler.close()
+    assert (first["peak_mib"], second["peak_mib"], step["peak_mib"]) == (300, 100, 300)
