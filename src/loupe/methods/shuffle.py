@@ -43,10 +43,11 @@ Options (defaults and why)
         colour reduction of the gradient ``g``: ``"abs-max"`` ``max_c |g_c|`` (Simonyan et
         al.), ``"l2"`` ``||g||_2`` over channels, ``"grad-x-input"`` ``sum_c g_c x_c`` (signed).
         Only for ``base="gradient"``.
-    chunk_size=16
+    chunk_size=None
         shuffled copies per forward/backward (all K targets share one batched backward);
-        results do not change. 16 because CPUs get slower per image in larger batches (see
-        ``loupe._autograd.GRADIENT_CHUNK``); raise it on a GPU, lower it to save memory.
+        results do not change. None: ``loupe._autograd.gradient_chunk_size``, 16 off CUDA
+        (CPUs get slower per image in larger batches) and as many as fit in half the free
+        memory on CUDA; lower it to save memory.
     seed=0, generator=None
         the rounds are drawn once from ``torch.Generator().manual_seed(seed)`` (or from
         ``generator`` when given) and applied to every image, so the maps do not depend on
@@ -73,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK
+from loupe._autograd import gradient_chunk_size
 from loupe.api import explain
 from loupe.context import MapContext
 from loupe.layers import find_target_layer
@@ -105,7 +106,7 @@ def shuffle_saliency(
     offset: str = "cyclic",
     include_original: bool = True,
     reduce: str = "abs-max",
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
     smooth: float = 0.0,
@@ -119,6 +120,8 @@ def shuffle_saliency(
     """
     images = ctx.images
     height, width = images.shape[-2:]
+    if chunk_size is None:
+        chunk_size = gradient_chunk_size(images.device, images[0].numel(), ctx.targets.count)
     _check_options(n_shuffles, offset, reduce, chunk_size, seed, generator, smooth, base)
     grids = check_grids(grids, height, width)
     if generator is None:
