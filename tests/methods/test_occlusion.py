@@ -8,7 +8,6 @@ import pytest
 import torch
 from captum.attr import Occlusion
 from torch import nn
-from torchvision.models import resnet18
 
 from loupe import explain
 from loupe.methods.occlusion import window_starts
@@ -18,10 +17,9 @@ from tests.methods.test_cam_family import assert_agree
 TARGETS = [[3, 7], [5, 1]]
 
 
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return resnet18(weights=None).eval()
+@pytest.fixture
+def model(seeded_resnet18) -> torch.nn.Module:
+    return seeded_resnet18
 
 
 @pytest.fixture(scope="module")

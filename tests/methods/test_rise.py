@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torchvision.models import resnet18
 
 from loupe import explain
 from loupe.methods.rise import rise_maps, rise_masks
@@ -26,10 +25,9 @@ from tests.methods.test_occlusion import Weighted
 TARGETS = [[3, 7], [5, 1]]
 
 
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return resnet18(weights=None).eval()
+@pytest.fixture
+def model(seeded_resnet18) -> torch.nn.Module:
+    return seeded_resnet18
 
 
 @pytest.fixture(scope="module")

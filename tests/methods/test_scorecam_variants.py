@@ -19,7 +19,6 @@ import math
 import pytest
 import torch
 from torchcam.methods import ISCAM, SSCAM, SmoothGradCAMpp
-from torchvision.models import resnet18
 
 from loupe import explain
 from loupe.methods.gradcam import gradcam_plus_plus_weights
@@ -32,10 +31,9 @@ from tests.methods.test_scorecam import Tiny
 TARGETS = [[3, 7], [5, 1]]
 
 
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return resnet18(weights=None).eval()
+@pytest.fixture
+def model(seeded_resnet18) -> torch.nn.Module:
+    return seeded_resnet18
 
 
 @pytest.fixture(scope="module")

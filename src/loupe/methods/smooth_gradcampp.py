@@ -16,6 +16,7 @@ from loupe.api import MapContext
 from loupe.methods._perturb import check_positive_int, zero_padding
 from loupe.methods.gradients import noise_scales, standard_noise
 from loupe.registry import register
+from loupe.targets import Targets
 
 
 def smooth_gradcam_plus_plus_weights(
@@ -41,7 +42,8 @@ def smooth_gradcam_plus_plus_weights(
 
 
 def noisy_layer_derivatives(
-    ctx: MapContext, noise: torch.Tensor, sigma: torch.Tensor, targets, chunk_size: int
+    ctx: MapContext, noise: torch.Tensor, sigma: torch.Tensor, targets: Targets,
+    chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(B, K, C, h, w)`` means of ``g``, ``g^2``, ``g^3`` over the noisy copies
     ``x_b + sigma_b z_s`` (``noise`` ``(N, C, H, W)`` holds the ``z_s``), ``g`` the gradient
