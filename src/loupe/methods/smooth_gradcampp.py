@@ -98,7 +98,10 @@ def smooth_gradcam_plus_plus(
     torchcam's ``SmoothGradCAMpp`` given the same noise, where torchcam follows the same
     formula (see tests/methods/test_scorecam_variants.py); elsewhere torchcam differs in three
     ways: ``sum_ab(A_ab D3_ab)`` in the denominator, the last noisy copy's gradient instead of
-    ``D1`` and the last noisy copy's activation instead of the clean one in the map.
+    ``D1`` and the last noisy copy's activation instead of the clean one in the map. At a
+    layer followed only by global average pooling and a linear head (ResNet's ``layer4``) the
+    gradients do not depend on the input, so the noise changes nothing and the maps are
+    Grad-CAM++'s; the smoothing acts at inner layers.
 
     Options: ``n_samples`` (n, 4) and ``stdev`` (0.3), torchcam's defaults, or ``stdev=None``
     and ``noise_level`` (``sigma = noise_level * (max(x) - min(x))`` per image, as
