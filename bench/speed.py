@@ -208,6 +208,7 @@ CASES = [
          {"captum": captum("NoiseTunnel")}, slow=True),
 ]
 CASES += __import__("cases_guided").cases(Case)  # guided-backprop, guided-gradcam
+CASES += __import__("cases_perturb").CASES if __name__ == "__main__" else []  # no cycle
 
 
 # -- timing ----------------------------------------------------------------------------------

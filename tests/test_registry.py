@@ -27,6 +27,13 @@ FAST: dict[str, dict[str, object]] = {
     "integrated-gradients": {"steps": 3, "chunk_size": 4},
     "shuffle": {"n_shuffles": 3, "chunk_size": 4},
     "scorecam": {"chunk_size": 16},
+    # layer3: at layer4 (GAP + linear) the gradients do not depend on the input, so the
+    # noise, hence the seed, could not change the maps
+    "smoothgradcam++": {"n_samples": 3, "chunk_size": 4, "target_layer": "layer3"},
+    "sscam": {"n_samples": 2, "chunk_size": 24},
+    "iscam": {"n_samples": 2, "chunk_size": 24},
+    "occlusion": {"window": 6, "stride": 5, "chunk_size": 8},
+    "rise": {"n_masks": 40, "cells": 4, "chunk_size": 16},
 }
 
 TARGETS = torch.tensor([[3, 7], [5, 1], [0, 9]])
