@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from loupe.api import MapContext
+from loupe.methods.augment import aug_smoothable
+from loupe.methods.projection import channel_maps
 from loupe.registry import register
 from loupe.targets import Targets
 
@@ -72,7 +74,8 @@ def _chunk_targets(targets: Targets, owner: torch.Tensor) -> Targets:
 
 
 @register("scorecam", uses_layer=True, paper="Wang et al., Score-CAM, CVPR-W 2020")
-def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
+@aug_smoothable
+def scorecam(ctx: MapContext, chunk_size: int = 32, eigen_smooth: bool = False) -> torch.Tensor:
     """Score-CAM as pytorch-grad-cam computes it (its ``ScoreCAM``, matched to float precision):
 
     ``L_k = ReLU(sum_c softmax_c(S_k(X * H_c)) A_c)``, ``H_c = minmax(Up(A_c))``,
@@ -92,6 +95,7 @@ def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
     Options:
         chunk_size: masked inputs per forward pass (default 32); maps do not depend on it
             (up to float rounding).
+        eigen_smooth: see :func:`loupe.methods.projection.channel_maps`.
 
     Returns ``(B, K, h, w)`` at the target layer's resolution; padding targets give zero maps.
     Cost: ``1 + ceil(B * C' / chunk_size)`` forwards of the model, all under ``torch.no_grad``,
@@ -106,7 +110,11 @@ def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
         activation = ctx.activation()
         scores = masked_scores(ctx.model, ctx.images, activation, targets, chunk_size)
         weights = scores.softmax(dim=1)  # over channels: (B, C, K)
-        maps = torch.einsum("bck,bchw->bkhw", weights, activation.float()).clamp(min=0)
+        if eigen_smooth:
+            weighted = weights.transpose(1, 2)[..., None, None] * activation.float()[:, None]
+            maps = channel_maps(weighted, eigen_smooth)
+        else:
+            maps = torch.einsum("bck,bchw->bkhw", weights, activation.float()).clamp(min=0)
     if targets.valid is not None:
         maps = maps * targets.valid[..., None, None].to(maps.dtype)
     return maps
