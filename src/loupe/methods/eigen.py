@@ -42,8 +42,10 @@ def eigencam(ctx: MapContext) -> torch.Tensor:
           paper="pytorch-grad-cam's EigenGradCAM: Eigen-CAM (Muhammad & Yeasin, IJCNN 2020) "
           "of activations x gradients")
 @aug_smoothable
-def eigengradcam(ctx: MapContext, *, counterfactual: bool = False) -> torch.Tensor:
+def eigengradcam(ctx: MapContext) -> torch.Tensor:
     """EigenGradCAM: ``ReLU(first_component(dS/dA * A))``, the first principal component of
-    the element-wise product of gradients and activations, per target. ``(B, K, h, w)``."""
-    a, g = activations_and_grads(ctx, counterfactual=counterfactual)
+    the element-wise product of gradients and activations, per target. The component's sign
+    is fixed by its peak, so the map does not change with the sign of the score (no
+    ``counterfactual`` option). ``(B, K, h, w)``."""
+    a, g = activations_and_grads(ctx)
     return first_component(g * a).clamp(min=0)

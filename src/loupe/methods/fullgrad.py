@@ -69,17 +69,19 @@ def scaled_sum(terms: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(summed, size=size, mode="bilinear", align_corners=False)
 
 
-@register("fullgrad", uses_layer=False,
-          paper="Srinivas & Fleuret, Full-Gradient Representation for Neural Network "
-          "Visualization, NeurIPS 2019")
-@aug_smoothable
-def fullgrad(ctx: MapContext) -> torch.Tensor:
-    """FullGrad: ``sum_colour psi(|x dS/dx|) + sum_l sum_c psi(|b_c dS/dz_c|)`` over every
-    convolution with a bias and every batch norm (:func:`bias_layers`), ``psi`` the per-map
-    min-max scaling and bilinear resize to the input; no final scaling (``explain`` returns
-    raw maps). One forward and one batched backward to the input and to every such layer's
-    output (zero probes added by hooks, so in-place ops after a layer do not matter).
-    Layers with an output other than ``(B, C, h, w)`` are skipped. ``(B, K, H, W)``."""
+def full_gradients(ctx: MapContext) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]],
+                                             torch.Tensor]:
+    """The pieces of FullGrad's decomposition of the target scores, before any ``psi``:
+
+    ``(K, B, C, H, W)`` input-gradients ``dS/dx``; per call of a :func:`bias_layers` layer
+    whose output is ``(B, C, h, w)``, its bias ``(C,)`` and ``dS/dz`` ``(K, B, C, h, w)``;
+    and the bound targets' validity ``(B, K)`` (None for score functions). For a network that
+    is piecewise linear in its input, ``S = <dS/dx, x> + sum_l sum_c b_c sum_ij dS/dz_cij``
+    plus the biases of the layers not counted here (the paper's completeness).
+
+    One forward and one batched backward to the input and to every such layer's output: the
+    gradients are read at zero probes that hooks add to the outputs, so in-place ops after a
+    layer (``ReLU(inplace=True)``, ``out += identity``) do not change them."""
     biases = bias_layers(ctx.model)
     probes: dict[str, list[torch.Tensor]] = {name: [] for name in biases}
 
@@ -96,13 +98,28 @@ def fullgrad(ctx: MapContext) -> torch.Tensor:
     with hooked(ctx.model, leaf=False, edit={name: probe(name) for name in biases}):
         output = ctx.model(images)
     targets = ctx.targets.bind(output)
-    scores = targets.scores(output)
     found = [(biases[name], p) for name in biases for p in probes[name]]
-    grads = grads_of_targets(scores, [images, *(p for _, p in found)])
+    grads = grads_of_targets(targets.scores(output), [images, *(p for _, p in found)])
+    layers = [(bias, grad) for (bias, _), grad in zip(found, grads[1:], strict=True)]
+    return grads[0], layers, targets.valid
+
+
+@register("fullgrad", uses_layer=False,
+          paper="Srinivas & Fleuret, Full-Gradient Representation for Neural Network "
+          "Visualization, NeurIPS 2019")
+@aug_smoothable
+def fullgrad(ctx: MapContext) -> torch.Tensor:
+    """FullGrad: ``sum_colour psi(|x dS/dx|) + sum_l sum_c psi(|b_c dS/dz_c|)`` over every
+    convolution with a bias and every batch norm (:func:`bias_layers`), ``psi`` the per-map
+    min-max scaling and bilinear resize to the input; no final scaling (``explain`` returns
+    raw maps). Layers with an output other than ``(B, C, h, w)`` are skipped. One forward and
+    one batched backward (:func:`full_gradients`). ``(B, K, H, W)``."""
+    input_grads, layers, valid = full_gradients(ctx)
+    images = ctx.images.detach()
     size = tuple(images.shape[-2:])
-    maps = scaled_sum((grads[0] * images.detach()).abs().float(), size)
-    for (bias, _), grad in zip(found, grads[1:], strict=True):
+    maps = scaled_sum((input_grads * images).abs().float(), size)
+    for bias, grad in layers:
         maps = maps + scaled_sum((bias[:, None, None] * grad).abs().float(), size)
-    if targets.valid is not None:
-        maps = maps * targets.valid[..., None, None].to(maps.dtype)
+    if valid is not None:
+        maps = maps * valid[..., None, None].to(maps.dtype)
     return maps

@@ -26,7 +26,7 @@ def gradcam(
     """Grad-CAM: ``ReLU(sum_c mean_ij(dS/dA_c) * A_c)``; with ``counterfactual``, ``S`` is
     replaced by ``-S`` (the paper's counterfactual explanation, Section 6)."""
     a, g = activations_and_grads(ctx, counterfactual=counterfactual)
-    return channel_maps(g.mean((-2, -1), keepdim=True) * a, eigen_smooth)
+    return channel_maps(g.mean((-2, -1), keepdim=True) * a, eigen_smooth, counterfactual=counterfactual)
 
 
 def gradcam_plus_plus_weights(a: torch.Tensor, g: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -45,7 +45,7 @@ def gradcam_plus_plus(
 ) -> torch.Tensor:
     """Grad-CAM++: ``ReLU(sum_c (sum_ij alpha^c_ij ReLU(dS/dA_c,ij)) * A_c)``."""
     a, g = activations_and_grads(ctx, counterfactual=counterfactual)
-    return channel_maps(gradcam_plus_plus_weights(a, g) * a, eigen_smooth)
+    return channel_maps(gradcam_plus_plus_weights(a, g) * a, eigen_smooth, counterfactual=counterfactual)
 
 
 @register("xgradcam", uses_layer=True, paper="Fu et al., Axiom-based Grad-CAM, BMVC 2020")
@@ -56,7 +56,7 @@ def xgradcam(
     """XGrad-CAM: ``ReLU(sum_c (sum_ij A_c,ij / sum_ij A_c * dS/dA_c,ij) * A_c)``."""
     a, g = activations_and_grads(ctx, counterfactual=counterfactual)
     weights = (g * a / (a.sum((-2, -1), keepdim=True) + 1e-7)).sum((-2, -1), keepdim=True)
-    return channel_maps(weights * a, eigen_smooth)
+    return channel_maps(weights * a, eigen_smooth, counterfactual=counterfactual)
 
 
 @register("layercam", uses_layer=True, paper="Jiang et al., LayerCAM, IEEE TIP 2021")
@@ -66,7 +66,7 @@ def layercam(
 ) -> torch.Tensor:
     """LayerCAM: ``ReLU(sum_c ReLU(dS/dA_c) * A_c)``, weights per position."""
     a, g = activations_and_grads(ctx, counterfactual=counterfactual)
-    return channel_maps(g.clamp(min=0) * a, eigen_smooth)
+    return channel_maps(g.clamp(min=0) * a, eigen_smooth, counterfactual=counterfactual)
 
 
 @register("hirescam", uses_layer=True, paper="Draelos & Carin, HiResCAM, arXiv 2011.08891")
@@ -76,7 +76,7 @@ def hirescam(
 ) -> torch.Tensor:
     """HiResCAM: ``ReLU(sum_c dS/dA_c * A_c)``, element-wise product, no spatial averaging."""
     a, g = activations_and_grads(ctx, counterfactual=counterfactual)
-    return channel_maps(g * a, eigen_smooth)
+    return channel_maps(g * a, eigen_smooth, counterfactual=counterfactual)
 
 
 @register(
@@ -91,4 +91,4 @@ def gradcam_elementwise(
     """Grad-CAM element-wise: ``ReLU(sum_c ReLU(dS/dA_c * A_c))``, the positive part of each
     element's contribution before the channel sum."""
     a, g = activations_and_grads(ctx, counterfactual=counterfactual)
-    return channel_maps((g * a).clamp(min=0), eigen_smooth)
+    return channel_maps((g * a).clamp(min=0), eigen_smooth, counterfactual=counterfactual)

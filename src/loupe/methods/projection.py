@@ -42,12 +42,18 @@ def first_component(activations: torch.Tensor) -> torch.Tensor:
     return positive_peak(projection).float().reshape(*lead, h, w)
 
 
-def channel_maps(weighted: torch.Tensor, eigen_smooth: bool = False) -> torch.Tensor:
+def channel_maps(weighted: torch.Tensor, eigen_smooth: bool = False, *,
+                 counterfactual: bool = False) -> torch.Tensor:
     """``(B, K, C, h, w)`` weighted activations ``w_c A_c`` -> ``(B, K, h, w)`` maps
     ``ReLU(sum_c w_c A_c)``, or with ``eigen_smooth`` ``ReLU(first_component(w A))``, the
     first principal component of the weighted activations (pytorch-grad-cam's
-    ``eigen_smooth``)."""
+    ``eigen_smooth``). A principal component's sign is fixed by its peak, so it ignores the
+    sign of the weights: ``counterfactual`` (weights from ``-S``, checked here) would change
+    nothing and is refused with ``eigen_smooth``."""
     if not isinstance(eigen_smooth, bool):
         raise ValueError(f"eigen_smooth must be True or False, got {eigen_smooth!r}")
+    if eigen_smooth and counterfactual:
+        raise ValueError("counterfactual has no effect with eigen_smooth (the principal "
+                         "component's sign is fixed by its peak); use one or the other")
     combined = first_component(weighted) if eigen_smooth else weighted.sum(2)
     return combined.clamp(min=0)

@@ -68,4 +68,4 @@ def shapleycam(ctx: MapContext, *, eigen_smooth: bool = False,
     Grad-CAM. One forward, then per target a backward with graph and a double backward, both
     over the layers after the target layer only. ``(B, K, h, w)``."""
     a, weights = shapley_weights(ctx, counterfactual)
-    return channel_maps(weights * a, eigen_smooth)
+    return channel_maps(weights * a, eigen_smooth, counterfactual=counterfactual)
