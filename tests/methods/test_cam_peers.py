@@ -21,6 +21,7 @@ import pytorch_grad_cam
 import pytorch_grad_cam.base_cam as base_cam
 import torch
 from pytorch_grad_cam import (
+    KPCA_CAM,
     AblationCAM,
     EigenCAM,
     EigenGradCAM,
@@ -30,7 +31,6 @@ from pytorch_grad_cam import (
     GradCAMElementWise,
     GradCAMPlusPlus,
     HiResCAM,
-    KPCA_CAM,
     LayerCAM,
     RandomCAM,
     ScoreCAM,
@@ -127,8 +127,10 @@ def test_eigencam_differs_from_gradcam_and_kpcacam(model, images):
 
 def test_kpcacam_kernels_match_pytorch_grad_cam(model, images):
     for kernel, gamma in [("rbf", None), ("poly", 1e-3), ("cosine", None)]:
-        peer = peer_maps(lambda m, t: KPCA_CAM(m, t, kernel=kernel, gamma=gamma), model,
-                         "layer3", images)
+        def peer(m, t, kernel=kernel, gamma=gamma):
+            return KPCA_CAM(m, t, kernel=kernel, gamma=gamma)
+
+        peer = peer_maps(peer, model, "layer3", images)
         assert_agree(ours(model, images, "kpcacam", "layer3", kernel=kernel, gamma=gamma), peer)
 
 

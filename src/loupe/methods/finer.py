@@ -70,4 +70,5 @@ def finercam(ctx: MapContext, *, similar: int = 3, alpha: float = 1.0,
         ctx, counterfactual=counterfactual,
         score=lambda output, targets: finer_scores(output, targets, similar, alpha),
     )
-    return channel_maps(g.mean((-2, -1), keepdim=True) * a, eigen_smooth, counterfactual=counterfactual)
+    weighted = g.mean((-2, -1), keepdim=True) * a
+    return channel_maps(weighted, eigen_smooth, counterfactual=counterfactual)

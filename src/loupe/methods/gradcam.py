@@ -26,7 +26,8 @@ def gradcam(
     """Grad-CAM: ``ReLU(sum_c mean_ij(dS/dA_c) * A_c)``; with ``counterfactual``, ``S`` is
     replaced by ``-S`` (the paper's counterfactual explanation, Section 6)."""
     a, g = activations_and_grads(ctx, counterfactual=counterfactual)
-    return channel_maps(g.mean((-2, -1), keepdim=True) * a, eigen_smooth, counterfactual=counterfactual)
+    weighted = g.mean((-2, -1), keepdim=True) * a
+    return channel_maps(weighted, eigen_smooth, counterfactual=counterfactual)
 
 
 def gradcam_plus_plus_weights(a: torch.Tensor, g: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -45,7 +46,8 @@ def gradcam_plus_plus(
 ) -> torch.Tensor:
     """Grad-CAM++: ``ReLU(sum_c (sum_ij alpha^c_ij ReLU(dS/dA_c,ij)) * A_c)``."""
     a, g = activations_and_grads(ctx, counterfactual=counterfactual)
-    return channel_maps(gradcam_plus_plus_weights(a, g) * a, eigen_smooth, counterfactual=counterfactual)
+    weighted = gradcam_plus_plus_weights(a, g) * a
+    return channel_maps(weighted, eigen_smooth, counterfactual=counterfactual)
 
 
 @register("xgradcam", uses_layer=True, paper="Fu et al., Axiom-based Grad-CAM, BMVC 2020")
