@@ -207,6 +207,7 @@ CASES = [
                                **chunked(s)},
          {"captum": captum("NoiseTunnel")}, slow=True),
 ]
+CASES += __import__("cases_methods").CASES if __name__ == "__main__" else []  # no cycle
 
 
 # -- timing ----------------------------------------------------------------------------------
