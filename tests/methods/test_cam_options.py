@@ -6,10 +6,12 @@ agreement with pytorch-grad-cam is in ``test_cam_peers.py``.
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
-from loupe import explain
+from loupe import explain, get_method, list_methods
 from loupe.hooks import hooked
 from loupe.methods.augment import FACTORS, FLIPS, augmented_views, minmax
 from loupe.methods.finer import finer_scores
@@ -20,8 +22,8 @@ from tests.test_registry import tiny_resnet
 
 GRADIENT_CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
                  "gradcam-elementwise", "shapleycam"]
-SMOOTHABLE = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam-elementwise",
-              "shapleycam", "finercam", "ablationcam", "randomcam", "scorecam"]
+SMOOTHABLE = [m for m in list_methods()
+              if "aug_smooth" in inspect.signature(get_method(m).function).parameters]
 
 
 @pytest.fixture(scope="module")
@@ -151,13 +153,19 @@ def test_aug_smooth_binds_top1_on_the_clean_image(model, images):
     torch.testing.assert_close(unbound, maps_of(model, images, "gradcam", top1, aug_smooth=True))
 
 
+def test_every_layer_method_has_aug_smooth():
+    layered = {m for m in list_methods() if get_method(m).uses_layer}
+    assert layered | {"fullgrad"} == set(SMOOTHABLE)
+
+
 @pytest.mark.parametrize("method", SMOOTHABLE)
 def test_aug_smooth_is_batch_invariant_and_zero_on_padding(method, model, images):
     options = {"chunk_size": 64} if method == "scorecam" else {}
+    options["layer"] = {"cam": "layer4", "fullgrad": None}.get(method, "layer3")
     targets = [[3, 7], [5, -1], [0, 9]]
     batch = maps_of(model, images, method, targets, aug_smooth=True, **options)
-    assert batch.shape == (3, 2, 8, 8) and (batch[1, 1] == 0).all()
-    assert batch.amin() >= 0 and batch.amax() <= 1
+    assert batch.shape[:2] == (3, 2) and (batch[1, 1] == 0).all()
+    assert batch.amin() >= 0 and batch.amax() <= 1 and batch[0].amax() > 0
     alone = maps_of(model, images[2:], method, [[0, 9]], aug_smooth=True, **options)
     torch.testing.assert_close(alone, batch[2:], rtol=1e-4, atol=1e-5)
 

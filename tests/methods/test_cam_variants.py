@@ -327,3 +327,43 @@ def test_random_weights_are_seeded_uniform_and_shared_by_the_batch():
         random_weights(4, seed="3")
     with pytest.raises(ValueError, match="generator must be a torch.Generator"):
         random_weights(4, generator=3)
+
+
+# -- real photo ------------------------------------------------------------------------------
+
+def test_new_methods_on_a_real_photo(assets):
+    """The shared ImageNet MobileNetV2 on the cat-and-dog photo (the dog fills the top half,
+    the cat the bottom): the class-discriminative new methods put the dog map's mass in the
+    top half and the cat map's in the bottom; the class-agnostic EigenCAM gives both the same
+    map. Options arrive through the CLI's ``--option`` parser."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+    from torchvision.models import mobilenet_v2
+
+    from loupe.cli.explain import method_options
+
+    weights, photo = assets / "weights", assets / "photos" / "cat_and_dog.png"
+    if not (weights / "mobilenet_v2_imagenet1k_coral.pth").exists() or not photo.exists():
+        pytest.skip("the MobileNetV2 weights or the cat-and-dog photo are missing")
+    spec = importlib.util.spec_from_file_location("tf_same", weights / "tf_same_padding.py")
+    patch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(patch)
+    model = mobilenet_v2(num_classes=1000)
+    model.load_state_dict(torch.load(weights / "mobilenet_v2_imagenet1k_coral.pth",
+                                     weights_only=True))
+    patch.tf_same_padding(model.eval())
+    with Image.open(photo) as image:
+        pixels = np.array(image.convert("RGB").resize((224, 224)), dtype=np.float32)
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None] / 255 * 2 - 1
+    dog_and_cat = [[243, 285]]  # bull mastiff, Egyptian cat
+    for method, pairs in [("ablationcam", ["chunk_size=512"]), ("finercam", ["alpha=1.0"]),
+                          ("gradcam-elementwise", ["aug_smooth=true"]),
+                          ("shapleycam", ["eigen_smooth=false"])]:
+        maps = explain(model, x, dog_and_cat, method=method, **method_options(method, pairs))
+        top = maps[0, :, :112].sum((-2, -1)) / maps[0].sum((-2, -1))
+        assert top[0] > 0.6 and top[1] < 0.4, (method, top)
+    eigen = explain(model, x, dog_and_cat, method="eigencam")
+    torch.testing.assert_close(eigen[0, 0], eigen[0, 1])
+    assert eigen[0, 0, :112].sum() > eigen[0, 0, 112:].sum()
