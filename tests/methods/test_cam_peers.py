@@ -43,30 +43,19 @@ from pytorch_grad_cam.utils.model_targets import (
     FinerWeightedTarget,
 )
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
-from torchvision.models import resnet18
 
 from loupe import explain
 from loupe.methods.random_cam import random_weights
 from loupe.methods.shapley import rest_target
 from tests.conftest import count_hooks
+from tests.methods import test_cam_family as family
 from tests.methods.test_cam_family import assert_agree
 
+model, images = family.model, family.images  # the seeded resnet18 and its two 64x64 images
 TARGETS = [[3, 7], [5, 1]]
 PROJECTION_MODULES = [
     "base_cam", "eigen_cam", "eigen_grad_cam", "grad_cam_elementwise", "hirescam", "layer_cam",
 ]
-
-
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return resnet18(weights=None).eval()
-
-
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    # 64x64: layer4 is 2x2, layer3 4x4
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
 def scale_only(cam, target_size=None):
