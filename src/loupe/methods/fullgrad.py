@@ -45,10 +45,16 @@ def grads_of_targets(scores: torch.Tensor, inputs: list[torch.Tensor]) -> list[t
     k = scores.shape[1]
     basis = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :]
     try:
-        grads = torch.autograd.grad(scores, inputs, basis.expand(k, *scores.shape),
-                                    is_grads_batched=True, retain_graph=k > 1,
-                                    allow_unused=True)
+        if k == 1:
+            grads = torch.autograd.grad(scores[:, 0].sum(), inputs, allow_unused=True)
+            grads = tuple(None if g is None else g[None] for g in grads)
+        else:  # keeps the graph: the fallback below needs it if vmap fails midway
+            grads = torch.autograd.grad(scores, inputs, basis.expand(k, *scores.shape),
+                                        is_grads_batched=True, retain_graph=True,
+                                        allow_unused=True)
     except RuntimeError:
+        if k == 1:
+            raise
         columns = [torch.autograd.grad(scores[:, j].sum(), inputs, retain_graph=j < k - 1,
                                        allow_unused=True) for j in range(k)]
         grads = tuple(
