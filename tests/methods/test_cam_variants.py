@@ -367,3 +367,25 @@ def test_new_methods_on_a_real_photo(assets):
     eigen = explain(model, x, dog_and_cat, method="eigencam")
     torch.testing.assert_close(eigen[0, 0], eigen[0, 1])
     assert eigen[0, 0, :112].sum() > eigen[0, 0, 112:].sum()
+
+
+def test_fullgrad_without_a_batched_backward():
+    """A backward that vmap cannot batch (a tensor hook that detaches, as pytorch-grad-cam's
+    gradient hooks do) falls back to one backward per target, with the same maps."""
+    torch.manual_seed(0)
+    model = PiecewiseLinear().eval()
+    images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    expected = explain(model, images, [[0, 2], [1, 0]], method="fullgrad")
+    seen = []
+
+    def detaching(module, inputs, output):
+        if output.requires_grad:
+            output.register_hook(lambda grad: seen.append(grad.detach()))
+
+    handle = model.conv2.register_forward_hook(detaching)
+    try:
+        maps = explain(model, images, [[0, 2], [1, 0]], method="fullgrad")
+    finally:
+        handle.remove()
+    assert len(seen) == 2  # the fallback's two backward passes
+    torch.testing.assert_close(maps, expected)
