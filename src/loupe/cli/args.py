@@ -6,18 +6,23 @@ No subcommand imports another; they all import this."""
 from __future__ import annotations
 
 import argparse
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from loupe.cli import UserError
+from loupe.data.selection import ID_HALVES
 from loupe.data.spec import SPEC_KINDS, SPLIT_KINDS, DatasetSpec, SyntheticSplits
 from loupe.distributed import launched_rank
 from loupe.io import read_json
+from loupe.method_specs import (
+    check_method_options,
+    merge_options,
+    parse_method_spec,
+    parse_value,
+)
 from loupe.models.preprocessing import Preprocessing, PreprocessingOptions
-from loupe.registry import get_method, list_methods
 from loupe.training.checkpoints import HISTORY_FILE
 
 T = TypeVar("T")
@@ -57,7 +62,11 @@ def add_dataset_arguments(p: argparse.ArgumentParser, *, required: bool = True) 
                        "folder: JSON)")
     group.add_argument("--class-names", help="class names file, or 'coco' (yolo folders "
                        "without data.yaml, e.g. coco128-seg)")
-    group.add_argument("--limit", type=int, default=0, help="only the first N images")
+    group.add_argument("--split-by-id", choices=ID_HALVES, default="all",
+                       help="dev: the first n//2 image ids in sorted order; test: the rest; "
+                       "all (default): every image")
+    group.add_argument("--limit", type=int, default=0, help="only the first N images (of the "
+                       "--split-by-id half)")
     defaults = SyntheticSplits()
     group.add_argument("--synthetic-train", type=int, default=defaults.n_train,
                        help=f"synthetic train images (default {defaults.n_train}, as loupe train)")
@@ -74,6 +83,7 @@ def dataset_spec(args: argparse.Namespace) -> DatasetSpec:
         labels_file=args.labels_file, class_names=args.class_names, limit=args.limit,
         synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val,
         synthetic_size=args.synthetic_size, synthetic_seed=args.synthetic_seed,
+        split_by_id=args.split_by_id,
     )
 
 
@@ -117,50 +127,34 @@ def preprocessing_options(args: argparse.Namespace) -> PreprocessingOptions:
 
 
 def add_method_arguments(group: argparse._ArgumentGroup) -> None:
-    """``--method``, ``--option KEY=VALUE`` and ``--target-layer``."""
-    group.add_argument("--method", default="gradcam", choices=list_methods())
+    """``--method SPEC``, ``--option KEY=VALUE`` and ``--target-layer``."""
+    group.add_argument("--method", default="gradcam", metavar="SPEC",
+                       help="a method (see loupe methods), optionally with options: "
+                       "NAME:KEY=VALUE,... e.g. 'shuffle:n_shuffles=16,grids=(2,3,4)' "
+                       "(default gradcam)")
     group.add_argument("--option", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                        help="method option, e.g. n_shuffles=8 grids=2,3 seed=0 (ints, floats, "
-                       "bools, lists)")
+                       "bools, none, tuples); merges with the spec's options")
     group.add_argument("--target-layer", help="layer for CAM methods (default: found "
                        "automatically)")
 
 
-def parse_value(text: str) -> object:
-    """``"8"`` -> 8, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, ``"2,3"`` -> (2, 3);
-    anything else stays a string."""
-    if "," in text:
-        return tuple(parse_value(part) for part in text.split(",") if part != "")
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def method_options(method: str, pairs: Sequence[str]) -> dict[str, object]:
-    """``--option KEY=VALUE`` pairs parsed and checked against the method's parameters."""
-    function = get_method(method).function
-    params = list(inspect.signature(function).parameters.values())[1:]
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+def method_options(spec: str, pairs: Sequence[str]) -> tuple[str, dict[str, object]]:
+    """The method name and options of ``--method SPEC`` and ``--option KEY=VALUE`` pairs,
+    parsed and checked against the method's parameters (an option in both is an error)."""
+    name, spec_options = parse_method_spec(spec)
     options: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise UserError(f"--option {pair!r} must be KEY=VALUE, e.g. n_shuffles=8")
-        if not open_ended and key not in known:
-            choices = ", ".join(known) or "none"
-            raise UserError(f"method {method!r} has no option {key!r} (its options: {choices})")
         options[key] = parse_value(value.strip())
-    return options
+    try:
+        check_method_options(name, options)
+        return name, merge_options(spec, spec_options, options, "--option")
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 # --------------------------------------------------------------------------- training

@@ -51,9 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.weights is None and args.seed != 0:
         raise UserError("--seed only applies to --weights random")
+    method, options = method_options(args.method, args.option)
     config = MapsConfig(
         dataset=dataset_spec(args), out=args.out, model=args.model, weights=args.weights,
-        method=args.method, options=method_options(args.method, args.option),
+        method=method, options=options,
         target_layer=args.target_layer, scales=tuple(args.scales), flip=args.flip,
         topk=args.topk, class_map=args.class_map, label_offset=args.label_offset,
         size=args.size, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
