@@ -13,7 +13,7 @@ from loupe.context import MapContext
 from loupe.hooks import hooked
 from loupe.layers import Reshape, find_target_layer, tokens_to_grid
 from loupe.masks.normalize import normalize
-from loupe.method_specs import check_method_options, merge_options, parse_method_spec
+from loupe.method_specs import resolve_method
 from loupe.registry import get_method
 from loupe.targets import TargetsLike, resolve_targets
 
@@ -38,9 +38,8 @@ def explain(
         model: any classifier (or any model, with score-function targets).
         images: ``(B, C, H, W)`` preprocessed input; never modified.
         targets: see :mod:`loupe.targets`; ``None`` explains the top-1 class.
-        method: a name from :func:`loupe.list_methods`, or a method spec with options,
-            ``"shuffle:n_shuffles=16,smooth=0.03"`` (:mod:`loupe.method_specs`); its options
-            and ``options`` merge (one option set in both is an error).
+        method: a name from :func:`loupe.list_methods`, or a spec with options such as
+            ``"shuffle:n_shuffles=16"`` (:mod:`loupe.method_specs`; none also in ``options``).
         target_layer: module name for layer methods (``"layer4"``); found automatically if None.
         reshape: turns the layer's output into ``(B, C, h, w)``; the default drops class
             tokens of ViTs and reshapes the rest to a square grid.
@@ -52,14 +51,8 @@ def explain(
         Raw maps (not normalised; see :func:`normalize`) on the images' device. Model mode,
         parameter ``requires_grad`` flags and hooks are as before the call, also on error.
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a 4D tensor (B, C, H, W), got {shape}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be floating point, got {images.dtype}")
-    name, spec_options = parse_method_spec(method)
-    check_method_options(name, options)
-    options = merge_options(method, spec_options, options, "the keyword arguments")
+    _check_images(images)
+    name, options = resolve_method(method, options, "the keyword arguments")
     spec = get_method(name)
     layer = None
     if spec.uses_layer:
@@ -84,6 +77,15 @@ def explain(
     if upsample and maps.shape[-2:] != images.shape[-2:]:
         maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return maps
+
+
+def _check_images(images: object) -> None:
+    """A ValueError unless ``images`` is a floating-point ``(B, C, H, W)`` tensor."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a 4D tensor (B, C, H, W), got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point, got {images.dtype}")
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype:

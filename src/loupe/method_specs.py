@@ -178,3 +178,12 @@ def merge_options(spec: str, spec_options: Mapping[str, object],
         raise ValueError(f"method spec {spec!r} and {what} both set "
                          f"{', '.join(repr(c) for c in clash)}; give each option once")
     return {**spec_options, **extra}
+
+
+def resolve_method(spec: str, options: Mapping[str, object], what: str
+                   ) -> tuple[str, dict[str, object]]:
+    """The method name of ``spec`` and its options merged with ``options`` (given separately,
+    ``what`` says where: ``"--option"``), all checked against the method's parameters."""
+    name, spec_options = parse_method_spec(spec)
+    check_method_options(name, options)
+    return name, merge_options(spec, spec_options, options, what)

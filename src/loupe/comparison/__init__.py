@@ -1,0 +1,1 @@
+"""loupe compare (work in progress)."""
