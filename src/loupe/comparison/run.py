@@ -94,10 +94,10 @@ def _crf_masks(config: CompareConfig, row: Row, images: Any, description: str,
     masks --crf`` folder per threshold (kept between runs)."""
     bar = tqdm(config.thresholds, unit="threshold", desc=f"crf {row.name}", dynamic_ncols=True,
                disable=not config.progress or not distributed.is_main())
-    maps = config.maps_folder(row).resolve()
+    maps = config.maps_folder(row)
     for threshold in bar:
-        masks = MasksConfig(maps, config.crf_folder(row, threshold).resolve(), threshold,
-                            crf=True, progress=False)
+        masks = MasksConfig(maps, config.crf_folder(row, threshold), threshold, crf=True,
+                            progress=False, maps_name=f"maps/{row.slug}")
         write_pseudo_masks(masks, device, images, description)
 
 
