@@ -61,14 +61,17 @@ def test_settings_must_match_but_the_run_may_change(tmp_path):
     path = tmp_path / "compare.json"
     settings = {"dataset": {"kind": "synthetic"}, "maps": {"size": None}}
     check_settings(path, settings)  # no file yet
-    path.write_text(json.dumps({"settings": settings, "run": {"methods": ["cam"]}}))
+    path.write_text(json.dumps(settings))
     check_settings(path, settings)
     with pytest.raises(ValueError) as error:
         check_settings(path, {**settings, "maps": {"size": 24}})
-    assert str(error.value).startswith(f"{path}: this folder holds a comparison with other "
-                                       "settings (maps: {'size': None} -> {'size': 24})")
+    assert str(error.value) == (
+        f"{path}: this folder holds a run with other settings (maps: {{'size': None}} -> "
+        "{'size': 24}); use another --out or delete the folder to start over (the methods, "
+        "--crf, --reference and the evaluation options may change between runs; the data "
+        "set, model and map options may not)")
     path.write_text("[]")
-    with pytest.raises(ValueError, match="not a loupe compare description"):
+    with pytest.raises(ValueError, match="must be a JSON object"):
         check_settings(path, settings)
 
 

@@ -8,9 +8,6 @@ import contextlib
 import io
 import json
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ from loupe.cli import main
 from loupe.comparison import ranked_table
 from loupe.data.spec import DatasetSpec, open_spec
 
-from .conftest import python_executable, subprocess_env, tree_bytes
+from .conftest import kill_when, python_executable, tree_bytes
 
 DATA = ["--dataset", "synthetic", "--synthetic-train", "12", "--synthetic-size", "32",
         "--split-by-id", "dev", "--device", "cpu", "--no-progress"]
@@ -100,7 +97,7 @@ def test_the_dev_half_is_the_first_half_of_the_sorted_ids(compared):
     dev = sorted(everything.ids)[:6]
     for folder in ("cam", "saliency", "baseline-gaussian"):
         assert sorted(p.stem for p in (out / "maps" / folder).glob("*.npz")) == dev
-    settings = json.loads((out / "compare.json").read_text())["settings"]
+    settings = json.loads((out / "compare.json").read_text())
     assert settings["images"] == {"split_by_id": "dev", "count": 6, "first": dev[0],
                                   "last": dev[-1]}
     per_image = json.loads((out / "per_image.json").read_text())
@@ -159,7 +156,7 @@ def test_a_rerun_may_add_methods_but_not_change_the_settings(compared, tmp_path,
     assert main([*argv, "--size", "24"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"loupe compare: error: {out / 'compare.json'}: this folder holds "
-                            "a comparison with other settings (maps: ")
+                            "a run with other settings (maps: ")
     assert "'size': None" in error and "'size': 24" in error and "\n" not in error
 
 
@@ -202,21 +199,7 @@ def test_a_killed_comparison_resumes_to_the_same_files(tiny_run, tmp_path):
     first = killed / "maps" / "smoothgrad.n_samples=4.seed=0"
     command = [python_executable(), "-m", "loupe", *RESUME, "--model", str(tiny_run),
                "--out", str(killed)]
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and process.poll() is None:
-            if len(list(first.glob("*.npz"))) >= 2:
-                break
-            time.sleep(0.005)
-        assert process.poll() is None, "the run ended before it could be killed:\n" + \
-            process.stdout.read().decode()
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    kill_when(command, lambda: len(list(first.glob("*.npz"))) >= 2)
     done = len(list(first.glob("*.npz")))
     assert 0 < done < 8 and not (killed / "results.json").exists()
     before = torch.get_num_threads()

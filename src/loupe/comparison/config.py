@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from loupe.evaluation import ResultOptions
-from loupe.io import read_json, to_jsonable
+from loupe.io import to_jsonable
+from loupe.mapsets.files import check_same_run
 from loupe.mapsets.generate import MEMORY_OPTIONS, MapsConfig
 from loupe.method_specs import format_method_spec, method_slug, parse_method_spec
 from loupe.metrics import default_thresholds
@@ -155,9 +156,10 @@ def _reference_name(rows: Sequence[Row], reference: str) -> str:
 
 
 def describe_settings(config: CompareConfig, ids: Sequence[str]) -> dict[str, Any]:
-    """What a comparison folder is bound to (the ``settings`` of ``compare.json``): the data
-    set and its images, the model and the map options; the maps and CRF masks under the folder
-    depend on these alone. Methods, references and evaluation options are not among them."""
+    """What a comparison folder is bound to (``compare.json``): the data set and its images,
+    the model and the map options; the maps and CRF masks under the folder depend on these
+    alone. Methods, references and evaluation options are not among them (``results.json``
+    records those of the last run)."""
     maps = config.maps
     return to_jsonable({
         "format": FORMAT,
@@ -173,35 +175,12 @@ def describe_settings(config: CompareConfig, ids: Sequence[str]) -> dict[str, An
     })  # type: ignore[return-value]
 
 
-def describe_run(config: CompareConfig, rows: Sequence[Row], reference: str) -> dict[str, Any]:
-    """What this run compared (the ``run`` of ``compare.json``; may change between runs)."""
-    r = config.results
-    return to_jsonable({
-        "methods": [row.name for row in rows], "reference": reference,
-        "evaluation": {"thresholds": list(config.thresholds), "fixed": list(r.fixed),
-                       "spread_range": list(r.spread_range),
-                       "common_threshold": config.common_threshold,
-                       "bootstrap": {"n": r.bootstrap, "seed": r.bootstrap_seed,
-                                     "level": r.level},
-                       "ignore_classes": list(config.ignore_classes)},
-    })  # type: ignore[return-value]
-
-
 def check_settings(path: Path, settings: dict[str, Any]) -> None:
     """A ValueError when ``path`` (an earlier ``compare.json``) holds other settings: its maps
     and masks were made with them. Methods, references and evaluation options may change."""
-    if not path.is_file():
-        return
-    old = read_json(path, "comparison description (compare.json)")
-    old = old.get("settings") if isinstance(old, dict) else None
-    if not isinstance(old, dict):
-        raise ValueError(f"{path}: not a loupe compare description (no 'settings')")
-    changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-    if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
-        raise ValueError(
-            f"{path}: this folder holds a comparison with other settings ({details}); use "
-            "another --out or delete the folder (methods, --crf, --reference and the "
-            "evaluation options may change between runs, the data set, model and map "
-            "options may not)"
-        )
+    try:
+        check_same_run(path, settings, "comparison settings (compare.json)")
+    except ValueError as error:
+        raise ValueError(f"{error} (the methods, --crf, --reference and the evaluation options "
+                         "may change between runs; the data set, model and map options may "
+                         "not)") from None

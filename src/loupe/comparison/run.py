@@ -24,7 +24,6 @@ from loupe.comparison.config import (
     Row,
     check_settings,
     comparison_rows,
-    describe_run,
     describe_settings,
 )
 from loupe.comparison.report import write_comparison
@@ -54,8 +53,7 @@ def run_comparison(config: CompareConfig, device: torch.device) -> dict[str, Any
     check_settings(out / RUN_FILE, settings)
     distributed.barrier()
     if distributed.is_main():
-        write_json(out / RUN_FILE, {"settings": settings,
-                                    "run": describe_run(config, rows, reference)})
+        write_json(out / RUN_FILE, settings)
     maps_rows = [row for row in rows if not row.crf]
     for i, row in enumerate(maps_rows, 1):
         logger.info("compare: maps %d/%d: %s", i, len(maps_rows), row.name)
