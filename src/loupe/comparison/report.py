@@ -118,9 +118,9 @@ def write_comparison(out: Path, results: ComparisonResults, tallies: Sequence[Ro
     plot = out / "miou_vs_threshold.png"
     plot_miou_vs_threshold(plot, curves)
     overlays = out / "overlays.png"
-    sections: list[str | Path] = [head, plot]
+    sections: list[str | Path] = [head, plot, tail]
     if _write_overlays(out, summary, tallies, config):
-        sections += [tail, overlays]
+        sections.append(overlays)
     else:
         overlays.unlink(missing_ok=True)
     write_html_page(out / "compare.html", title="loupe compare", sections=sections)
