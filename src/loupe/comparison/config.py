@@ -4,7 +4,6 @@ settings a comparison folder is bound to (``compare.json``)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,6 @@ from loupe.mapsets.files import check_same_run
 from loupe.mapsets.generate import MEMORY_OPTIONS, MapsConfig
 from loupe.method_specs import format_method_spec, method_slug, parse_method_spec
 from loupe.metrics import default_thresholds
-
-logger = logging.getLogger(__name__)
 
 RUN_FILE = "compare.json"
 #: The model-free baselines every comparison includes.
