@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: files, devices and processes, autograd and module helpers
     ("loupe._autograd", "loupe.io", "loupe.layers", "loupe.distributed"),
     # what a map method works with
-    ("loupe.hooks", "loupe.targets", "loupe.registry", "loupe.context"),
+    ("loupe.hooks", "loupe.targets", "loupe.registry", "loupe.method_specs", "loupe.context"),
     # maps to masks (normalisation, threshold rule, CRF, palette)
     ("loupe.masks",),
     # the one call
@@ -46,6 +46,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("loupe.mapsets",),
     # loupe evaluate
     ("loupe.evaluation",),
+    # loupe compare: maps, references and evaluation of several methods, the ranked table
+    ("loupe.comparison",),
     # the one training loop and its tasks
     ("loupe.training",),
     # everything on the synthetic set

@@ -7,6 +7,7 @@ import loupe.methods  # noqa: F401  (registers the built-in methods)
 from loupe.api import MapContext, explain
 from loupe.layers import find_target_layer
 from loupe.masks.normalize import normalize
+from loupe.method_specs import format_method_spec, parse_method_spec
 from loupe.registry import get_method, list_methods, register
 from loupe.targets import BoxScore, ClassScore, SegmentationScore
 
@@ -20,8 +21,10 @@ __all__ = [
     "__version__",
     "explain",
     "find_target_layer",
+    "format_method_spec",
     "get_method",
     "list_methods",
     "normalize",
+    "parse_method_spec",
     "register",
 ]

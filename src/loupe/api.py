@@ -13,6 +13,7 @@ from loupe.context import MapContext
 from loupe.hooks import hooked
 from loupe.layers import Reshape, default_reshape, find_target_layer
 from loupe.masks.normalize import normalize
+from loupe.method_specs import resolve_method
 from loupe.registry import get_method
 from loupe.targets import TargetsLike, resolve_targets
 
@@ -37,7 +38,8 @@ def explain(
         model: any classifier (or any model, with score-function targets).
         images: ``(B, C, H, W)`` preprocessed input; never modified.
         targets: see :mod:`loupe.targets`; ``None`` explains the top-1 class.
-        method: a name from :func:`loupe.list_methods`.
+        method: a name from :func:`loupe.list_methods`, or a spec with options such as
+            ``"shuffle:n_shuffles=16"`` (:mod:`loupe.method_specs`; none also in ``options``).
         target_layer: module name for layer methods (``"layer4"``); found automatically if None.
         reshape: turns the layer's output into ``(B, C, h, w)``; the default drops class
             tokens of ViTs and reshapes the rest to a square grid, and permutes the
@@ -52,14 +54,14 @@ def explain(
         parameter ``requires_grad`` flags and hooks are as before the call, also on error.
     """
     _check_images(images)
-    spec = get_method(method)
-    _check_options(spec.name, spec.function, options)
+    name, options = resolve_method(method, options, "the keyword arguments")
+    spec = get_method(name)
     layer = None
     if spec.uses_layer:
         layer = target_layer or find_target_layer(model, images)
     elif target_layer is not None:
         if "target_layer" not in inspect.signature(spec.function).parameters:
-            raise ValueError(f"method {method!r} does not use a target layer")
+            raise ValueError(f"method {name!r} does not use a target layer")
         options["target_layer"] = target_layer
     resolved = resolve_targets(targets, images.shape[0], images.device)
     amp = _autocast_context(images.device) if autocast else nullcontext()
@@ -73,20 +75,6 @@ def explain(
     if upsample and maps.shape[-2:] != images.shape[-2:]:
         maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return maps
-
-
-def _check_options(name: str, function: object, options: dict[str, object]) -> None:
-    """A ValueError naming the options that the method ``name`` does not take."""
-    parameters = list(inspect.signature(function).parameters.values())[1:]  # after ctx
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return
-    known = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(
-            f"method {name!r} has no option {', '.join(repr(u) for u in unknown)}; "
-            f"its options are: {', '.join(known) or 'none'}"
-        )
 
 
 def _check_images(images: object) -> None:

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "maps": "maps",
     "masks": "masks",
     "evaluate": "evaluate",
+    "compare": "compare",
     "report": "report",
     "train": "train",
     "train-seg": "train_seg",

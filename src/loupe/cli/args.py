@@ -6,18 +6,20 @@ No subcommand imports another; they all import this."""
 from __future__ import annotations
 
 import argparse
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from loupe.cli import UserError
+from loupe.data.selection import ID_HALVES
 from loupe.data.spec import SPEC_KINDS, SPLIT_KINDS, DatasetSpec, SyntheticSplits
 from loupe.distributed import launched_rank
 from loupe.io import read_json
+from loupe.mapsets.generate import MapsConfig
+from loupe.method_specs import parse_value, resolve_method
+from loupe.metrics import default_thresholds
 from loupe.models.preprocessing import Preprocessing, PreprocessingOptions
-from loupe.registry import get_method, list_methods
 from loupe.training.checkpoints import HISTORY_FILE
 
 T = TypeVar("T")
@@ -57,7 +59,11 @@ def add_dataset_arguments(p: argparse.ArgumentParser, *, required: bool = True) 
                        "folder: JSON)")
     group.add_argument("--class-names", help="class names file, or 'coco' (yolo folders "
                        "without data.yaml, e.g. coco128-seg)")
-    group.add_argument("--limit", type=int, default=0, help="only the first N images")
+    group.add_argument("--split-by-id", choices=ID_HALVES, default="all",
+                       help="dev: the first n//2 image ids in sorted order; test: the rest; "
+                       "all (default): every image")
+    group.add_argument("--limit", type=int, default=0, help="only the first N images (of the "
+                       "--split-by-id half)")
     defaults = SyntheticSplits()
     group.add_argument("--synthetic-train", type=int, default=defaults.n_train,
                        help=f"synthetic train images (default {defaults.n_train}, as loupe train)")
@@ -74,6 +80,7 @@ def dataset_spec(args: argparse.Namespace) -> DatasetSpec:
         labels_file=args.labels_file, class_names=args.class_names, limit=args.limit,
         synthetic_train=args.synthetic_train, synthetic_val=args.synthetic_val,
         synthetic_size=args.synthetic_size, synthetic_seed=args.synthetic_seed,
+        split_by_id=args.split_by_id,
     )
 
 
@@ -117,50 +124,113 @@ def preprocessing_options(args: argparse.Namespace) -> PreprocessingOptions:
 
 
 def add_method_arguments(group: argparse._ArgumentGroup) -> None:
-    """``--method``, ``--option KEY=VALUE`` and ``--target-layer``."""
-    group.add_argument("--method", default="gradcam", choices=list_methods())
+    """``--method SPEC``, ``--option KEY=VALUE`` and ``--target-layer``."""
+    group.add_argument("--method", default="gradcam", metavar="SPEC",
+                       help="a method (see loupe methods), optionally with options: "
+                       "NAME:KEY=VALUE,... e.g. 'shuffle:n_shuffles=16,grids=(2,3,4)' "
+                       "(default gradcam)")
     group.add_argument("--option", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                        help="method option, e.g. n_shuffles=8 grids=2,3 seed=0 (ints, floats, "
-                       "bools, lists)")
+                       "bools, none, tuples); merges with the spec's options")
     group.add_argument("--target-layer", help="layer for CAM methods (default: found "
                        "automatically)")
 
 
-def parse_value(text: str) -> object:
-    """``"8"`` -> 8, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, ``"2,3"`` -> (2, 3);
-    anything else stays a string."""
-    if "," in text:
-        return tuple(parse_value(part) for part in text.split(",") if part != "")
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def method_options(method: str, pairs: Sequence[str]) -> dict[str, object]:
-    """``--option KEY=VALUE`` pairs parsed and checked against the method's parameters."""
-    function = get_method(method).function
-    params = list(inspect.signature(function).parameters.values())[1:]
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+def method_options(spec: str, pairs: Sequence[str]) -> tuple[str, dict[str, object]]:
+    """The method name and options of ``--method SPEC`` and ``--option KEY=VALUE`` pairs,
+    parsed and checked against the method's parameters (an option in both is an error)."""
     options: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise UserError(f"--option {pair!r} must be KEY=VALUE, e.g. n_shuffles=8")
-        if not open_ended and key not in known:
-            choices = ", ".join(known) or "none"
-            raise UserError(f"method {method!r} has no option {key!r} (its options: {choices})")
         options[key] = parse_value(value.strip())
-    return options
+    try:
+        return resolve_method(spec, options, "--option")
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+# --------------------------------------------------------------------------- maps and evaluation
+
+
+def add_map_options(group: argparse._ArgumentGroup, run: argparse._ArgumentGroup) -> None:
+    """The options of ``loupe maps`` that ``compare`` shares: ``--scales --flip --class-map
+    --label-offset`` into ``group``, ``--size --batch-size --amp`` into the ``run`` group."""
+    group.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                       help="input scales whose maps are summed (IRN: 1.0 0.5 1.5 2.0)")
+    group.add_argument("--flip", action="store_true",
+                       help="add the maps of the horizontally flipped input (IRN)")
+    group.add_argument("--class-map", help="data-set class -> classifier classes: "
+                       "'coco_to_imagenet' or a JSON file {name: [indices]}")
+    group.add_argument("--label-offset", type=int, help="classifier output k is data-set class "
+                       "k + OFFSET (default: model.json, or inferred from the class counts)")
+    run.add_argument("--size", type=int, help="resize images to SIZE x SIZE for the model "
+                     "(maps are resized back); default: each image at its own size")
+    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--amp", action="store_true", help="run the model under autocast")
+
+
+def maps_config(args: argparse.Namespace, method: str, options: dict[str, object]
+                ) -> MapsConfig:
+    """The :class:`~loupe.mapsets.MapsConfig` of parsed ``maps`` (or ``compare``) arguments
+    for one method; a UserError for ``--seed`` without ``--weights random``."""
+    if args.weights is None and args.seed != 0:
+        raise UserError("--seed only applies to --weights random")
+    return MapsConfig(
+        dataset=dataset_spec(args), out=args.out, model=args.model, weights=args.weights,
+        method=method, options=options, target_layer=args.target_layer,
+        scales=tuple(args.scales), flip=args.flip, topk=getattr(args, "topk", None),
+        class_map=args.class_map, label_offset=args.label_offset, size=args.size,
+        batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+        num_classes=args.num_classes, seed=args.seed,
+        mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
+        scale=args.scale, patch=args.patch, progress=not args.no_progress,
+    )
+
+
+def add_evaluation_options(p: argparse.ArgumentParser, *, class_map: bool = True
+                           ) -> argparse._ArgumentGroup:
+    """The "evaluation" group of ``evaluate`` and ``compare`` (``--class-map`` only with
+    ``class_map``: ``compare`` has it among its map options); returned for more options."""
+    group = p.add_argument_group("evaluation")
+    group.add_argument("--fixed", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.3],
+                       help="thresholds whose mIoU is reported (default 0.1 0.15 0.2 0.3)")
+    group.add_argument("--spread-range", type=float, nargs=2, default=[0.1, 0.6],
+                       metavar=("LO", "HI"), help="threshold range of the spread (0.1 0.6)")
+    group.add_argument("--bootstrap", type=int, default=1000,
+                       help="bootstrap resamples of the images (0: none; default 1000)")
+    group.add_argument("--bootstrap-seed", type=int, default=0)
+    group.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
+    group.add_argument("--ignore-classes", nargs="+", action="extend", default=[],
+                       metavar="NAME", help="data-set classes left out of the segmentation "
+                       "scores (sweep, per-class table, mean, bootstrap): their ground-truth "
+                       "pixels are not counted (as 255), their maps are not used and their "
+                       "labels in --masks files count as background; box metrics are unaffected")
+    if class_map:
+        group.add_argument("--class-map", metavar="FILE",
+                           help="also ignore every class without a counterpart in this class "
+                           "map (as loupe maps --class-map: 'coco_to_imagenet' or a JSON file "
+                           "{name: [indices]}); combines with --ignore-classes")
+    return group
+
+
+def swept_thresholds(args: argparse.Namespace) -> tuple[float, ...]:
+    """The swept thresholds 0.00..0.95, after checking ``--bootstrap``, ``--level``,
+    ``--workers`` and that every ``--fixed`` threshold is one of them."""
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    if not 0 < args.level < 1:
+        raise UserError(f"--level must lie in (0, 1), got {args.level}")
+    thresholds = tuple(round(float(t), 6) for t in default_thresholds().tolist())
+    for value in args.fixed:
+        if not any(abs(value - t) < 1e-6 for t in thresholds):
+            raise UserError(f"--fixed {value:g} is not one of the swept thresholds 0.00, 0.05, "
+                            "..., 0.95")
+    return thresholds
 
 
 # --------------------------------------------------------------------------- training

@@ -17,8 +17,13 @@ import argparse
 from pathlib import Path
 
 from loupe import distributed
-from loupe.cli import UserError
-from loupe.cli.args import add_dataset_arguments, add_run_arguments, dataset_spec
+from loupe.cli.args import (
+    add_dataset_arguments,
+    add_evaluation_options,
+    add_run_arguments,
+    dataset_spec,
+    swept_thresholds,
+)
 from loupe.evaluation import (
     EvaluationConfig,
     ResultOptions,
@@ -27,7 +32,6 @@ from loupe.evaluation import (
     make_sources,
     write_evaluation,
 )
-from loupe.metrics import default_thresholds
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,24 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--names", nargs="+", help="method names in the reports (default: the "
                        "folder names), --maps first then --masks")
     add_dataset_arguments(p)
-    group = p.add_argument_group("evaluation")
-    group.add_argument("--fixed", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.3],
-                       help="thresholds whose mIoU is reported (default 0.1 0.15 0.2 0.3)")
-    group.add_argument("--spread-range", type=float, nargs=2, default=[0.1, 0.6],
-                       metavar=("LO", "HI"), help="threshold range of the spread (0.1 0.6)")
-    group.add_argument("--bootstrap", type=int, default=1000,
-                       help="bootstrap resamples of the images (0: none; default 1000)")
-    group.add_argument("--bootstrap-seed", type=int, default=0)
-    group.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
-    group.add_argument("--ignore-classes", nargs="+", action="extend", default=[],
-                       metavar="NAME", help="data-set classes left out of the segmentation "
-                       "scores (sweep, per-class table, mean, bootstrap): their ground-truth "
-                       "pixels are not counted (as 255), their maps are not used and their "
-                       "labels in --masks files count as background; box metrics are unaffected")
-    group.add_argument("--class-map", metavar="FILE",
-                       help="also ignore every class without a counterpart in this class map "
-                       "(as loupe maps --class-map: 'coco_to_imagenet' or a JSON file "
-                       "{name: [indices]}); combines with --ignore-classes")
+    group = add_evaluation_options(p)
     group.add_argument("--boxes", action="store_true",
                        help="also localization: top-1 loc, GT-known loc, MaxBoxAccV2, PxAP")
     group.add_argument("--box-threshold", type=float, default=0.2,
@@ -71,17 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
-    if not 0 < args.level < 1:
-        raise UserError(f"--level must lie in (0, 1), got {args.level}")
-    thresholds = tuple(round(float(t), 6) for t in default_thresholds().tolist())
-    for value in args.fixed:
-        if not any(abs(value - t) < 1e-6 for t in thresholds):
-            raise UserError(f"--fixed {value:g} is not one of the swept thresholds 0.00, 0.05, "
-                            "..., 0.95")
+    thresholds = swept_thresholds(args)
     spec = dataset_spec(args)
     sources = make_sources(args.maps, args.masks, args.names)
     config = EvaluationConfig(dataset=spec, sources=sources, thresholds=thresholds,

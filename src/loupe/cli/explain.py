@@ -29,6 +29,7 @@ from loupe.cli.args import (
 from loupe.distributed import resolve_device
 from loupe.io import load_rgb, save_image, save_npz
 from loupe.mapsets.files import float16_maps
+from loupe.method_specs import method_slug, parse_method_spec
 from loupe.models import Classifier, load_classifier, read_labels
 from loupe.reports.overlay import colormap_table, overlay_panels
 
@@ -74,8 +75,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     images = collect_images(args.inputs, recursive=args.recursive)
-    outputs = output_stems(images, args.out, args.method)
-    options = method_options(args.method, args.option)
+    method, options = method_options(args.method, args.option)
+    outputs = output_stems(images, args.out, method_slug(*parse_method_spec(args.method)))
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     colormap_table(args.colormap)  # fails early on an unknown colormap
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"{args.model} does not return class logits (B, classes)")
             classes = target_classes(logits, wanted, args.topk)
             scores = output_scores(logits, args.scores).gather(1, classes)
-            maps = explain(model, x, classes, method=args.method, target_layer=args.target_layer,
+            maps = explain(model, x, classes, method=method, target_layer=args.target_layer,
                            autocast=args.amp, **options)
             for i, (path, stem) in enumerate(batch):
                 titles = [title(c, s, names) for c, s in zip(classes[i].tolist(),
@@ -169,8 +170,10 @@ def image_problem(path: Path) -> str | None:
 
 
 def output_stems(images: Sequence[Path], out: Path, method: str) -> list[Path]:
-    """``OUT/NAME.METHOD`` for each image (``.png`` and ``.npz`` are added); a UserError when two
-    inputs share a name."""
+    """``OUT/NAME.METHOD`` for each image (``.png`` and ``.npz`` are added; ``method`` is the
+    :func:`~loupe.method_specs.method_slug` of ``--method``: its name, and the spec's options
+    if it has any; ``--option`` values do not change the name); a
+    UserError when two inputs share a name."""
     stems: dict[Path, Path] = {}
     for path in images:
         stem = out / f"{path.stem}.{method}"

@@ -25,6 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="fixed BatchNorm statistics (default: on for trained weights)")
     group.add_argument("--freeze-stem", action=argparse.BooleanOptionalAction, default=None,
                        help="freeze a ResNet's conv1/bn1/layer1 (default: on for trained weights)")
+    group.add_argument("--shuffle-augment", type=float, default=0.0, metavar="P",
+                       help="tile-shuffle each augmented training image with probability P, "
+                       "as shuffle saliency does (grids 2, 3, 4, cyclic offset); default 0")
     add_recipe_arguments(p, epochs=5, lr=0.01)
     p.set_defaults(run=run)
 
@@ -34,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
 
     extra = {"head": args.head, "output_stride": args.output_stride,
              "eval_size": args.eval_size, "freeze_bn": args.freeze_bn,
-             "freeze_stem": args.freeze_stem}
+             "freeze_stem": args.freeze_stem, "shuffle_augment": args.shuffle_augment}
     return run_training(args, ClassifierConfig, train_classifier, extra, ("val_map", "val mAP"))

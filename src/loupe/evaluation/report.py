@@ -142,14 +142,17 @@ def write_run(out: Path, results: dict[str, Any]) -> None:
 def write_overlays(
     out: Path, dataset: Any, ids: Sequence[str], sources: Sequence[Source],
     thresholds: dict[str, float | None], count: int, side: int = 128,
+    picks: Sequence[int] | None = None,
 ) -> bool:
-    """``overlays.png``: ``count`` images spread over the data set with their ground truth
-    and each method's mask (maps at the method's threshold), all shown at ``side x side``.
-    Returns False (nothing written) when the data set has no readable images."""
+    """``overlays.png``: ``count`` images spread over the data set (or the data-set indices
+    ``picks``, in that order) with their ground truth and each method's mask (maps at the
+    method's threshold), all shown at ``side x side``. Returns False (nothing written) when
+    the data set has no readable images."""
     if count <= 0 or not ids:
         return False
-    picks = sorted(set(torch.linspace(0, len(ids) - 1, min(count, len(ids))).round()
-                       .long().tolist()))
+    if picks is None:
+        picks = sorted(set(torch.linspace(0, len(ids) - 1, min(count, len(ids))).round()
+                           .long().tolist()))
     images, columns = [], {"ground truth": []}
     columns.update({s.name: [] for s in sources})
     for index in picks:

@@ -333,3 +333,22 @@ def per_image_confusions(tally: Tally, source: int, threshold_index: int) -> tor
         keep = flat // cells == threshold_index
         stack[index, flat[keep] % cells] = counts[keep]
     return stack.view(-1, n, n)
+
+
+def per_image_stats(tally: Tally, source: int, thresholds: int) -> torch.Tensor:
+    """``(I, T, 3, N)`` int64: each image's :func:`loupe.metrics.confusion_stats` (true
+    positives, ground-truth and predicted counts per class) at each of the ``T`` thresholds
+    of ``source`` (``T = 1`` for a masks source), in data-set order, built from the sparse
+    per-image matrices without making them dense."""
+    n = tally.num_classes
+    stats = torch.zeros((len(tally.ids), thresholds, 3, n), dtype=torch.long)
+    for index, (flat, counts) in tally.per_image[source].items():
+        t, row, column = flat // (n * n), flat // n % n, flat % n
+        if t.numel() and int(t.max()) >= thresholds:
+            raise ValueError(f"image {index} has matrices for more than {thresholds} thresholds")
+        image = stats[index]
+        hits = row == column
+        image[:, 0].index_put_((t[hits], row[hits]), counts[hits], accumulate=True)
+        image[:, 1].index_put_((t, row), counts, accumulate=True)
+        image[:, 2].index_put_((t, column), counts, accumulate=True)
+    return stats

@@ -87,7 +87,9 @@ def dataset_images(dataset: Any) -> ImageSource:
 
 @dataclass(frozen=True)
 class MasksConfig:
-    """What ``loupe masks`` does (see its ``--help``)."""
+    """What ``loupe masks`` does (see its ``--help``). ``maps_name``: how ``masks.json`` names
+    the maps folder (default: its path; ``loupe compare`` gives it relative to its folder, so
+    that a comparison folder can move)."""
 
     maps: Path
     out: Path
@@ -95,10 +97,11 @@ class MasksConfig:
     confident: tuple[float, float] | None = None
     crf: bool = False
     progress: bool = True
+    maps_name: str | None = None
 
     def describe(self, images: str | None) -> dict[str, Any]:
         return {"format": "loupe masks 1: <id>.png paletted (VOC palette), values = labels",
-                "maps": str(self.maps), "threshold": self.threshold,
+                "maps": self.maps_name or str(self.maps), "threshold": self.threshold,
                 "confident": list(self.confident) if self.confident else None,
                 "crf": self.crf, "images": images}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from loupe.io import atomic_path
@@ -69,14 +69,35 @@ def _run_section(name: str, folder: Path) -> str:
         raise ValueError(f"run {name!r}: {report} is missing (write it with write_report_md)")
     parts = [f'<section class="run"><h2>{html.escape(name)}</h2>']
     parts.append(markdown_to_html(report.read_text(encoding="utf-8")))
-    for image in sorted(folder.glob("*.png")):
-        data = base64.b64encode(image.read_bytes()).decode("ascii")
-        parts.append(
-            f'<figure><img alt="{html.escape(image.name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(image.name)}</figcaption></figure>"
-        )
+    parts += [embedded_figure(image) for image in sorted(folder.glob("*.png"))]
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def embedded_figure(image: Path, caption: str | None = None) -> str:
+    """A ``<figure>`` with the PNG ``image`` embedded (base64) and its caption (default: the
+    file name)."""
+    if not image.is_file():
+        raise FileNotFoundError(f"{image}: figure not found")
+    data = base64.b64encode(image.read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(image.name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption or image.name)}</figcaption></figure>")
+
+
+def write_html_page(
+    path: str | os.PathLike[str], *, title: str, sections: Sequence[str | Path],
+) -> None:
+    """Write one self-contained HTML page, atomically: ``sections`` in order, each Markdown
+    text (:func:`markdown_to_html`) or a PNG file (embedded, see :func:`embedded_figure`)."""
+    body = [embedded_figure(s) if isinstance(s, Path) else markdown_to_html(s)
+            for s in sections]
+    page = (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
 
 
 def write_html_report(
