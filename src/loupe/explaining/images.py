@@ -119,23 +119,28 @@ def read_image(path: Path) -> Image.Image:
 def input_size(height: int, width: int, view: str, preprocessing: Preprocessing,
                max_side: int, multiple: int = 1) -> tuple[int, int]:
     """``(h, w)`` of the model input of a ``height x width`` image in ``view`` (see the module
-    docstring); with ``multiple`` both sides are rounded to multiples of it (detectors pad to
-    32 inside, which would shift their maps)."""
+    docstring). The whole view follows ``torchvision.transforms.Resize(resize,
+    max_size=max_side)``: shorter side ``resize``, longer ``int(resize * long / short)``, both
+    reduced when that exceeds ``max_side``; with ``multiple`` both sides are then rounded to
+    multiples of it (detectors pad to 32 inside, which would shift their maps)."""
     if view != "whole":
         return preprocessing.size, preprocessing.size
-    scale = preprocessing.resize / min(height, width)
-    if max(height, width) * scale > max_side:
-        scale = max_side / max(height, width)
-    return _rounded(height * scale, multiple), _rounded(width * scale, multiple)
+    short, long = sorted((height, width))
+    new_short, new_long = preprocessing.resize, int(preprocessing.resize * long / short)
+    if new_long > max_side:
+        new_short, new_long = max(1, int(max_side * new_short / new_long)), max_side
+    new_short, new_long = _rounded(new_short, multiple), _rounded(new_long, multiple)
+    return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
-def _rounded(side: float, multiple: int) -> int:
-    return max(multiple, round(side / multiple) * multiple)
+def _rounded(side: int, multiple: int) -> int:
+    return side if multiple == 1 else max(multiple, round(side / multiple) * multiple)
 
 
 def capped(height: int, width: int, preprocessing: Preprocessing, max_side: int) -> bool:
     """Whether ``max_side`` reduces the whole view of a ``height x width`` image."""
-    return max(height, width) * preprocessing.resize / min(height, width) > max_side
+    short, long = sorted((height, width))
+    return int(preprocessing.resize * long / short) > max_side
 
 
 def model_view(image: Image.Image, view: str, preprocessing: Preprocessing,

@@ -56,11 +56,17 @@ def target_title(target: Target, names: Sequence[str] | None) -> str:
     return f"{label}{box} {target.score:.3f}"
 
 
+def figure_subtitle(method: str, layer: str | None) -> str:
+    """The second heading line of an overlay: the method, its layer and the normalisation."""
+    on = f" on {layer}" if layer else ""
+    return f"{method}{on}; colours: the map min-max normalised (bar: its raw values)"
+
+
 def write_explanation(stem: Path, map_: torch.Tensor, target: Target, display: torch.Tensor,
                       title: str, subtitle: str, *, alpha: float, colormap: str) -> None:
     """``stem.npz`` (``maps (1, h, w)`` float16 raw, ``classes (1,)``, ``scores (1,)``, and
     ``boxes (1, 4)`` for a detection) and ``stem.png`` (:func:`explanation_figure` of the map
-    on ``display``), each atomically."""
+    on ``display``, a detection's box outlined), each atomically."""
     arrays = {
         "maps": float16_maps(map_[None]),
         "classes": np.array([target.cls], dtype=np.int64),
@@ -69,5 +75,10 @@ def write_explanation(stem: Path, map_: torch.Tensor, target: Target, display: t
     if target.box is not None:
         arrays["boxes"] = np.array([target.box], dtype=np.float32)
     save_npz(stem.with_name(stem.name + ".npz"), **arrays)
-    figure = explanation_figure(display, map_, title, subtitle, alpha=alpha, colormap=colormap)
+    box = None
+    if target.box is not None:  # input pixels -> display pixels
+        sy, sx = display.shape[-2] / map_.shape[-2], display.shape[-1] / map_.shape[-1]
+        box = [target.box[0] * sx, target.box[1] * sy, target.box[2] * sx, target.box[3] * sy]
+    figure = explanation_figure(display, map_, title, subtitle, alpha=alpha, colormap=colormap,
+                                box=box)
     save_image(stem.with_name(stem.name + ".png"), figure)

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from loupe.api import explain
 from loupe.distributed import resolve_device
 from loupe.explaining import images as im
-from loupe.explaining.outputs import check_writable, image_stems, target_title, write_explanation
+from loupe.explaining.outputs import (
+    check_writable,
+    figure_subtitle,
+    image_stems,
+    target_title,
+    write_explanation,
+)
 from loupe.explaining.record import ExplainRecord, output_name
 from loupe.explaining.settings import ExplainConfig, load_model, run_settings
 from loupe.explaining.targets import (
@@ -216,8 +222,7 @@ class ExplainRun:
             self._record_image(item, [], skipped=small)
             return ImageResult(item.path, skipped=small)
         display = im.display_image(item.image, c.view, self.classifier.preprocessing)
-        subtitle = (f"{c.method}{' on ' + self.layer if self.layer else ''}, colours: "
-                    "min-max of the raw map (bar: raw values)")
+        subtitle = figure_subtitle(c.method, self.layer)
         titles, names = [], []
         full = F.interpolate(maps[None].float(), size=tuple(input_hw), mode="bilinear",
                              align_corners=False)[0]
@@ -250,7 +255,8 @@ class ExplainRun:
         return {
             "image": item.stem, "method": self.config.method, "target_layer": self.layer,
             "class": target.cls, "name": name, "score": target.score,
-            "box_index": target.box_index, "box": target.box, "region": target.region,
+            "box_index": target.box_index, "box": target.box,
+            "box_image": _image_box(target.box, item), "region": target.region,
             "map_size": list(map_shape[-2:]), "raw_range": [float(map_.min()), float(map_.max())],
         }
 
@@ -259,6 +265,14 @@ class ExplainRun:
             "path": str(item.path), "size": [item.image.height, item.image.width],
             "input_size": list(item.size), "outputs": outputs, "skipped": skipped,
         })
+
+
+def _image_box(box: tuple[float, ...] | None, item: _Item) -> list[float] | None:
+    """A box in model-input pixels in the original image's pixels."""
+    if box is None:
+        return None
+    sy, sx = item.image.height / item.size[0], item.image.width / item.size[1]
+    return [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
 
 
 def _logits(output: object, model: str) -> torch.Tensor:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from loupe.models.dense import DETECTION, SEGMENTATION
+from loupe.models.dense import DETECTION
 from loupe.targets import BoxScore, ScoreFunction, SegmentationScore, output_tensor
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,3 @@ def nonfinite_output(output: object) -> bool:
         return any(nonfinite_output(v) for v in output)
     logits = getattr(output, "logits", None)
     return nonfinite_output(logits) if logits is not None else False
-
-
-TASK_NAMES = {SEGMENTATION: "segmentation", DETECTION: "detection"}

@@ -120,6 +120,7 @@ def explanation_figure(
     *,
     alpha: float = 0.5,
     colormap: str = "jet",
+    box: Sequence[float] | None = None,
 ) -> Image.Image:
     """One explanation as a PIL image: under a two-line heading (``title``, then
     ``subtitle``: say the method and the normalisation there), the picture, the map blended
@@ -128,11 +129,15 @@ def explanation_figure(
 
     image: ``(3, H, W)`` uint8, drawn at its size (the whole image at a readable size, see
     :func:`loupe.explaining.images.display_image`). map_: ``(h, w)`` raw, resized to the
-    picture bilinearly."""
+    picture bilinearly. box: ``(x1, y1, x2, y2)`` in the picture's pixels, outlined on both
+    panels (a detection)."""
     if map_.dim() != 2:
         raise ValueError(f"map_ must be (h, w), got {tuple(map_.shape)}")
     picture = to_pil(image)
     overlay = to_pil(blend(image, map_[None], alpha, colormap)[0])
+    if box is not None:
+        for panel in (picture, overlay):
+            ImageDraw.Draw(panel).rectangle([float(v) for v in box], outline="white", width=2)
     width, height = picture.size
     font = _font(max(12, min(width, 640) // 28))
     small = _font(max(10, min(width, 640) // 36))
