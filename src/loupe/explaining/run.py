@@ -174,14 +174,20 @@ class ExplainRun:
         logits = _logits(output, c.model)
         return class_targets(logits, self.wanted, topk, c.scores)
 
-    def _resolve_layer(self, x: torch.Tensor) -> None:
+    def _resolve_layer(self) -> None:
+        """The default target layer, found once on a reference input (a square of the whole
+        view's shorter side, or of the crop): the same for every image, whatever its
+        companions in the run."""
         if self.layer is not None or not self.uses_layer:
             return
         if self.task == DETECTION:
             self.layer = _detector_layer(self.model, self.config.model)
             return
+        prep = self.classifier.preprocessing
+        side = prep.resize if self.config.view == "whole" else prep.size
+        reference = torch.zeros(1, 3, side, side, device=self.device)
         try:
-            self.layer = find_target_layer(self.model, x)
+            self.layer = find_target_layer(self.model, reference)
         except LayerError as error:
             raise ValueError(str(error).replace("target_layer=", "--target-layer")) from error
 
@@ -206,7 +212,7 @@ class ExplainRun:
                 self._record_image(item, [], skipped=None)
                 yield ImageResult(item.path)
             return
-        self._resolve_layer(x)
+        self._resolve_layer()
         maps = self._maps(x, targets)
         if not bool(torch.isfinite(maps).all()):
             raise ValueError(self._nonfinite(f"{c.method} maps", group))
