@@ -15,7 +15,6 @@ import torchvision.transforms as T
 from PIL import Image
 
 import loupe
-from loupe.cli import main
 from loupe.cli.args import parse_value
 from loupe.cli.methods import format_table, method_rows
 from loupe.explaining.outputs import target_title
@@ -23,42 +22,14 @@ from loupe.explaining.targets import Target
 from loupe.io import load_npz, read_json
 from loupe.models import random_model
 from loupe.reports.overlay import blend, colormap_table, overlay_panels
-
-NAMES = ["background", "ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "ibis", "jay"]
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def write_image(path: Path, width: int, height: int, seed: int) -> Path:
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=g)
-    Image.fromarray(pixels.numpy(), "RGB").save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict[str, Path]:
-    """A seeded 10-class resnet18 state dict, a labels file whose line 0 is background, and a
-    folder with three small images (one not square, one JPEG)."""
-    root = tmp_path_factory.mktemp("explain")
-    model = random_model("resnet18", num_classes=10, seed=0)
-    torch.save(model.state_dict(), root / "r18.pth")
-    (root / "labels.txt").write_text("\n".join(NAMES) + "\n")
-    images = root / "images"
-    images.mkdir()
-    write_image(images / "a.png", 32, 32, 1)
-    write_image(images / "b.jpg", 48, 40, 2)
-    write_image(images / "c.png", 32, 36, 3)
-    return {"root": root, "weights": root / "r18.pth", "labels": root / "labels.txt",
-            "images": images}
-
-
-def base_args(world: dict[str, Path], out: Path, *inputs: object) -> list[str]:
-    return [
-        "explain", *(str(i) for i in (inputs or [world["images"]])),
-        "--model", "resnet18", "--weights", str(world["weights"]),
-        "--size", "32", "--resize", "32", "--device", "cpu",
-        "--labels", str(world["labels"]), "--labels-offset", "1", "--out", str(out),
-    ]
+from tests.cli.conftest import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NAMES,
+    assert_error,
+    base_args,
+    run_cli,
+)
 
 
 def expected_outputs(world: dict[str, Path], name: str, k: int, method: str = "gradcam"):
@@ -76,12 +47,6 @@ def expected_outputs(world: dict[str, Path], name: str, k: int, method: str = "g
     # the layer the CLI finds on a 32x32 reference input (layer4 is 1x1 there), for every image
     maps = loupe.explain(model, x, classes, method=method, target_layer="layer3")
     return classes[0], scores[0], maps[0]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # -- the happy path --------------------------------------------------------------------------
@@ -182,15 +147,6 @@ def test_folder_members_that_are_not_images_are_skipped(world, tmp_path, capsys,
 
 
 # -- errors: one line naming the file and the problem, exit status 2 -------------------------
-
-def assert_error(capsys, args: list[str], *fragments: str) -> None:
-    code, _, stderr = run_cli(args, capsys)
-    assert code == 2, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("loupe explain: error: "), stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
 
 def test_error_unreadable_named_image(world, tmp_path, capsys):
     fake = tmp_path / "fake.jpg"

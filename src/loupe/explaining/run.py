@@ -125,7 +125,6 @@ class ExplainRun:
                 groups.setdefault(item.size, []).append(item)
             for group in groups.values():
                 yield from self._explain_group(group)
-            self.record.save()
 
     def _read(self, path: Path, stem: str) -> _Item:
         c = self.config
@@ -241,6 +240,7 @@ class ExplainRun:
             titles.append(title)
             names.append(name)
         self._record_image(item, names, skipped=None)
+        self.record.save()  # the first image's record, then every few seconds
         return ImageResult(item.path, titles, names)
 
     def _too_small(self, item: _Item, map_hw: torch.Size) -> str | None:
