@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -63,3 +64,8 @@ def assert_error(capsys, args: list[str], *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("loupe explain: error: "), stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def raw_maps(data: dict[str, np.ndarray]) -> np.ndarray:
+    """The raw maps of an explain ``.npz``: ``maps * peak``, float32."""
+    return data["maps"].astype(np.float32) * data["peak"][:, None, None]

@@ -28,6 +28,7 @@ from tests.cli.conftest import (
     NAMES,
     assert_error,
     base_args,
+    raw_maps,
     run_cli,
 )
 
@@ -68,11 +69,12 @@ def test_explain_writes_maps_and_overlays(world, tmp_path, capsys):
             output = f"{stem}.gradcam.{c}"
             expected_files |= {output + ".npz", output + ".png"}
             data = load_npz(out / f"{output}.npz")
-            assert sorted(data) == ["classes", "maps", "scores"]
+            assert sorted(data) == ["classes", "maps", "peak", "scores"]
+            assert np.abs(data["maps"]).max() == 1  # divided by the peak
             assert data["maps"].shape == (1, *maps.shape[-2:]) and data["maps"].dtype == np.float16
             assert data["classes"].tolist() == [c] and data["classes"].dtype == np.int64
             np.testing.assert_allclose(data["scores"], [s], rtol=1e-5)
-            np.testing.assert_allclose(data["maps"][0].astype(np.float32), maps[k].numpy(),
+            np.testing.assert_allclose(raw_maps(data)[0], maps[k].numpy(),
                                        rtol=2e-3, atol=1e-3 * float(maps[k].abs().max()))
             entry = record["outputs"][output]
             assert (entry["class"], entry["name"], entry["method"]) == (c, NAMES[c + 1], "gradcam")
@@ -91,8 +93,8 @@ def test_batch_size_does_not_change_the_maps(world, tmp_path, capsys):
         (name,) = read_json(one / "explain.json")["images"][stem]["outputs"]
         a, b = load_npz(one / f"{name}.npz"), load_npz(three / f"{name}.npz")
         assert a["classes"].tolist() == b["classes"].tolist()
-        np.testing.assert_allclose(a["maps"].astype(np.float32), b["maps"].astype(np.float32),
-                                   rtol=2e-3, atol=2e-3 * float(np.abs(a["maps"]).max()))
+        np.testing.assert_allclose(raw_maps(a), raw_maps(b), rtol=2e-3,
+                                   atol=2e-3 * float(np.abs(raw_maps(a)).max()))
 
 
 def test_targets_by_index_and_name_and_method_options(world, tmp_path, capsys):
@@ -110,7 +112,7 @@ def test_targets_by_index_and_name_and_method_options(world, tmp_path, capsys):
     transform = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     x = transform(Image.open(world["images"] / "a.png").convert("RGB"))[None]
     maps = loupe.explain(model, x, [[3, 4]], method="smoothgrad", n_samples=2, seed=4)[0]
-    got = np.concatenate([d["maps"] for d in data]).astype(np.float32)
+    got = np.concatenate([raw_maps(d) for d in data])
     np.testing.assert_allclose(got, maps.numpy(), rtol=2e-3, atol=1e-3 * float(maps.abs().max()))
 
 

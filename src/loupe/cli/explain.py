@@ -3,10 +3,10 @@ detection model, as overlays and arrays (the work is :mod:`loupe.explaining`).
 
 For each image ``NAME.jpg`` and each target it writes ``NAME.METHOD.CLASS.png`` (the whole
 image and the map over it, titled with the class, score, method and normalisation, with a
-colour bar) and ``NAME.METHOD.CLASS.npz`` (``maps (1, h, w)`` float16 raw at the model input's
-resolution, ``classes (1,)``, ``scores (1,)``), atomically, as each image is done; detections
-add ``.boxN``. ``OUT/explain.json`` records the settings and every image's results; a run
-with other settings into the same folder is refused.
+colour bar) and ``NAME.METHOD.CLASS.npz`` (``maps (1, h, w)`` float16 at the model input's
+resolution divided by ``peak (1,)``, ``classes (1,)``, ``scores (1,)``), atomically, as each
+image is done; detections add ``.boxN``. ``OUT/explain.json`` records the settings and every
+image's results; a run with other settings into the same folder is refused.
 """
 
 from __future__ import annotations

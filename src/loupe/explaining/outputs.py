@@ -3,6 +3,7 @@ image, and each explanation written atomically (``.npz`` arrays, ``.png`` overla
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -64,11 +65,17 @@ def figure_subtitle(method: str, layer: str | None) -> str:
 
 def write_explanation(stem: Path, map_: torch.Tensor, target: Target, display: torch.Tensor,
                       title: str, subtitle: str, *, alpha: float, colormap: str) -> None:
-    """``stem.npz`` (``maps (1, h, w)`` float16 raw, ``classes (1,)``, ``scores (1,)``, and
-    ``boxes (1, 4)`` for a detection) and ``stem.png`` (:func:`explanation_figure` of the map
-    on ``display``, a detection's box outlined), each atomically."""
+    """``stem.npz`` and ``stem.png`` (:func:`explanation_figure` of the map on ``display``, a
+    detection's box outlined), each atomically. The arrays, as in loupe's map files: ``maps``
+    ``(1, h, w)`` float16 divided by ``peak`` ``(1,)`` float32, its largest absolute value
+    (``raw = maps * peak``: float16 keeps its precision for maps of any scale, gradients of
+    1e-6 included), ``classes (1,)`` int64, ``scores (1,)`` float32, and ``boxes (1, 4)``
+    float32 for a detection."""
+    peak = float(map_.abs().max())
+    peak = peak if peak > 0 and math.isfinite(peak) else 1.0
     arrays = {
-        "maps": float16_maps(map_[None]),
+        "maps": float16_maps(map_[None] / peak),
+        "peak": np.array([peak], dtype=np.float32),
         "classes": np.array([target.cls], dtype=np.int64),
         "scores": np.array([target.score], dtype=np.float32),
     }

@@ -25,9 +25,9 @@ from loupe.io import read_json, to_jsonable, write_json
 
 RUN_FILE = "explain.json"
 FORMAT = (
-    "loupe explain 1: <image>.<method>.<class>[.box<N>].npz with maps (1, h, w) float16 raw at "
-    "the model input's resolution, classes (1,) int64, scores (1,) float32 (boxes (1, 4) "
-    "float32 x1 y1 x2 y2 in input pixels for detection); .png the overlay"
+    "loupe explain 1: <image>.<method>.<class>[.box<N>].npz with maps (1, h, w) float16 at the "
+    "model input's resolution divided by peak (1,) float32, classes (1,) int64, scores (1,) "
+    "float32 (boxes (1, 4) float32 x1 y1 x2 y2 in input pixels for detection); .png the overlay"
 )
 SAVE_EVERY = 2.0
 
