@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def line_of(result: ImageResult) -> str:
-    """``a.png: dog (3) 0.412; eel (4) 0.101``, or ``a.png: skipped (why)``."""
+    """``a.png: dog (3) 0.412; eel (4) 0.101``, or ``a.png: skipped`` (the warning says why)."""
     if result.skipped:
-        return f"{result.path.name}: skipped ({result.skipped})"
+        return f"{result.path.name}: skipped"
     return f"{result.path.name}: " + ("; ".join(result.titles) or "nothing to explain")
