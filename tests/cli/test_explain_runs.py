@@ -58,6 +58,8 @@ def test_reruns_keep_other_targets_and_methods_and_refuse_other_settings(world, 
     assert record["methods"]["smoothgrad"] == {"options": {"n_samples": 2},
                                                "target_layer": "auto"}
     assert record["outputs"]["a.saliency.3"]["name"] == "dog"
+    assert record["images"]["a"]["outputs"] == [
+        "a.gradcam.3", "a.gradcam.4", "a.saliency.3", "a.smoothgrad.3"]
     assert sorted(record["outputs"]) == sorted(n[:-4] for n in before if n.endswith(".npz"))
 
     # the same method with another option, and other weights: refused, nothing rewritten
@@ -120,7 +122,9 @@ def test_damaged_images_are_skipped_and_the_run_goes_on(world, tmp_path, capsys,
         (name,) = outputs_of(out, stem)
         maps = load_npz(out / f"{name}.npz")["maps"]
         assert maps.shape[0] == 1 and np.isfinite(maps).all() and maps.max() > 0
-    assert sorted(read_json(out / "explain.json")["images"]) == ["a", "c"]
+    images = read_json(out / "explain.json")["images"]
+    assert sorted(images) == ["a", "c", "pixels"]  # header.jpg never got a name
+    assert images["pixels"]["skipped"].startswith(f"{folder / 'pixels.jpg'}: cannot read image")
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporary files
 
 

@@ -69,8 +69,13 @@ class ExplainRecord:
         return data
 
     def add_image(self, stem: str, info: Mapping[str, Any]) -> None:
-        """What image ``stem`` gave (replaces an earlier entry of the same stem)."""
-        self.data["images"][stem] = to_jsonable(info)
+        """What image ``stem`` gave: ``info`` replaces an earlier entry of the same stem, but
+        its ``outputs`` are added to the earlier ones (other targets and methods stay)."""
+        entry = to_jsonable(info)
+        earlier = self.data["images"].get(stem, {}).get("outputs", [])
+        new = entry.get("outputs", [])
+        entry["outputs"] = earlier + [name for name in new if name not in earlier]
+        self.data["images"][stem] = entry
 
     def add_output(self, name: str, info: Mapping[str, Any]) -> None:
         """One output's entry (see :func:`output_name`)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from loupe.api import explain
 from loupe.distributed import resolve_device
@@ -63,7 +64,7 @@ class ImageResult:
 class _Item:
     path: Path
     stem: str
-    image: object  # PIL image
+    image: Image.Image
     size: tuple[int, int]  # model input (h, w)
 
 
@@ -119,6 +120,7 @@ class ExplainRun:
                     items.append(self._read(path, stem))
                 except im.ImageSkipped as error:
                     logger.warning("skipping %s", error)
+                    self.record.add_image(stem, {"path": str(path), "skipped": str(error)})
                     yield ImageResult(path, skipped=str(error))
             groups: dict[tuple[int, int], list[_Item]] = {}
             for item in items:
