@@ -330,3 +330,42 @@ def test_crop_and_squash_views(world, tmp_path, capsys, view):
                                  "t", "s").height - 8
     with Image.open(out / f"{name}.png") as sheet:  # crop: the 40x40 square the crop covers
         assert sheet.height - heading == (384 if view == "crop" else 320)  # squash: all 48x40
+
+
+def test_a_run_that_wrote_nothing_binds_nothing(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (1, 1)).save(folder / "dot.png")  # refused by gradcam: nothing written
+    args = base_args(world, out, folder)
+    args[args.index("--resize") + 1] = args[args.index("--size") + 1] = "64"
+    assert run_cli(args, capsys)[0] == 1
+    assert read_json(out / "explain.json")["outputs"] == {}  # the skip is recorded, no more
+    shutil.copy(world["images"] / "a.png", folder / "a.png")
+    other = ["--view", "squash", "--method", "smoothgrad", "--option", "n_samples=2"]
+    assert run_cli(args + other, capsys)[0] == 0  # other settings: the folder held nothing
+    record = read_json(out / "explain.json")
+    assert record["settings"]["preprocessing"]["view"] == "squash"
+    assert sorted(e["image"] for e in record["outputs"].values()) == ["a", "dot"]  # no layer
+    assert {e["method"] for e in record["outputs"].values()} == {"smoothgrad"}
+    # a method with no outputs in the folder may come with its own settings
+    code, _, _ = run_cli(args + ["--view", "squash", "--target-layer", "layer3"], capsys)
+    assert code == 1  # dot.png is refused again, a.png is explained
+    assert read_json(out / "explain.json")["methods"]["gradcam"]["target_layer"] == "layer3"
+
+
+FIXED_SIZE = """\
+def fixed(model):  # as torchvision's ViTs: torch._assert on the input size
+    def hook(module, inputs):
+        assert inputs[0].shape[-2:] == (32, 32), f"Wrong image size {tuple(inputs[0].shape)}"
+    model.register_forward_pre_hook(hook)
+"""
+
+
+def test_fixed_size_models_are_told_to_use_squash(world, tmp_path, capsys):
+    (tmp_path / "fixed.py").write_text(FIXED_SIZE)
+    args = base_args(world, tmp_path / "out", world["images"] / "b.jpg") + [
+        "--patch", f"{tmp_path / 'fixed.py'}:fixed"]
+    assert_error(capsys, args, "--model resnet18 fails on a 32x38 input (Wrong image size",
+                 "need --view squash or --view crop")
+    assert run_cli(args + ["--view", "squash"], capsys)[0] == 0

@@ -48,10 +48,13 @@ class ExplainRecord:
         self.path = out / RUN_FILE
         settings, method_settings = to_jsonable(settings), to_jsonable(method_settings)
         old = self._read() if self.path.is_file() else None
+        if old is not None and not old["outputs"]:  # a run that wrote nothing binds nothing
+            old = None
         if old is not None:
             _check_same(self.path, "settings", old.get("settings", {}), settings)
-            _check_same(self.path, f"{method} settings",
-                        old.get("methods", {}).get(method, method_settings), method_settings)
+            if any(entry.get("method") == method for entry in old["outputs"].values()):
+                _check_same(self.path, f"{method} settings", old["methods"].get(method, {}),
+                            method_settings)
         self.data: dict[str, Any] = old or {
             "format": FORMAT, "loupe": __version__, "settings": settings, "methods": {},
             "images": {}, "outputs": {},
@@ -59,6 +62,7 @@ class ExplainRecord:
         self.data["loupe"] = __version__
         self.data["methods"][method] = method_settings
         self._saved = 0.0
+        self._changed = False
 
     def _read(self) -> dict[str, Any]:
         data = read_json(self.path, "explain run record")
@@ -76,16 +80,19 @@ class ExplainRecord:
         new = entry.get("outputs", [])
         entry["outputs"] = earlier + [name for name in new if name not in earlier]
         self.data["images"][stem] = entry
+        self._changed = True
 
     def add_output(self, name: str, info: Mapping[str, Any]) -> None:
         """One output's entry (see :func:`output_name`)."""
         self.data["outputs"][name] = to_jsonable(info)
+        self._changed = True
 
     def save(self, force: bool = False) -> None:
-        """Write the record if ``force`` or :data:`SAVE_EVERY` seconds passed since the last
-        write."""
+        """Write the record if anything was added and ``force`` or :data:`SAVE_EVERY` seconds
+        passed since the last write (a run that explains nothing leaves the folder as it
+        was)."""
         now = time.monotonic()
-        if force or now - self._saved >= SAVE_EVERY:
+        if self._changed and (force or now - self._saved >= SAVE_EVERY):
             write_json(self.path, self.data)
             self._saved = now
 
