@@ -111,6 +111,8 @@ class ExplainRun:
             self.record.save(force=True)
 
     def _explained(self) -> Iterator[ImageResult]:
+        """Chunks of ``batch_size`` consecutive images, batched by model input size (one image
+        at a time for segmentation and detection models, whose targets are per image)."""
         size = 1 if self.task != CLASSIFICATION else self.config.batch_size
         for start in range(0, len(self.images), size):
             items: list[_Item] = []
