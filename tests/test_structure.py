@@ -44,6 +44,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("loupe.reports",),
     # map files of a data set, pseudo-masks
     ("loupe.mapsets",),
+    # loupe explain: images, targets of each kind of model, files and their record
+    ("loupe.explaining",),
     # loupe evaluate
     ("loupe.evaluation",),
     # loupe compare: maps, references and evaluation of several methods, the ranked table
