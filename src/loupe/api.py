@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loupe.context import MapContext
+from loupe.context import MapContext, Progress
 from loupe.hooks import hooked
 from loupe.layers import Reshape, default_reshape, find_target_layer
 from loupe.masks.normalize import normalize
@@ -29,6 +29,7 @@ def explain(
     reshape: Reshape | None = None,
     upsample: bool = True,
     autocast: bool = False,
+    progress: Progress | None = None,
     **options: object,
 ) -> torch.Tensor:
     """Class maps of ``images`` for ``targets``, shape ``(B, K, H, W)``, float32, raw.
@@ -45,6 +46,9 @@ def explain(
             :func:`loupe.layers.default_reshape`.
         upsample: bilinear upsampling to ``(H, W)``; False returns the method's own resolution.
         autocast: run the model under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
+        progress: called with the number of images done so far (a float, up to ``B``): by
+            the long methods (Score-CAM, shuffle, SmoothGrad, Integrated Gradients) after
+            every chunk of forwards, and by every method once at the end.
         options: method options (see each method's docstring).
 
     Returns:
@@ -66,9 +70,12 @@ def explain(
     # Gradients are the method's business: a caller's torch.no_grad() must not break them.
     with hooked(model, [layer] if layer else []) as captured, amp, torch.enable_grad():
         context = MapContext(
-            model, images.detach(), resolved, layer, captured, reshape or default_reshape(model)
+            model, images.detach(), resolved, layer, captured, reshape or default_reshape(model),
+            progress,
         )
         maps = spec.function(context, **options)
+    if progress is not None:
+        progress(float(images.shape[0]))
     maps = maps.float()
     if upsample and maps.shape[-2:] != images.shape[-2:]:
         maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)

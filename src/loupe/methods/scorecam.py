@@ -8,6 +8,7 @@ input ``X * H_c``; those scores, normalised over channels, weight the channels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -38,6 +39,7 @@ def masked_scores(
     activation: torch.Tensor,
     targets: Targets,
     chunk_size: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """``(B, C, K)``: the K target scores of each image masked by each of its C channel masks.
 
@@ -46,16 +48,20 @@ def masked_scores(
     everywhere (common after a ReLU: about a fifth of MobileNetV2's last layer on photos) has
     an all-zero mask, so its masked input is the zero image whatever the image: it is scored
     once, by one forward of a zero image, not once per channel. Call under
-    ``torch.no_grad``."""
+    ``torch.no_grad``. ``progress(done, total)`` is called after each chunk with the masked
+    inputs scored so far and their number."""
     batch, channels = activation.shape[:2]
     flat = activation.flatten(0, 1)  # (B*C, h, w), image-major
     owner = torch.arange(batch, device=images.device).repeat_interleave(channels)
     live = flat.flatten(1).ne(0).any(1)  # (B*C,): False for all-zero channels
     scores = torch.empty(batch * channels, targets.count, device=images.device)
-    for rows in live.nonzero().flatten().split(chunk_size):
+    todo = live.nonzero().flatten()
+    for done, rows in enumerate(todo.split(chunk_size), start=1):
         masks = channel_masks(flat[rows], images.shape[-2:])
         output = model(images[owner[rows]] * masks.to(images.dtype))
         scores[rows] = _chunk_targets(targets, owner[rows]).scores(output).float()
+        if progress is not None:
+            progress(min(done * chunk_size, todo.numel()), todo.numel())
     dead = (~live).nonzero().flatten()
     if dead.numel():
         blank = model(torch.zeros_like(images[:1]))  # the masked input of every dead channel
@@ -104,7 +110,8 @@ def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
         output = ctx.model(ctx.images)
         targets = ctx.targets.bind(output)
         activation = ctx.activation()
-        scores = masked_scores(ctx.model, ctx.images, activation, targets, chunk_size)
+        scores = masked_scores(ctx.model, ctx.images, activation, targets, chunk_size,
+                               ctx.report_rows)
         weights = scores.softmax(dim=1)  # over channels: (B, C, K)
         maps = torch.einsum("bck,bchw->bkhw", weights, activation.float()).clamp(min=0)
     if targets.valid is not None:
