@@ -12,7 +12,6 @@ from loupe.hooks import Captured
 from loupe.layers import Reshape
 from loupe.targets import Targets
 
-
 #: Told how many images of the call are done, as a float (``2.5``: two and a half images'
 #: worth of forwards), never more than the batch size; the library prints nothing itself.
 Progress = Callable[[float], None]

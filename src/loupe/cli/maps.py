@@ -43,6 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group = add_run_arguments(p, out_help="output folder")
     group.add_argument("--size", type=int, help="resize images to SIZE x SIZE for the model "
                        "(maps are resized back); default: each image at its own size")
+    group.add_argument("--max-side", type=int, default=1024, help="explain images whose longer "
+                       "side is larger at this side (maps are upsampled back; 0: no limit; "
+                       "default 1024)")
     group.add_argument("--batch-size", type=int, default=8)
     group.add_argument("--amp", action="store_true", help="run the model under autocast")
     p.set_defaults(run=run)
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         method=args.method, options=method_options(args.method, args.option),
         target_layer=args.target_layer, scales=tuple(args.scales), flip=args.flip,
         topk=args.topk, class_map=args.class_map, label_offset=args.label_offset,
-        size=args.size, batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+        size=args.size, max_side=args.max_side or None, batch_size=args.batch_size,
+        workers=args.workers, amp=args.amp,
         num_classes=args.num_classes, seed=args.seed,
         mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
         scale=args.scale, patch=args.patch, progress=not args.no_progress,
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         result = generate_maps(config, device)
         rank, world = distributed.rank(), distributed.world_size()
         distributed.barrier()
-    print(f"maps: {result.written} written, {result.skipped} already in {args.out}"
+    elsewhere = f", {result.elsewhere} by another process" if result.elsewhere else ""
+    print(f"maps: {result.written} written, {result.skipped} already in {args.out}{elsewhere}"
           + (f" (rank {rank} of {world})" if world > 1 else ""))
     return 0

@@ -99,23 +99,27 @@ def read_run_description(path: Path, what: str) -> dict[str, Any]:
 
 
 def check_same_run(
-    path: Path, description: Mapping[str, Any], what: str, extent: tuple[str, ...] = ()
+    path: Path, description: Mapping[str, Any], what: str, extent: tuple[str, ...] = (),
+    reasons: Mapping[str, str] | None = None,
 ) -> None:
     """A ValueError when ``path`` (an earlier run's description) exists and differs from
     ``description``: resuming into a folder made with other settings would mix outputs. Keys
-    in ``extent`` say how much was done, not how (e.g. how many images): they may differ."""
+    in ``extent`` say how much was done, not how (e.g. how many images): they may differ.
+    ``reasons`` says in words what a changed key means (e.g. that the weights changed)."""
     if not path.is_file():
         return
     old = read_run_description(path, what)
     new = to_jsonable(description)
     changed = sorted(k for k in set(old) | set(new)
                      if k not in extent and old.get(k) != new.get(k))
-    if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
-        raise ValueError(
-            f"{path}: this folder holds a run with other settings ({details}); use another "
-            "--out or delete the folder to start over"
-        )
+    if not changed:
+        return
+    explained = [k for k in changed if k in (reasons or {})]
+    first = explained or changed
+    details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in first[:4])
+    problem = (reasons or {}).get(first[0], "this folder holds a run with other settings")
+    raise ValueError(f"{path}: {problem} ({details}); use another --out or delete the folder "
+                     "to start over")
 
 
 def check_map_classes(classes: np.ndarray | torch.Tensor, num_classes: int, path: Path) -> None:
