@@ -46,9 +46,8 @@ def explain(
             :func:`loupe.layers.default_reshape`.
         upsample: bilinear upsampling to ``(H, W)``; False returns the method's own resolution.
         autocast: run the model under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
-        progress: called with the number of images done so far (a float, up to ``B``): by
-            the long methods (Score-CAM, shuffle, SmoothGrad, Integrated Gradients) after
-            every chunk of forwards, and by every method once at the end.
+        progress: told the images done so far (a float up to ``B``) after each chunk of
+            forwards of the long methods (Score-CAM, shuffle, SmoothGrad, IG), and at the end.
         options: method options (see each method's docstring).
 
     Returns:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,22 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from loupe import __version__, distributed
+from loupe import distributed
 from loupe.api import explain
 from loupe.data.base import rgb_tensor
 from loupe.data.mapping import ClassMapping, class_correspondence, mapped_scores, mapped_targets
-from loupe.data.spec import DatasetSpec, open_spec, selected_count
+from loupe.data.spec import open_spec, selected_count
 from loupe.io import save_npz
 from loupe.layers import find_target_layer
 from loupe.mapsets.claims import ChunkClaims, record_run
 from loupe.mapsets.files import map_file_arrays, output_path
-from loupe.models import Classifier, PreprocessingOptions, load_classifier
+from loupe.mapsets.settings import (
+    CHANGED,
+    MapsConfig,
+    MapsResult,
+    describe_run,
+)
+from loupe.models import PreprocessingOptions, load_classifier
 from loupe.models.fingerprint import classifier_fingerprint
 from loupe.registry import get_method
 
@@ -50,11 +56,6 @@ RUN_FILE = "maps.json"
 
 # --------------------------------------------------------------------------- functional core
 
-
-# Options that bound memory and never change the maps (tested for every chunked method): left
-# out of maps.json, so a run can resume with another value (say, smaller chunks after
-# running out of memory).
-MEMORY_OPTIONS = ("chunk_size",)
 
 def multiscale_maps(
     model: nn.Module,
@@ -107,8 +108,7 @@ def multiscale_maps(
         t = targets
         if flip:
             x, t = torch.cat([x, x.flip(-1)]), torch.cat([targets, targets])
-        report = None if progress is None else (
-            lambda done, step=step, n=x.shape[0]: progress(b * (step + done / n) / len(scales)))
+        report = _scale_progress(progress, step, len(scales), b, x.shape[0])
         maps = explain(model, x, t, method=method, target_layer=target_layer, upsample=False,
                        autocast=autocast, progress=report, **dict(options or {})).float()
         for i, out_size in enumerate(sizes):
@@ -117,6 +117,15 @@ def multiscale_maps(
                 up = up + _resize(maps[b + i], out_size).flip(-1)
             totals[i] += up
     return totals
+
+
+def _scale_progress(progress: Callable[[float], None] | None, step: int, steps: int,
+                    images: int, rows: int) -> Callable[[float], None] | None:
+    """The progress callback of scale ``step`` of ``steps``, whose input has ``rows`` rows
+    (the ``images``, and their flips): images done over all scales."""
+    if progress is None:
+        return None
+    return lambda done: progress(images * (step + done / rows) / steps)
 
 
 def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -177,72 +186,6 @@ def batch_targets(
 # --------------------------------------------------------------------------- the run
 
 
-@dataclass(frozen=True)
-class MapsConfig:
-    """Everything ``loupe maps`` needs (see its ``--help`` for each option). ``max_side``:
-    images whose longer side is larger are explained at that side (None: no limit)."""
-
-    dataset: DatasetSpec
-    out: Path
-    model: str
-    weights: str | None = None
-    method: str = "gradcam"
-    options: dict[str, object] = field(default_factory=dict)
-    target_layer: str | None = None
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
-    topk: int | None = None
-    class_map: str | None = None
-    label_offset: int | None = None
-    size: int | None = None
-    max_side: int | None = 1024
-    batch_size: int = 8
-    workers: int = 0
-    amp: bool = False
-    num_classes: int | None = None
-    seed: int = 0
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    scale: str | None = None
-    patch: str | None = None
-    progress: bool = True
-
-    def check(self) -> None:
-        """A ValueError naming the first option out of range."""
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"--scales must be positive numbers, got {list(self.scales)}")
-        if len(set(self.scales)) != len(self.scales):
-            raise ValueError(f"--scales has repeats: {list(self.scales)}")
-        if self.topk is not None and self.topk < 1:
-            raise ValueError(f"--topk must be at least 1, got {self.topk}")
-        if self.size is not None and self.size < 8:
-            raise ValueError(f"--size must be at least 8 pixels, got {self.size}")
-        if self.max_side is not None and self.max_side < 8:
-            raise ValueError(f"--max-side must be at least 8 pixels (0: no limit), got "
-                             f"{self.max_side}")
-        get_method(self.method)
-
-
-@dataclass(frozen=True)
-class MapsResult:
-    """What one process did: images in its share, maps written now, already there, left to
-    other processes working on the same folder at the same time, time."""
-
-    images: int
-    written: int
-    skipped: int
-    seconds: float
-    elsewhere: int = 0
-
-    @property
-    def images_per_second(self) -> float:
-        return self.written / self.seconds if self.seconds > 0 else 0.0
-
-
 class _Images(Dataset):
     """Items ``(index, (3, H, W) uint8 image, labels)`` of a data set, for a DataLoader."""
 
@@ -259,55 +202,6 @@ class _Images(Dataset):
 
 def _keep_list(items: list) -> list:
     return items
-
-
-#: What ``maps.json`` says in words when a resume finds these keys changed.
-CHANGED = {"model_fingerprint": "the model's weights changed since the maps in this folder "
-                                "were made, so they are stale"}
-
-
-def describe_run(
-    config: MapsConfig, classifier: Classifier, dataset: Any, count: int,
-    correspondence: dict[str, Any], fingerprint: str | None = None,
-) -> dict[str, Any]:
-    """The ``maps.json`` of a run: what changes the maps (checked when a run resumes: method,
-    options, model and its weights' fingerprint, data set, ...), deterministic (no times, no
-    machine details). How much was done (``extent``: images, the largest ``--limit`` so far)
-    is added by :func:`loupe.mapsets.claims.record_run` and may grow on resume."""
-    dataset_description = config.dataset.describe()
-    dataset_description.pop("limit", None)  # how much, not how: in "extent"
-    return {
-        "format": "loupe maps 1: <id>.npz with maps (K, H, W) float16 divided by peak (K,) "
-                  "float32, classes (K,) int64, scores (K,) float32, predicted () int64",
-        "loupe": __version__,
-        "method": config.method,
-        "options": {k: _plain(v) for k, v in sorted(config.options.items())
-                    if k not in MEMORY_OPTIONS},
-        "target_layer": config.target_layer,
-        "scales": list(config.scales),
-        "flip": config.flip,
-        "size": config.size,
-        "max_side": config.max_side,
-        "targets": f"top-{config.topk}" if config.topk else "image-level labels",
-        "correspondence": correspondence,
-        "classifier": classifier.description,
-        "model_fingerprint": fingerprint,
-        "mean": list(classifier.preprocessing.mean),
-        "std": list(classifier.preprocessing.std),
-        "amp": config.amp,
-        "dataset": dataset_description,
-        "class_names": list(dataset.class_names),
-    }
-
-
-def _plain(value: object) -> object:
-    """An option value as JSON: numbers, strings, booleans and None as they are, sequences
-    as lists, anything else as its repr."""
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return repr(value)
 
 
 @dataclass
