@@ -23,6 +23,7 @@ from loupe.evaluation import (
     EvaluationConfig,
     ResultOptions,
     build_results,
+    check_evaluation_folder,
     evaluate_sources,
     make_sources,
     write_evaluation,
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--fixed {value:g} is not one of the swept thresholds 0.00, 0.05, "
                             "..., 0.95")
     spec = dataset_spec(args)
+    check_evaluation_folder(args.out)  # before the pass, not after it
     sources = make_sources(args.maps, args.masks, args.names)
     config = EvaluationConfig(dataset=spec, sources=sources, thresholds=thresholds,
                               boxes=args.boxes, box_threshold=args.box_threshold,

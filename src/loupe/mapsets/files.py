@@ -89,6 +89,20 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return stale
 
 
+def check_output_folder(out: Path, run_file: str, what: str) -> None:
+    """A ValueError unless ``out`` is absent, empty (hidden files aside) or holds
+    ``run_file`` (an earlier run of the same command, whose description the caller then
+    checks): a folder with other files is another run's or the user's, and outputs written
+    into it would be mixed with them."""
+    if not out.is_dir() or (out / run_file).is_file():
+        return
+    others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ValueError(f"--out {out}: not empty ({shown}) and not {what} (no {run_file}); "
+                         "give a new or empty folder")
+
+
 def read_run_description(path: Path, what: str) -> dict[str, Any]:
     """The JSON object of a run description (``maps.json``, ``masks.json``); errors name the
     file."""

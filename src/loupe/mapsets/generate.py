@@ -38,7 +38,7 @@ from loupe.data.spec import open_spec, selected_count
 from loupe.io import save_npz
 from loupe.layers import find_target_layer
 from loupe.mapsets.claims import ChunkClaims, record_run
-from loupe.mapsets.files import map_file_arrays, output_path
+from loupe.mapsets.files import check_output_folder, map_file_arrays, output_path
 from loupe.mapsets.settings import (
     CHANGED,
     MapsConfig,
@@ -238,6 +238,7 @@ def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
     correspondence = {**correspondence, **_unmatched(correspondence, dataset, mapping)}
     count = selected_count(dataset, config.dataset)
     out = Path(config.out)
+    check_output_folder(out, RUN_FILE, "a maps run")
     fingerprint = classifier_fingerprint(classifier.model, config.weights)
     description = describe_run(config, classifier, dataset, count, correspondence, fingerprint)
     record_run(out / RUN_FILE, description, "maps run description (maps.json)",
@@ -250,8 +251,7 @@ def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
     mine = distributed.shard(chunks)
     share = sum(len(c) for c in mine)
     done = sum(paths[i].is_file() for c in mine for i in c)
-    model = classifier.model.to(device)
-    preprocessing = classifier.preprocessing
+    model, preprocessing = classifier.model.to(device), classifier.preprocessing
     claims = ChunkClaims(out, mine, paths)
     loader = DataLoader(_Images(dataset), batch_sampler=claims, num_workers=config.workers,
                         collate_fn=_keep_list, pin_memory=device.type == "cuda")
