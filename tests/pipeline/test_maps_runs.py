@@ -267,3 +267,4 @@ def test_multiscale_maps_report_progress_over_scales_and_flips(tiny_run: Path) -
     assert len(calls) == 2 * (6 + 1)
     assert calls == sorted(calls) and calls[-1] == pytest.approx(3.0)
     assert calls[6] == pytest.approx(1.5)  # the first scale done: half of the work
+
