@@ -119,7 +119,8 @@ def check_same_run(
     """A ValueError when ``path`` (an earlier run's description) exists and differs from
     ``description``: resuming into a folder made with other settings would mix outputs. Keys
     in ``extent`` say how much was done, not how (e.g. how many images): they may differ.
-    ``reasons`` says in words what a changed key means (e.g. that the weights changed)."""
+    ``reasons`` says in words what a changed key means (e.g. that the weights changed),
+    where the earlier run recorded it."""
     if not path.is_file():
         return
     old = read_run_description(path, what)
@@ -128,7 +129,7 @@ def check_same_run(
                      if k not in extent and old.get(k) != new.get(k))
     if not changed:
         return
-    explained = [k for k in changed if k in (reasons or {})]
+    explained = [k for k in changed if k in (reasons or {}) and old.get(k) is not None]
     first = explained or changed
     details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in first[:4])
     problem = (reasons or {}).get(first[0], "this folder holds a run with other settings")
