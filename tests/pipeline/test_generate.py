@@ -135,7 +135,7 @@ def test_maps_cli_writes_one_file_per_image_for_its_labels(tiny_run: Path, tmp_p
     described = json.loads((out / "maps.json").read_text())
     assert described["method"] == "gradcam" and described["scales"] == [1.0]
     assert described["correspondence"] == {"label_offset": 1}
-    assert described["extent"] == {"images": 6, "limit": 0}
+    assert described["extent"] == {"images": 6}
 
 
 def test_maps_rerun_skips_finished_images(tiny_run: Path, tmp_path: Path, capsys) -> None:

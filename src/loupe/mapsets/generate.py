@@ -242,9 +242,9 @@ def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
     out = Path(config.out)
     check_output_folder(out, RUN_FILE, "a maps run")
     fingerprint = classifier_fingerprint(classifier.model, config.weights)
-    description = describe_run(config, classifier, dataset, count, correspondence, fingerprint)
+    description = describe_run(config, classifier, dataset, correspondence, fingerprint)
     record_run(out / RUN_FILE, description, "maps run description (maps.json)",
-               {"images": count, "limit": config.dataset.limit}, CHANGED)
+               {"images": count}, CHANGED)
 
     ids = list(dataset.ids[:count])
     paths = [output_path(out, i, ".npz") for i in ids]

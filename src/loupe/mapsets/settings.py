@@ -91,15 +91,15 @@ CHANGED = {"model_fingerprint": "the model's weights changed since the maps in t
 
 
 def describe_run(
-    config: MapsConfig, classifier: Classifier, dataset: Any, count: int,
+    config: MapsConfig, classifier: Classifier, dataset: Any,
     correspondence: dict[str, Any], fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """The ``maps.json`` of a run: what changes the maps (checked when a run resumes: method,
     options, model and its weights' fingerprint, data set, ...), deterministic (no times, no
-    machine details). How much was done (``extent``: images, the largest ``--limit`` so far)
+    machine details). How much was done (``extent``: the most images a run covered so far)
     is added by :func:`loupe.mapsets.claims.record_run` and may grow on resume."""
     dataset_description = config.dataset.describe()
-    dataset_description.pop("limit", None)  # how much, not how: in "extent"
+    dataset_description.pop("limit", None)  # how much, not how: "extent" says how many
     return {
         "format": "loupe maps 1: <id>.npz with maps (K, H, W) float16 divided by peak (K,) "
                   "float32, classes (K,) int64, scores (K,) float32, predicted () int64",
