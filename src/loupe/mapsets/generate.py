@@ -39,8 +39,9 @@ from loupe.io import save_npz
 from loupe.layers import find_target_layer
 from loupe.mapsets.claims import ChunkClaims, record_run
 from loupe.mapsets.files import check_output_folder, map_file_arrays, output_path
-from loupe.mapsets.settings import (
+from loupe.mapsets.settings import (  # MEMORY_OPTIONS: re-exported (loupe.comparison)
     CHANGED,
+    MEMORY_OPTIONS,  # noqa: F401
     MapsConfig,
     MapsResult,
     describe_run,
