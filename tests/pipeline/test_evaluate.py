@@ -207,7 +207,9 @@ def test_evaluate_errors_name_the_file(folders, tmp_path: Path, capsys) -> None:
     cases = [
         (["--maps", str(bad)], f"{bad / (DATA.ids[0] + '.npz')}: maps are 16x16"),
         (["--maps", str(missing)],
-         f"{missing / (DATA.ids[1] + '.npz')}: no map file for image {DATA.ids[1]!r}"),
+         f"--maps {missing}: no map file for 5 of the 6 images of the data set "
+         f"({DATA.ids[1]!r}, {DATA.ids[2]!r}, {DATA.ids[3]!r}, {DATA.ids[4]!r}, "
+         f"{DATA.ids[5]!r}); make them"),
         (["--maps", str(tmp_path / "empty")], "empty maps folder"),
         (["--maps", str(tmp_path / "nowhere")], "nowhere: folder not found"),
         (["--masks", str(unsure)], f"{unsure / (DATA.ids[0] + '.png')}: predicted label 255"),
@@ -221,11 +223,13 @@ def test_evaluate_errors_name_the_file(folders, tmp_path: Path, capsys) -> None:
         assert main(["evaluate", *SYNTHETIC, "--out", str(tmp_path / "o"), *extra]) == 2, extra
         assert message in capsys.readouterr().err
     # a worker process's error reaches the user as the same one line
-    assert main(["evaluate", *SYNTHETIC, "--out", str(tmp_path / "o"), "--maps", str(missing),
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folders["oracle"], damaged)
+    (damaged / f"{DATA.ids[1]}.npz").write_bytes(b"not a zip file")
+    assert main(["evaluate", *SYNTHETIC, "--out", str(tmp_path / "o"), "--maps", str(damaged),
                  "--workers", "2"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"loupe evaluate: error: {missing / (DATA.ids[1] + '.npz')}: no map file for image "
-        f"{DATA.ids[1]!r} of the data set (in --maps {missing})")
+    assert capsys.readouterr().err.strip().startswith(
+        f"loupe evaluate: error: {damaged / (DATA.ids[1] + '.npz')}: cannot read map file (")
 
 
 def test_an_image_without_maps_is_all_background(folders, tmp_path: Path) -> None:

@@ -157,7 +157,8 @@ def method_options(spec: str, pairs: Sequence[str]) -> tuple[str, dict[str, obje
 
 def add_map_options(group: argparse._ArgumentGroup, run: argparse._ArgumentGroup) -> None:
     """The options of ``loupe maps`` that ``compare`` shares: ``--scales --flip --class-map
-    --label-offset`` into ``group``, ``--size --batch-size --amp`` into the ``run`` group."""
+    --label-offset`` into ``group``, ``--size --max-side --batch-size --amp`` into the ``run``
+    group."""
     group.add_argument("--scales", type=float, nargs="+", default=[1.0],
                        help="input scales whose maps are summed (IRN: 1.0 0.5 1.5 2.0)")
     group.add_argument("--flip", action="store_true",
@@ -168,6 +169,9 @@ def add_map_options(group: argparse._ArgumentGroup, run: argparse._ArgumentGroup
                        "k + OFFSET (default: model.json, or inferred from the class counts)")
     run.add_argument("--size", type=int, help="resize images to SIZE x SIZE for the model "
                      "(maps are resized back); default: each image at its own size")
+    run.add_argument("--max-side", type=int, default=1024, help="explain images whose longer "
+                     "side is larger at this side (maps are upsampled back; 0: no limit; "
+                     "default 1024)")
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--amp", action="store_true", help="run the model under autocast")
 
@@ -183,7 +187,8 @@ def maps_config(args: argparse.Namespace, method: str, options: dict[str, object
         method=method, options=options, target_layer=args.target_layer,
         scales=tuple(args.scales), flip=args.flip, topk=getattr(args, "topk", None),
         class_map=args.class_map, label_offset=args.label_offset, size=args.size,
-        batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+        max_side=args.max_side or None, batch_size=args.batch_size, workers=args.workers,
+        amp=args.amp,
         num_classes=args.num_classes, seed=args.seed,
         mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
         scale=args.scale, patch=args.patch, progress=not args.no_progress,

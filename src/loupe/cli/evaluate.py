@@ -28,6 +28,7 @@ from loupe.evaluation import (
     EvaluationConfig,
     ResultOptions,
     build_results,
+    check_evaluation_folder,
     evaluate_sources,
     make_sources,
     write_evaluation,
@@ -60,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     thresholds = swept_thresholds(args)
     spec = dataset_spec(args)
+    check_evaluation_folder(args.out)  # before the pass, not after it
     sources = make_sources(args.maps, args.masks, args.names)
     config = EvaluationConfig(dataset=spec, sources=sources, thresholds=thresholds,
                               boxes=args.boxes, box_threshold=args.box_threshold,

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         result = generate_maps(config, device)
         rank, world = distributed.rank(), distributed.world_size()
         distributed.barrier()
-    print(f"maps: {result.written} written, {result.skipped} already in {args.out}"
+    elsewhere = f", {result.elsewhere} by another process" if result.elsewhere else ""
+    print(f"maps: {result.written} written, {result.skipped} already in {args.out}{elsewhere}"
           + (f" (rank {rank} of {world})" if world > 1 else ""))
     return 0

@@ -44,18 +44,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give --images or --dataset for the CRF's images, not both")
     if (args.images is not None or args.dataset is not None) and not args.crf:
         raise UserError("--images/--dataset are only used by --crf; add --crf or leave them out")
-    images = description = None
+    images = description = num_classes = None
     if args.images is not None:
         if not args.images.is_dir():
             raise UserError(f"--images {args.images}: folder not found")
         images, description = folder_images(args.images), str(args.images)
     elif args.dataset is not None:
         spec = dataset_spec(args)
-        images = dataset_images(open_spec(spec, images=True))
+        dataset = open_spec(spec, images=True)
+        images, num_classes = dataset_images(dataset), len(dataset.class_names)
         description = f"dataset {spec.describe()}"
     config = MasksConfig(args.maps, args.out, args.threshold,
                          tuple(args.confident) if args.confident else None, args.crf,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, num_classes=num_classes)
     with distributed.distributed_session(args.device) as device:
         written, skipped = write_pseudo_masks(config, device, images, description)
         distributed.barrier()

@@ -16,7 +16,7 @@ from loupe.data.base import rgb_tensor
 from loupe.data.spec import DatasetSpec, open_spec
 from loupe.evaluation.sources import Source
 from loupe.io import atomic_path, write_json
-from loupe.mapsets.files import load_map_file, output_path
+from loupe.mapsets.files import check_output_folder, load_map_file, output_path
 from loupe.masks import load_mask_png, masks_from_maps
 from loupe.reports import markdown_table, plot_miou_vs_threshold, plot_overlay_grid
 
@@ -33,7 +33,10 @@ def report_markdown(results: dict[str, Any]) -> str:
     lines = [f"# Evaluation: {data['kind']} {data.get('split') or ''} "
              f"({results['images']} images)", ""]
     if results.get("ignored_classes"):
-        via = f" (with --class-map {results['class_map']})" if results.get("class_map") else ""
+        recorded = " as recorded in maps.json" if results.get("class_map_from") == "maps.json" \
+            else ""
+        via = (f" (with --class-map {results['class_map']}{recorded})"
+               if results.get("class_map") else "")
         lines += [f"Ignored classes{via}, not counted and left out of the mean and the "
                   f"per-class table: {', '.join(results['ignored_classes'])}.", ""]
     for section in (_sweeps, _masks, _intervals, _comparisons, _per_class, _localization):
@@ -127,16 +130,31 @@ def _mean(values: Any) -> float:
     return sum(real) / len(real) if real else float("nan")
 
 
-def write_run(out: Path, results: dict[str, Any]) -> None:
-    """``results.json``, ``report.md`` and the mIoU-threshold plot (maps methods) in ``out``."""
+#: Every file ``loupe evaluate`` writes into its run folder (``results.json`` marks one).
+RUN_FILES = ("results.json", "report.md", "miou_vs_threshold.png", "overlays.png")
+
+
+def check_evaluation_folder(out: Path) -> None:
+    """A ValueError unless ``out`` can take an evaluation run: absent, empty, or an earlier
+    evaluation run's folder (it has ``results.json``; its files are replaced, and those of
+    :data:`RUN_FILES` that the new run does not write are removed, so that nothing stale,
+    e.g. an old ``overlays.png``, stays beside the new results)."""
+    check_output_folder(out, RUN_FILES[0], "an evaluation run")
+
+
+def write_run(out: Path, results: dict[str, Any]) -> list[str]:
+    """``results.json``, ``report.md`` and the mIoU-threshold plot (maps methods) in ``out``;
+    returns the names written."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     with atomic_path(out / "report.md") as tmp:
         Path(tmp).write_text(report_markdown(results), encoding="utf-8")
     curves = {name: (m["sweep"]["thresholds"], m["sweep"]["miou"])
               for name, m in results["methods"].items() if "sweep" in m}
-    if curves:
-        plot_miou_vs_threshold(out / "miou_vs_threshold.png", curves)
+    if not curves:
+        return ["results.json", "report.md"]
+    plot_miou_vs_threshold(out / "miou_vs_threshold.png", curves)
+    return ["results.json", "report.md", "miou_vs_threshold.png"]
 
 
 def write_overlays(
@@ -184,14 +202,19 @@ def _nearest(mask: torch.Tensor, side: int) -> torch.Tensor:
 def write_evaluation(out: Path, results: dict[str, Any], sources: Sequence[Source],
                      spec: DatasetSpec, overlays: int) -> None:
     """The whole run folder (rank 0): :func:`write_run`, and ``overlays.png`` of ``overlays``
-    images when the data set has masks and readable images (a warning says why not)."""
-    write_run(out, results)
-    if not overlays or not results["has_masks"]:
-        return
-    try:
-        dataset = open_spec(spec, images=True)
-        thresholds = {name: m["threshold"] for name, m in results["methods"].items()}
-        ids = list(dataset.ids[: results["images"]])
-        write_overlays(out, dataset, ids, sources, thresholds, overlays)
-    except (FileNotFoundError, ValueError) as error:
-        logger.warning("no overlays.png: %s", error)
+    images when the data set has masks and readable images (a warning says why not); then
+    the files of :data:`RUN_FILES` an earlier run left and this one did not write are
+    removed (see :func:`check_evaluation_folder`)."""
+    check_evaluation_folder(out)
+    written = write_run(out, results)
+    if overlays and results["has_masks"]:
+        try:
+            dataset = open_spec(spec, images=True)
+            thresholds = {name: m["threshold"] for name, m in results["methods"].items()}
+            ids = list(dataset.ids[: results["images"]])
+            if write_overlays(out, dataset, ids, sources, thresholds, overlays):
+                written.append("overlays.png")
+        except (FileNotFoundError, ValueError) as error:
+            logger.warning("no overlays.png: %s", error)
+    for name in set(RUN_FILES) - set(written):
+        (out / name).unlink(missing_ok=True)
