@@ -12,25 +12,24 @@ import argparse
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
-
-from loupe.api import explain
 from loupe.cli import UserError
 from loupe.cli.args import (
+    LABEL_OFFSET_HELP,
+    add_command,
+    add_device_argument,
     add_method_arguments,
     add_model_arguments,
     method_options,
     preprocessing_options,
 )
-from loupe.distributed import resolve_device
-from loupe.io import load_rgb, save_image, save_npz
-from loupe.mapsets.files import float16_maps
-from loupe.models import Classifier, load_classifier, read_labels
-from loupe.reports.overlay import colormap_table, overlay_panels
+from loupe.cli.values import fraction, non_negative_int, output_folder, positive_int
+
+if TYPE_CHECKING:  # imported where used: the parser needs no torch
+    import torch
+
+    from loupe.models import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -39,40 +38,58 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "explain",
-        help="class maps of images: overlay PNGs and float16 .npz arrays",
+    p = add_command(
+        subparsers, "explain", help="class maps of images: overlay PNGs and float16 .npz arrays",
         description="Class maps of images from a torchvision classifier: for each image an "
-        "overlay PNG (one panel per target) and the raw maps as a float16 .npz.",
+        "overlay PNG (one panel per target)\nand the raw maps as a float16 .npz.",
+        examples=[
+            "loupe explain photo.jpg --model resnet50 --weights IMAGENET1K_V1 --topk 2 --out out/",
+            "loupe explain photos/ --model resnet50 --weights IMAGENET1K_V1 --method scorecam "
+            "--target 'tiger cat' 281 --out out/",
+            "loupe explain cat.jpg --model mobilenet_v2 --weights mobilenet_v2_imagenet1k_coral"
+            ".pth --scale 'x*2-1' --labels imagenet_labels_1001.txt --label-offset 1 --out out/",
+        ],
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=output_folder, help="output folder")
     group = add_model_arguments(p, runs=False)
     add_method_arguments(group)
     group.add_argument("--target", nargs="+", metavar="CLASS",
                        help="class indices or names to explain in every image")
-    group.add_argument("--topk", type=int, help="explain each image's K best classes "
-                       "(default 1)")
-    group.add_argument("--batch-size", type=int, default=8)
-    group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    group.add_argument("--topk", type=positive_int, help="explain each image's K best classes "
+                       "(default: 1)")
+    group.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
+    add_device_argument(group)
     group.add_argument("--amp", action="store_true", help="run the model under autocast")
     group = p.add_argument_group("preprocessing (for state-dict or random weights) and labels")
-    group.add_argument("--size", type=int, help="model input side (default 224 or the weights')")
-    group.add_argument("--resize", type=int, help="shorter side before the centre crop "
-                       "(default size*256/224; = --size keeps the whole short side)")
+    group.add_argument("--size", type=positive_int,
+                       help="model input side (default: 224 or the weights')")
+    group.add_argument("--resize", type=positive_int, help="shorter side before the centre crop "
+                       "(default: size*256/224; = --size keeps the whole short side)")
     group.add_argument("--labels", type=Path, help="class names, one per line")
-    group.add_argument("--labels-offset", type=int, default=0,
-                       help="lines to skip first (1 when line 0 is 'background')")
+    group.add_argument("--label-offset", type=non_negative_int, default=0,
+                       help=LABEL_OFFSET_HELP + "; the first OFFSET lines of --labels are "
+                       "skipped")
+    group.add_argument("--labels-offset", type=non_negative_int, dest="label_offset",
+                       help=argparse.SUPPRESS)  # the old name, kept for scripts
     look = p.add_argument_group("output")
     look.add_argument("--scores", choices=("softmax", "sigmoid", "logit"), default="softmax",
-                      help="what 'scores' holds (default softmax)")
-    look.add_argument("--colormap", default="jet")
-    look.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+                      help="what 'scores' holds")
+    look.add_argument("--colormap", default="jet", help="matplotlib colour map of the overlays")
+    look.add_argument("--alpha", type=fraction, default=0.5, help="overlay opacity")
     look.add_argument("--recursive", action="store_true", help="also search sub-folders")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from loupe.api import explain
+    from loupe.distributed import resolve_device
+    from loupe.io import load_rgb
+    from loupe.reports.overlay import colormap_table
+
     images = collect_images(args.inputs, recursive=args.recursive)
     outputs = output_stems(images, args.out, args.method)
     options = method_options(args.method, args.option)
@@ -158,12 +175,14 @@ def collect_images(inputs: Sequence[str], recursive: bool = False) -> list[Path]
 
 def image_problem(path: Path) -> str | None:
     """None if PIL can identify ``path`` as an image (header only), else why not."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(path) as image:
             image.size  # noqa: B018 - reading the header is the check
     except UnidentifiedImageError:
         return f"cannot identify image file {path}"
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return str(error) or type(error).__name__
     return None
 
@@ -185,7 +204,9 @@ def output_stems(images: Sequence[Path], out: Path, method: str) -> list[Path]:
 
 def load_explained_classifier(args: argparse.Namespace) -> Classifier:
     """The model, preprocessing and class names the arguments describe."""
-    labels = read_labels(args.labels, args.labels_offset) if args.labels else None
+    from loupe.models import load_classifier, read_labels
+
+    labels = read_labels(args.labels, args.label_offset) if args.labels else None
     return load_classifier(
         args.model, args.weights, num_classes=args.num_classes, seed=args.seed,
         options=preprocessing_options(args), labels=labels, labels_source=str(args.labels),
@@ -220,6 +241,8 @@ def resolve_class_args(values: Sequence[str], names: Sequence[str] | None) -> li
 def target_classes(logits: torch.Tensor, wanted: list[int] | None, topk: int | None
                    ) -> torch.Tensor:
     """``(B, K)`` classes to explain: ``wanted`` for every image, else the top-``topk``."""
+    import torch
+
     b, num_classes = logits.shape
     if wanted is not None:
         bad = [c for c in wanted if not 0 <= c < num_classes]
@@ -255,6 +278,12 @@ def chunks(items: list, size: int) -> Iterator[list]:
 def write_outputs(stem: Path, maps: torch.Tensor, classes: torch.Tensor, scores: torch.Tensor,
                   view: torch.Tensor, titles: list[str], args: argparse.Namespace) -> None:
     """``stem.npz`` (maps, classes, scores) and ``stem.png`` (overlay panels), atomically."""
+    import numpy as np
+
+    from loupe.io import save_image, save_npz
+    from loupe.mapsets.files import float16_maps
+    from loupe.reports.overlay import overlay_panels
+
     save_npz(
         stem.with_name(stem.name + ".npz"),
         maps=float16_maps(maps),

@@ -1,0 +1,176 @@
+"""The checks of command-line values at parse time: argparse ``type=`` functions and actions
+for numbers and output paths. A bad value exits with status 2 and ``argument --NAME: <why>``
+before anything is loaded (``--size 0``, ``--threshold nan``, ``--spread-range 0.6 0.1``, an
+``--out`` folder that is a file...)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+
+def _number(text: str, kind: type, what: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _number(text, int, "an integer >= 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _number(text, int, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite number (no nan, no inf)."""
+    return _number(text, float, "a finite number")
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = _number(text, float, "a finite number > 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _number(text, float, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1]."""
+    value = _number(text, float, "a number in [0, 1]")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    value = _number(text, float, "a number in (0, 1)")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+SWEPT_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(20))
+"""The background thresholds ``loupe evaluate`` sweeps (:func:`loupe.metrics.default_thresholds`)."""
+
+
+def swept_threshold(text: str) -> float:
+    """One of :data:`SWEPT_THRESHOLDS` (0.00, 0.05, ..., 0.95)."""
+    value = _number(text, float, "one of the swept thresholds 0, 0.05, ..., 0.95")
+    for threshold in SWEPT_THRESHOLDS:
+        if abs(value - threshold) < 1e-6:
+            return threshold
+    raise argparse.ArgumentTypeError(
+        f"expected one of the swept thresholds 0, 0.05, ..., 0.95, got {text!r}")
+
+
+def device_name(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether it exists is checked later)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+class Ascending(argparse.Action):
+    """``nargs=N`` values in strictly increasing order, e.g. ``--spread-range LO HI``; the
+    error names the option. Subclasses change :attr:`rule`."""
+
+    rule = "LO < HI"
+
+    @staticmethod
+    def in_order(a: float, b: float) -> bool:
+        return a < b
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if not all(self.in_order(a, b) for a, b in zip(values, values[1:])):
+            shown = " ".join(f"{v:g}" for v in values)
+            raise argparse.ArgumentError(self, f"expected {self.rule}, got {shown}")
+        setattr(namespace, self.dest, list(values))
+
+
+class NonDecreasing(Ascending):
+    """As :class:`Ascending`, equal values allowed (``--resize-long MIN MAX``)."""
+
+    rule = "MIN <= MAX"
+
+    @staticmethod
+    def in_order(a: float, b: float) -> bool:
+        return a <= b
+
+
+class NonIncreasing(Ascending):
+    """Values that do not increase (``masks --confident FG BG``: BG <= FG)."""
+
+    rule = "BG <= FG"
+
+    @staticmethod
+    def in_order(a: float, b: float) -> bool:
+        return a >= b
+
+
+class HueJitter(argparse.Action):
+    """``--jitter B C S H``: ColorJitter's factors, hue at most 0.5 (the error names it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if values[3] > 0.5:
+            raise argparse.ArgumentError(self, f"expected hue H <= 0.5, got {values[3]:g}")
+        setattr(namespace, self.dest, list(values))
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write into: not a file, and inside a folder this process may write to."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    _check_writable(path)
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to write: not a folder, and inside a folder this process may write to."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text} is a folder; name the file to write, e.g. {path / 'report.html'}")
+    _check_writable(path.parent)
+    return path
+
+
+def _check_writable(folder: Path) -> None:
+    """An ArgumentTypeError unless the nearest existing part of ``folder`` is a folder we may
+    write in (the rest is created later)."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{existing}: cannot write there (permission denied)")
