@@ -149,13 +149,17 @@ class RankFormatter(logging.Formatter):
 @contextmanager
 def terminal_logging(verbose: bool) -> Iterator[None]:
     """The command's log lines on stderr (see :class:`RankFormatter`, :class:`OncePerMessage`),
-    Python warnings as one ``warning:`` line each; restored on exit (tests call main often)."""
+    Python warnings as one ``warning:`` line each; restored on exit (tests call main often).
+    Where logging is configured already (an application or pytest calling :func:`main`), its
+    handlers are kept and only the level is set, as ``logging.basicConfig`` would."""
     root = logging.getLogger()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RankFormatter("%(message)s"))
-    handler.addFilter(OncePerMessage())
+    handler = None
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(RankFormatter("%(message)s"))
+        handler.addFilter(OncePerMessage())
+        root.addHandler(handler)
     old_level = root.level
-    root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -163,7 +167,8 @@ def terminal_logging(verbose: bool) -> Iterator[None]:
         try:
             yield
         finally:
-            root.removeHandler(handler)
+            if handler is not None:
+                root.removeHandler(handler)
             root.setLevel(old_level)
 
 

@@ -83,9 +83,9 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, *, help: str,
 def wrap_command(line: str, width: int = 92) -> str:
     """A shell command indented by two spaces and broken before ``--options`` into lines of at
     most ``width`` characters, joined by `` \\`` continuations (same command for the shell)."""
-    words = shlex.split(line)
-    lines = ["  " + shlex.quote(words[0])]
-    for word in (shlex.quote(w) for w in words[1:]):
+    words = shlex.split(line, posix=False)  # quotes stay part of their words
+    lines = ["  " + words[0]]
+    for word in words[1:]:
         if word.startswith("--") and len(lines[-1]) + 1 + len(word) > width - 2:
             lines.append("      " + word)
         else:

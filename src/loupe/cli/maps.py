@@ -22,7 +22,7 @@ from loupe.cli.args import (
     dataset_spec,
     method_options,
 )
-from loupe.cli.values import positive_float, positive_int
+from loupe.cli.values import non_negative_int, positive_float, positive_int
 
 DESCRIPTION = """\
 Class maps for every image of a data set, one OUT/<id>.npz per image (float16 maps of the
@@ -55,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--topk", type=positive_int, help="maps of the K best-scoring classes "
                        "(default: of the image-level labels)")
     group.add_argument("--class-map", help=CLASS_MAP_HELP)
-    group.add_argument("--label-offset", type=int, help=LABEL_OFFSET_HELP
+    group.add_argument("--label-offset", type=non_negative_int, help=LABEL_OFFSET_HELP
                        + " (default: model.json's, or inferred from the class counts)")
     group = add_run_arguments(p, out_help="output folder")
     group.add_argument("--size", type=positive_int, help="resize images to SIZE x SIZE for "
