@@ -174,7 +174,7 @@ def test_cli_trains_on_the_synthetic_set(tmp_path, capsys):
          "--scale and --mean/--std are alternatives"),
         (["--dataset", "synthetic", "--mean", "0", "0", "0"], "--mean and --std go together"),
         (["--dataset", "synthetic", "--init", "no/such.pt"], "--init no/such.pt: file not found"),
-        (["--dataset", "synthetic", "--epochs", "0"], "--epochs must be >= 1"),
+        (["--dataset", "synthetic", "--epochs", "0"], "argument --epochs: expected an integer >= 1"),
         (["--dataset", "synthetic", "--resume"], "--resume: no checkpoint at"),
         (["--dataset", "synthetic", "--backbone", "nonet", "--pretrained", "none"],
          "unknown backbone 'nonet'"),
