@@ -142,13 +142,13 @@ def test_swept_thresholds_are_the_librarys():
     assert v.SWEPT_THRESHOLDS == tuple(round(t, 6) for t in default_thresholds().tolist())
 
 
-def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("command", [c for c in REQUIRED if c != "methods"])
+def test_out_that_is_a_file_is_refused(command, tmp_path, capsys):
     afile = tmp_path / "a-file"
     afile.write_text("x")
-    for argv in (["masks", "--maps", "m", "--out", str(afile)],
-                 ["masks", "--maps", "m", "--out", str(afile / "inside")],
-                 ["report", "run", "--out", str(tmp_path)]):
-        code, err = parse(argv, capsys)
+    bad = [afile, afile / "inside"] if command != "report" else [tmp_path, afile / "x.html"]
+    for out in bad:
+        code, err = parse([command, *REQUIRED[command], "--out", str(out)], capsys)
         line = err.strip().splitlines()[-1]
         assert code == 2 and "argument --out" in line, line
         assert ("is a file, not a folder" in line) or ("is a folder; name the file" in line)
