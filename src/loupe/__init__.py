@@ -48,8 +48,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # the names for type checkers and the import-structure test
     import loupe.methods  # noqa: F401
-    from loupe.api import MapContext, explain
-    from loupe.layers import find_target_layer
-    from loupe.masks.normalize import normalize
-    from loupe.registry import get_method, list_methods, register
-    from loupe.targets import BoxScore, ClassScore, SegmentationScore
+    from loupe.api import MapContext, explain  # noqa: F401
+    from loupe.layers import find_target_layer  # noqa: F401
+    from loupe.masks.normalize import normalize  # noqa: F401
+    from loupe.registry import get_method, list_methods, register  # noqa: F401
+    from loupe.targets import BoxScore, ClassScore, SegmentationScore  # noqa: F401

@@ -58,8 +58,7 @@ def test_trust_pickle_converts_once_and_the_safe_form_is_used_after(voc_run, cap
 
 
 def test_help_says_pickles_are_refused(capsys):
-    with pytest.raises(SystemExit):
-        main(["maps", "--help"])
+    assert main(["maps", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "a pickled .npy such as IRN's cls_labels.npy only with --trust-pickle" in text
     assert "unpickling runs code from the file" in text

@@ -109,7 +109,8 @@ def test_given_title_wins(tmp_path):
 def test_runs_without_evaluation_results_fall_back_to_report_md(tmp_path, bad):
     folder = tmp_path / "run"
     folder.mkdir()
-    (folder / "report.md").write_text("# Demo\n\n| method | best mIoU (%) |\n|---|---|\n| cam | 50.0 |\n")
+    (folder / "report.md").write_text(
+        "# Demo\n\n| method | best mIoU (%) |\n|---|---|\n| cam | 50.0 |\n")
     write_json(folder / "results.json", bad)
     write_html_report(tmp_path / "p.html", {"demo": folder})
     page = (tmp_path / "p.html").read_text()

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 
 class MethodRow(NamedTuple):
-    """A registered method as ``loupe methods`` lists it (see :class:`loupe.registry.MethodSpec`)."""
+    """A registered method as ``loupe methods`` lists it (:class:`loupe.registry.MethodSpec`)."""
 
     name: str
     uses_layer: bool

@@ -9,85 +9,61 @@ import argparse
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def _number(text: str, kind: type, what: str) -> Any:
+def _checked(text: str, kind: type, what: str, ok: Callable[[Any], bool]) -> Any:
+    """``kind(text)`` when it parses, is finite and ``ok``; else "expected <what>, got ..."."""
     try:
         value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
+        value = None
+    if value is None or (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
 
 
 def positive_int(text: str) -> int:
     """An integer >= 1."""
-    value = _number(text, int, "an integer >= 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+    return _checked(text, int, "an integer >= 1", lambda v: v >= 1)
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
-    value = _number(text, int, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """A finite number (no nan, no inf)."""
-    return _number(text, float, "a finite number")
+    return _checked(text, int, "an integer >= 0", lambda v: v >= 0)
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0."""
-    value = _number(text, float, "a finite number > 0")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+    return _checked(text, float, "a finite number > 0", lambda v: v > 0)
 
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0."""
-    value = _number(text, float, "a finite number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+    return _checked(text, float, "a finite number >= 0", lambda v: v >= 0)
 
 
 def fraction(text: str) -> float:
     """A number in [0, 1]."""
-    value = _number(text, float, "a number in [0, 1]")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+    return _checked(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
 def open_fraction(text: str) -> float:
     """A number strictly between 0 and 1."""
-    value = _number(text, float, "a number in (0, 1)")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
+    return _checked(text, float, "a number in (0, 1)", lambda v: 0 < v < 1)
 
 
 SWEPT_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(20))
-"""The background thresholds ``loupe evaluate`` sweeps (:func:`loupe.metrics.default_thresholds`)."""
+"""The background thresholds ``loupe evaluate`` sweeps (``loupe.metrics.default_thresholds``)."""
 
 
 def swept_threshold(text: str) -> float:
     """One of :data:`SWEPT_THRESHOLDS` (0.00, 0.05, ..., 0.95)."""
-    value = _number(text, float, "one of the swept thresholds 0, 0.05, ..., 0.95")
-    for threshold in SWEPT_THRESHOLDS:
-        if abs(value - threshold) < 1e-6:
-            return threshold
-    raise argparse.ArgumentTypeError(
-        f"expected one of the swept thresholds 0, 0.05, ..., 0.95, got {text!r}")
+    value = _checked(text, float, "one of the swept thresholds 0, 0.05, ..., 0.95",
+                     lambda v: any(abs(v - t) < 1e-6 for t in SWEPT_THRESHOLDS))
+    return min(SWEPT_THRESHOLDS, key=lambda t: abs(t - value))
 
 
 def device_name(text: str) -> str:
@@ -109,7 +85,7 @@ class Ascending(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        if not all(self.in_order(a, b) for a, b in zip(values, values[1:])):
+        if not all(self.in_order(a, b) for a, b in zip(values, values[1:], strict=False)):
             shown = " ".join(f"{v:g}" for v in values)
             raise argparse.ArgumentError(self, f"expected {self.rule}, got {shown}")
         setattr(namespace, self.dest, list(values))

@@ -158,7 +158,8 @@ def _column_rows(name: str, column: torch.Tensor | Sequence[torch.Tensor],
     """The column's panel of each drawn image, checked against the image's size."""
     panels = list(column)
     if len(panels) < len(rows_rgb) or any(
-            p.dim() != 2 or p.shape != rgb.shape[1:] for p, rgb in zip(panels, rows_rgb)):
+            p.dim() != 2 or p.shape != rgb.shape[1:]
+            for p, rgb in zip(panels, rows_rgb, strict=False)):
         expected = (f"(B, H, W) = ({images.shape[0]}, {images.shape[2]}, {images.shape[3]})"
                     if isinstance(images, torch.Tensor) else "one (H, W) per image, its size")
         shape = tuple(column.shape) if isinstance(column, torch.Tensor) else len(panels)
