@@ -71,7 +71,7 @@ def load_rgb(path: PathLike) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError:
         raise
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: cannot read image ({error})") from error
 
 

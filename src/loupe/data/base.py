@@ -292,7 +292,7 @@ def image_size(path: PathLike) -> tuple[int, int]:
             return image.size
     except FileNotFoundError:
         raise
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: cannot read image ({error})") from error
 
 

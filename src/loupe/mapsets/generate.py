@@ -347,8 +347,9 @@ def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
             bar.update(new)
     seconds = time.perf_counter() - start
     result = MapsResult(share, written, share - written, seconds)
-    logger.info("rank %d: %d map files written, %d already there (%.1f images/s)",
-                distributed.rank(), written, result.skipped, result.images_per_second)
+    # no "rank N:" here: the command line's log format adds it under torchrun only
+    logger.info("%d map files written, %d already there (%.1f images/s)",
+                written, result.skipped, result.images_per_second)
     return result
 
 
