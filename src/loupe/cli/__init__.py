@@ -52,6 +52,8 @@ Run 'loupe COMMAND --help' for a command's options and examples.
 examples:
   loupe explain photo.jpg --model resnet50 --weights IMAGENET1K_V1 --topk 2 --out out/
   loupe maps --dataset voc --root VOCdevkit --model runs/cls --method gradcam --out runs/maps
+  loupe compare --dataset voc --root VOCdevkit --model runs/cls --methods cam gradcam shuffle \\
+      --split-by-id dev --out runs/compare
   loupe demo --size small --out runs/demo"""
 
 
