@@ -72,7 +72,7 @@ def load_rgb(path: PathLike) -> Image.Image:
             return rgb_image(image)
     except FileNotFoundError:
         raise
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: cannot read image ({error})") from error
 
 

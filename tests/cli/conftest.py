@@ -47,7 +47,7 @@ def base_args(world: dict[str, Path], out: Path, *inputs: object) -> list[str]:
         "explain", *(str(i) for i in (inputs or [world["images"]])),
         "--model", "resnet18", "--weights", str(world["weights"]),
         "--size", "32", "--resize", "32", "--device", "cpu",
-        "--labels", str(world["labels"]), "--labels-offset", "1", "--out", str(out),
+        "--labels", str(world["labels"]), "--label-offset", "1", "--out", str(out),
     ]
 
 

@@ -15,11 +15,11 @@ import torchvision.transforms as T
 from PIL import Image
 
 import loupe
-from loupe.cli.args import parse_value
 from loupe.cli.methods import format_table, method_rows
 from loupe.explaining.outputs import target_title
 from loupe.explaining.targets import Target
 from loupe.io import load_npz, read_json
+from loupe.method_specs import parse_value
 from loupe.models import random_model
 from loupe.reports.overlay import blend, colormap_table, overlay_panels
 from tests.cli.conftest import (
@@ -190,9 +190,9 @@ def test_error_no_images_in_folder(world, tmp_path, capsys):
 
 def test_error_labels_do_not_fit_the_model(world, tmp_path, capsys):
     args = base_args(world, tmp_path / "out")
-    args[args.index("--labels-offset") + 1] = "0"
+    args[args.index("--label-offset") + 1] = "0"
     assert_error(capsys, args, str(world["labels"]), "11 class names for a model with 10 outputs",
-                 "--labels-offset 1")
+                 "--label-offset 1")
     args[args.index("--labels") + 1] = str(tmp_path / "none.txt")
     assert_error(capsys, args, "labels file", "none.txt", "does not exist")
 
@@ -330,6 +330,7 @@ def test_real_mobilenet_v2_on_photos(assets, tmp_path, capsys):
         "explain", str(photos / "cat_720p.jpg"), str(photos / "parrot.jpg"),
         "--model", "mobilenet_v2", "--weights", str(weights / "mobilenet_v2_imagenet1k_coral.pth"),
         "--scale", "x*2-1", "--patch", f"{weights / 'tf_same_padding.py'}:tf_same_padding",
+        # --labels-offset: the option's old name, hidden but still accepted
         "--labels", str(weights / "imagenet_labels_1001.txt"), "--labels-offset", "1",
         "--topk", "3", "--method", "gradcam", "--device", "cpu", "--out", str(out),
     ], capsys)

@@ -86,16 +86,32 @@ def test_out_is_checked_before_the_model_is_loaded(world, tmp_path, capsys, monk
     monkeypatch.setattr(explaining_run, "load_model", no_model)
     blocker = tmp_path / "taken"
     blocker.write_text("a file")
+    # checked when the arguments are parsed (loupe.cli.values.output_folder)
     if case == "file":
-        out, problem = blocker, "exists and is not a folder"
+        out, problem = blocker, f"{blocker} is a file, not a folder"
     elif case == "under-a-file":
-        out, problem = blocker / "maps", "cannot write there (Not a directory)"
+        out, problem = blocker / "maps", f"{blocker} is a file, not a folder"
     else:
         if os.geteuid() == 0:
             pytest.skip("root writes into read-only folders")
-        out, problem = tmp_path / "locked", "cannot write there (Permission denied)"
+        out = tmp_path / "locked"
+        problem = f"{out}: cannot write there (permission denied)"
         out.mkdir(mode=0o555)
-    assert_error(capsys, base_args(world, out), f"--out {out}", problem)
+    assert_error(capsys, base_args(world, out), "argument --out: ", problem)
+
+
+def test_the_library_checks_out_too(tmp_path):
+    # ExplainRun (the API, no argparse in front) probes --out itself before loading a model
+    from loupe.explaining.outputs import check_writable
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    with pytest.raises(ValueError, match=f"--out {blocker}: exists and is not a folder"):
+        check_writable(blocker)
+    with pytest.raises(ValueError, match=r"cannot write there \(Not a directory\)"):
+        check_writable(blocker / "maps")
+    check_writable(tmp_path / "new" / "deep")
+    assert (tmp_path / "new" / "deep").is_dir() and not any((tmp_path / "new" / "deep").iterdir())
 
 
 # -- images that cannot be explained ---------------------------------------------------------

@@ -167,11 +167,15 @@ def test_a_rerun_may_add_methods_but_not_change_the_settings(compared, tmp_path,
         (["--methods", "cam", "--reference", "gradcam"], "--reference 'gradcam' is not one of "
                                                           "the compared rows"),
         (["--methods", "cam:n=1"], "method spec 'cam:n=1': method 'cam' has no option 'n'"),
-        (["--methods", "cam", "--fixed", "0.12"], "--fixed 0.12 is not one of the swept "
-                                                  "thresholds"),
-        (["--methods", "cam", "--common-threshold", "0.33"], "--common-threshold 0.33 is not "
-                                                             "one of the swept thresholds"),
-        (["--methods", "cam", "--overlays", "-1"], "--overlays must be >= 0, got -1"),
+        # numbers are checked at parse time (argparse's "argument --X: ..." line)
+        (["--methods", "cam", "--fixed", "0.12"], "argument --fixed: expected one of the "
+                                                  "swept thresholds 0, 0.05, ..., 0.95, got "
+                                                  "'0.12'"),
+        (["--methods", "cam", "--common-threshold", "0.33"], "argument --common-threshold: "
+                                                             "expected one of the swept "
+                                                             "thresholds"),
+        (["--methods", "cam", "--overlays", "-1"], "argument --overlays: expected an integer "
+                                                   ">= 0, got '-1'"),
     ],
 )
 def test_errors_are_one_line_and_write_nothing(tiny_run, tmp_path, capsys, extra, message):

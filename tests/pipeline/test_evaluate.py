@@ -216,7 +216,7 @@ def test_evaluate_errors_name_the_file(folders, tmp_path: Path, capsys) -> None:
         (["--maps", str(wrong_classes)], f"{wrong_classes / (DATA.ids[0] + '.npz')}: map "
                                          "classes must lie in 1..5"),
         ([], "give at least one --maps or --masks"),
-        (["--maps", str(folders["oracle"]), "--fixed", "0.12"], "--fixed 0.12"),
+        (["--maps", str(folders["oracle"]), "--fixed", "0.12"], "argument --fixed: expected one"),
         (["--maps", str(folders["oracle"]), str(folders["oracle"])], "same name"),
     ]
     for extra, message in cases:
@@ -256,7 +256,9 @@ def test_report_puts_runs_side_by_side(folders, tmp_path: Path, capsys) -> None:
     assert main(["report", str(first), str(second), "--out", str(page)]) == 0
     html = page.read_text()
     assert "<h2>one</h2>" in html and "<h2>two</h2>" in html
-    assert html.count("data:image/png;base64,") == 4  # plot + overlays of each run
-    assert "overlays.png" in html and "<table>" in html
+    # one shared plot of both runs, then the overlays of each run
+    assert html.count("data:image/png;base64,") == 3 and html.count('id="shared-plot"') == 1
+    assert '<table class="merged">' in html and html.count("<details>") == 2
+    assert "<td>one</td><td>gradcam</td>" in html and "<td>two</td><td>oracle</td>" in html
     assert main(["report", str(tmp_path), "--out", str(page)]) == 2
     assert "not an evaluation run" in capsys.readouterr().err

@@ -258,7 +258,7 @@ def test_maps_argument_errors(tiny_run: Path, tmp_path: Path, capsys) -> None:
         (["maps", *SYNTHETIC, "--model", "resnet18", "--weights", "random", "--out", out],
          "1000 outputs and the data set 6 classes"),
         (["maps", *SYNTHETIC, "--model", str(tmp_path), "--out", out], "not a loupe training"),
-        (maps_args(tiny_run, tmp_path / "x", "--scales", "1", "-0.5"), "--scales must be"),
+        (maps_args(tiny_run, tmp_path / "x", "--scales", "1", "-0.5"), "argument --scales"),
         (maps_args(tiny_run, tmp_path / "x", "--batch-size", "0"), "--batch-size"),
         (["maps", "--dataset", "voc", "--model", str(tiny_run), "--out", out], "--root is"),
         (["maps", "--dataset", "voc", "--root", str(tmp_path / "none"), "--model",

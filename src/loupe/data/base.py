@@ -293,7 +293,7 @@ def image_size(path: PathLike) -> tuple[int, int]:
             return oriented_size(image)
     except FileNotFoundError:
         raise
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: cannot read image ({error})") from error
 
 

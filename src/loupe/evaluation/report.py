@@ -159,13 +159,14 @@ def write_run(out: Path, results: dict[str, Any]) -> list[str]:
 
 def write_overlays(
     out: Path, dataset: Any, ids: Sequence[str], sources: Sequence[Source],
-    thresholds: dict[str, float | None], count: int, side: int = 128,
+    thresholds: dict[str, float | None], count: int, side: int = 160,
     picks: Sequence[int] | None = None,
 ) -> bool:
     """``overlays.png``: ``count`` images spread over the data set (or the data-set indices
     ``picks``, in that order) with their ground truth and each method's mask (maps at the
-    method's threshold), all shown at ``side x side``. Returns False (nothing written) when
-    the data set has no readable images."""
+    method's threshold), each image scaled to a longer side of ``side`` pixels with its aspect
+    ratio kept, and a legend of the class colours. Returns False (nothing written) when the
+    data set has no readable images."""
     if count <= 0 or not ids:
         return False
     if picks is None:
@@ -178,9 +179,10 @@ def write_overlays(
         if sample.image is None or sample.mask is None:
             return False
         pixels = torch.as_tensor(rgb_tensor(sample.image)).float()[None]
-        images.append(F.interpolate(pixels, size=(side, side), mode="bilinear",
-                                    align_corners=False, antialias=True)[0])
-        columns["ground truth"].append(_nearest(sample.mask, side))
+        size = _kept_aspect(pixels.shape[-2:], side)
+        images.append(F.interpolate(pixels, size=size, mode="bilinear", align_corners=False,
+                                    antialias=True)[0].round().clamp(0, 255).to(torch.uint8))
+        columns["ground truth"].append(_nearest(sample.mask, size))
         for source in sources:
             path = output_path(source.folder, sample.id, source.suffix)
             if source.kind == "maps":
@@ -189,14 +191,21 @@ def write_overlays(
                                        thresholds[source.name] or 0.0)
             else:
                 mask = load_mask_png(path)
-            columns[source.name].append(_nearest(mask, side))
-    plot_overlay_grid(out / "overlays.png", torch.stack(images).round().clamp(0, 255)
-                      .to(torch.uint8), {k: torch.stack(v) for k, v in columns.items()})
+            columns[source.name].append(_nearest(mask, size))
+    plot_overlay_grid(out / "overlays.png", images, columns,
+                      class_names=list(dataset.class_names))
     return True
 
 
-def _nearest(mask: torch.Tensor, side: int) -> torch.Tensor:
-    return F.interpolate(mask[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
+def _kept_aspect(size: Sequence[int], side: int) -> tuple[int, int]:
+    """``(h, w)`` with the longer side ``side`` and the aspect ratio of ``size``."""
+    height, width = int(size[0]), int(size[1])
+    scale = side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
 def write_evaluation(out: Path, results: dict[str, Any], sources: Sequence[Source],

@@ -258,10 +258,7 @@ def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
     claims = ChunkClaims(out, mine, paths)
     loader = DataLoader(_Images(dataset), batch_sampler=claims, num_workers=config.workers,
                         collate_fn=_keep_list, pin_memory=device.type == "cuda")
-    world = distributed.world_size()
-    label = f"maps (rank {distributed.rank()} of {world})" if world > 1 else "maps"
-    bar = tqdm(total=share, initial=done, unit="img", desc=label, dynamic_ncols=True,
-               disable=not config.progress or not distributed.is_main(), bar_format=BAR)
+    bar = _progress_bar(share, done, config.progress)
     run = _Run(config, model, mapping,
                torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1),
                torch.tensor(preprocessing.std, device=device).view(1, 3, 1, 1), ids, paths, bar)
@@ -278,10 +275,19 @@ def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
     seconds = time.perf_counter() - start
     result = MapsResult(share, written, share - written - claims.elsewhere, seconds,
                         claims.elsewhere)
-    logger.info("rank %d: %d map files written, %d already there, %d by other processes "
-                "(%.1f images/s)", distributed.rank(), written, result.skipped,
-                result.elsewhere, result.images_per_second)
+    # no "rank N:" here: the command line's log format adds it under torchrun only
+    logger.info("%d map files written, %d already there, %d by other processes "
+                "(%.1f images/s)", written, result.skipped, result.elsewhere,
+                result.images_per_second)
     return result
+
+
+def _progress_bar(share: int, done: int, enabled: bool) -> tqdm:
+    """The ``maps`` bar of this rank's ``share`` of images (shown on rank 0 only)."""
+    world = distributed.world_size()
+    label = f"maps (rank {distributed.rank()} of {world})" if world > 1 else "maps"
+    return tqdm(total=share, initial=done, unit="img", desc=label, dynamic_ncols=True,
+                disable=not enabled or not distributed.is_main(), bar_format=BAR)
 
 
 def _unmatched(correspondence: dict[str, Any], dataset: Any, mapping: ClassMapping

@@ -94,7 +94,7 @@ def read_labels(path: str | os.PathLike[str], offset: int = 0) -> tuple[str, ...
     while lines and not lines[-1].strip():
         lines.pop()
     if offset < 0 or offset >= len(lines):
-        raise ValueError(f"{path}: --labels-offset {offset} leaves no names ({len(lines)} lines)")
+        raise ValueError(f"{path}: --label-offset {offset} leaves no names ({len(lines)} lines)")
     return tuple(line.strip() for line in lines[offset:])
 
 
@@ -131,7 +131,7 @@ def load_classifier(
     if labels is not None and outputs is not None and len(labels) != outputs:
         raise ValueError(
             f"{labels_source}: {len(labels)} class names for a model with {outputs} outputs "
-            "(for a labels file whose line 0 is 'background', use --labels-offset 1)"
+            "(for a labels file whose line 0 is 'background', use --label-offset 1)"
         )
     network, source, description = found.model, found.source, found.description
     if patch:
