@@ -17,7 +17,7 @@ from PIL import Image
 
 import loupe.training.loop as loop_module
 from loupe.api import explain
-from loupe.cli import main
+from loupe.cli import build_parser, main
 from loupe.data import SyntheticSplits
 from loupe.data.synthetic import make_synthetic
 from loupe.io import load_torch
@@ -294,10 +294,12 @@ def test_the_run_is_a_model_for_loupe_maps(trained, tmp_path):
     [
         (["--masks", "no/such"], "--masks no/such: folder not found"),
         (["--classifier", "no/such"], "--classifier no/such: not a loupe classifier run"),
-        (["--eps", "1.5"], "--eps must be in [0, 1)"),
+        (["--eps", "1"], "--eps must be in [0, 1)"),
+        (["--eps", "1.5"], "argument --eps: expected a number in [0, 1], got '1.5'"),
         (["--dataset", "voc"], "--root is required for --dataset voc"),
         (["--pretrained", "imagenet"], "backbone 'small' has no ImageNet weights"),
-        (["--rescale", "0", "1"], "--rescale needs 0 < MIN <= MAX"),
+        (["--rescale", "0", "1"], "argument --rescale: expected a finite number > 0, got '0'"),
+        (["--rescale", "1.5", "0.5"], "argument --rescale: expected MIN <= MAX, got 1.5 0.5"),
         (["--synthetic-size", "16", "--resume"], "--resume: no checkpoint at"),
     ],
 )
@@ -309,6 +311,18 @@ def test_cli_errors_are_one_clear_line(inputs, tmp_path, capsys, args, message):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("loupe train-amn: error:") and message in err, err
+
+
+def test_cli_defaults_are_the_configs():
+    # the parser imports no torch, so it spells AMNConfig's defaults out: they must agree
+    args = build_parser().parse_args(["train-amn", "--classifier", "c", "--masks", "m",
+                                      "--dataset", "synthetic", "--out", "o"])
+    config = AMNConfig()
+    for name in ("pretrained", "eps", "dropout", "freeze_bn", "freeze_stem", "epochs",
+                 "batch_size", "lr", "head_lr_mult", "weight_decay", "crop", "seed"):
+        assert getattr(args, name) == getattr(config, name), name
+    assert tuple(args.rates) == config.rates and tuple(args.rescale) == config.rescale
+    assert args.no_flip is not config.flip
 
 
 def test_a_classifier_of_other_classes_is_refused(inputs, trained, tmp_path):

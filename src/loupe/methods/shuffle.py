@@ -43,10 +43,11 @@ Options (defaults and why)
         colour reduction of the gradient ``g``: ``"abs-max"`` ``max_c |g_c|`` (Simonyan et
         al.), ``"l2"`` ``||g||_2`` over channels, ``"grad-x-input"`` ``sum_c g_c x_c`` (signed).
         Only for ``base="gradient"``.
-    chunk_size=16
+    chunk_size=None
         shuffled copies per forward/backward (all K targets share one batched backward);
-        results do not change. 16 because CPUs get slower per image in larger batches (see
-        ``loupe._autograd.GRADIENT_CHUNK``); raise it on a GPU, lower it to save memory.
+        results do not change. None: ``loupe._autograd.gradient_chunk_size``, 16 off CUDA
+        (CPUs get slower per image in larger batches) and as many as fit in half the free
+        memory on CUDA; lower it to save memory.
     seed=0, generator=None
         the rounds are drawn once from ``torch.Generator().manual_seed(seed)`` (or from
         ``generator`` when given) and applied to every image, so the maps do not depend on
@@ -73,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK
+from loupe._autograd import gradient_chunk_size
 from loupe.api import explain
 from loupe.context import MapContext
 from loupe.layers import find_target_layer
@@ -105,7 +106,7 @@ def shuffle_saliency(
     offset: str = "cyclic",
     include_original: bool = True,
     reduce: str = "abs-max",
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
     smooth: float = 0.0,
@@ -119,6 +120,8 @@ def shuffle_saliency(
     """
     images = ctx.images
     height, width = images.shape[-2:]
+    if chunk_size is None:
+        chunk_size = gradient_chunk_size(images.device, images[0].numel(), ctx.targets.count)
     _check_options(n_shuffles, offset, reduce, chunk_size, seed, generator, smooth, base)
     grids = check_grids(grids, height, width)
     if generator is None:
@@ -134,8 +137,11 @@ def shuffle_saliency(
     sums = torch.zeros(
         images.shape[0], targets.count, height * width, dtype=torch.float32, device=images.device
     )
+    done, total = 0, images.shape[0] * len(rounds)
     for group in _rounds_by_canvas(rounds):
-        _accumulate(sums, ctx.model, images, targets, group, canvas_maps, chunk_size)
+        _accumulate(sums, ctx.model, images, targets, group, canvas_maps, chunk_size,
+                    lambda rows, before=done: ctx.report_rows(before + rows, total))
+        done += images.shape[0] * len(group)
     maps = (sums / len(rounds)).unflatten(-1, (height, width))
     return gaussian_blur(maps, smooth) if smooth > 0 else maps
 
@@ -237,17 +243,19 @@ def _accumulate(
     rounds: list[Round],
     canvas_maps: CanvasMaps,
     chunk_size: int,
+    report: Callable[[int], None] | None = None,
 ) -> None:
     """Add the un-shuffled maps of ``rounds`` (same canvas) of every image to ``sums``
     ``(B, K, H*W)``. Rows are (image, round) pairs, image-major; each chunk of rows is built
-    with one gather, goes through the model once and is un-shuffled with one gather."""
+    with one gather, goes through the model once and is un-shuffled with one gather;
+    ``report`` gets the rows done after each chunk."""
     batch, channels = images.shape[:2]
     sources = torch.stack([r.source for r in rounds])  # (R, P)
     placements = torch.stack([r.placement for r in rounds])  # (R, H*W)
     flat = images.flatten(2)  # (B, C, H*W)
     channel = torch.arange(channels, device=images.device)[None, :, None]
     rows = torch.arange(batch * len(rounds), device=images.device)
-    for chunk in rows.split(chunk_size):
+    for index, chunk in enumerate(rows.split(chunk_size)):
         image_of, round_of = chunk // len(rounds), chunk % len(rounds)
         # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
         picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
@@ -256,6 +264,8 @@ def _accumulate(
         k = maps.shape[1]
         back = maps.flatten(2).gather(2, placements[round_of][:, None, :].expand(-1, k, -1))
         sums.index_add_(0, image_of, back)
+        if report is not None:
+            report(min((index + 1) * chunk_size, rows.numel()))
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

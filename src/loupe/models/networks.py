@@ -31,20 +31,23 @@ RESNETS = (
     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 )
 SMALL_WIDTHS = (16, 32, 64, 128)
+SMALL_BACKBONES = {"small": 3, "small-s4": 2}  # name -> max poolings (output stride 8, 4)
 
 
 class SmallGAPNet(nn.Module):
     """A small VGG-style classifier ending in GAP + a bias-free linear layer (CAM-exact).
 
-    Four stages of two 3x3 conv-BN-ReLU, 2x2 max pooling between stages (output stride 8):
-    ``(B, 3, H, W) -> features (B, widths[-1], H/8, W/8) -> logits (B, num_classes)``."""
+    Four stages of two 3x3 conv-BN-ReLU, 2x2 max pooling before the first ``pools`` stages
+    after the first (``pools=3``: output stride 8, ``2``: output stride 4):
+    ``(B, 3, H, W) -> features (B, widths[-1], H/s, W/s) -> logits (B, num_classes)``."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = SMALL_WIDTHS) -> None:
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = SMALL_WIDTHS,
+                 pools: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = 3
         for i, width in enumerate(widths):
-            if i:
+            if 0 < i <= pools:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(2):
                 layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False),
@@ -118,7 +121,8 @@ def build_classifier(
 
     Args:
         backbone: a torchvision classification model name (``"resnet50"``), ``"small"``
-            (:class:`SmallGAPNet`), or ``"timm:<name>"``.
+            (:class:`SmallGAPNet`, output stride 8), ``"small-s4"`` (the same with output
+            stride 4), or ``"timm:<name>"``.
         head: ``"irn"`` (ResNets: last stage stride 1 when ``output_stride=16``, GAP,
             bias-free linear), ``"linear"`` (the backbone's own head with a new final
             ``nn.Linear``), or ``"auto"`` (``irn`` for ResNets, ``linear`` otherwise).
@@ -132,10 +136,11 @@ def build_classifier(
         raise ValueError(f"--pretrained must be 'imagenet' or 'none', got {pretrained!r}")
     if output_stride not in (16, 32):
         raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
-    if backbone == "small":
+    if backbone in SMALL_BACKBONES:
         if pretrained == "imagenet":
-            raise ValueError("backbone 'small' has no ImageNet weights; use --pretrained none")
-        model: nn.Module = SmallGAPNet(num_classes)
+            raise ValueError(f"backbone {backbone!r} has no ImageNet weights; use --pretrained "
+                             "none")
+        model: nn.Module = SmallGAPNet(num_classes, pools=SMALL_BACKBONES[backbone])
     elif backbone.startswith("timm:"):
         model = _timm_model(backbone[5:], num_classes, pretrained)
     else:

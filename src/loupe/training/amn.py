@@ -89,7 +89,8 @@ class AMNConfig(Recipe):
 
     @property
     def augmentation(self) -> Augmentation:
-        return Augmentation(self.resize_long, self.flip, self.jitter, self.crop, self.rescale)
+        return Augmentation(resize_long=self.resize_long, flip=self.flip, jitter=self.jitter,
+                            crop=self.crop, rescale=self.rescale)
 
     def check(self) -> None:
         """A ValueError naming the first option out of range."""
