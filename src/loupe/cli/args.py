@@ -390,12 +390,18 @@ def add_recipe_arguments(p: argparse.ArgumentParser, *, epochs: int, lr: float) 
                        metavar=("B", "C", "S", "H"), action=HueJitter,
                        help="colour jitter: brightness contrast saturation hue (H <= 0.5)")
     add_normalization_arguments(p.add_argument_group("preprocessing"))
+    add_training_run_arguments(p, seed_help="seed of the run (initialisation, data order, "
+                               "augmentation)")
+
+
+def add_training_run_arguments(p: argparse.ArgumentParser, *, seed_help: str) -> None:
+    """The "run" group of a training command: :func:`add_run_arguments`, ``--resume``,
+    ``--no-amp`` and ``--seed``."""
     group = add_run_arguments(p, out_help="run folder")
     group.add_argument("--resume", action="store_true",
                        help="continue from OUT/checkpoint.pt (epoch, optimizer, schedule)")
     group.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    group.add_argument("--seed", type=non_negative_int, default=0,
-                       help="seed of the run (initialisation, data order, augmentation)")
+    group.add_argument("--seed", type=non_negative_int, default=0, help=seed_help)
 
 
 def recipe_preprocessing(args: argparse.Namespace) -> Preprocessing:

@@ -11,8 +11,8 @@ from pathlib import Path
 from loupe.cli import UserError
 from loupe.cli.args import (
     add_command,
-    add_run_arguments,
     add_training_data_arguments,
+    add_training_run_arguments,
     data_options,
     report_training,
 )
@@ -94,12 +94,8 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--crop", type=non_negative_int, default=512,
                        help="random crop side; 0 = no crop")
     group.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    group = add_run_arguments(p, out_help="run folder")
-    group.add_argument("--resume", action="store_true",
-                       help="continue from OUT/checkpoint.pt (epoch, optimizer, schedule)")
-    group.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    group.add_argument("--seed", type=non_negative_int, default=0,
-                       help="seed of the head and the data order (and the synthetic set)")
+    add_training_run_arguments(p, seed_help="seed of the head and the data order (and the "
+                               "synthetic set)")
 
 
 def run(args: argparse.Namespace) -> int:
