@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -108,15 +109,18 @@ def test_a_chunk_claimed_by_another_process_is_left_to_it(tiny_run: Path, tmp_pa
 
 
 WORK = ["--dataset", "synthetic", "--synthetic-train", "6", "--synthetic-size", "32",
-        "--method", "smoothgrad", "--option", "n_samples=32", "seed=0", "--batch-size", "1",
+        "--method", "smoothgrad", "--option", "n_samples=64", "seed=0", "--batch-size", "1",
         "--no-progress"]
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs POSIX SIGSTOP/SIGCONT")
 def test_two_processes_on_one_folder_share_the_work(tiny_run: Path, tmp_path: Path,
                                                    capsys) -> None:
     """A second run (this process) joins a first one (a subprocess) part way: together they
-    compute every image exactly once, and the files are those of a run alone."""
-    build_parser()  # import every subcommand now, so that this run joins in a moment
+    compute every image exactly once, and the files are those of a run alone. The first is
+    paused (SIGSTOP) once it has written a file and resumed after the second has finished,
+    so that both do some of the work however fast the machine is."""
+    build_parser()  # import every subcommand now
     out = tmp_path / "maps"
     first = subprocess.Popen([python_executable(), "-m", "loupe", "maps", *WORK, "--model",
                               str(tiny_run), "--out", str(out)], env=subprocess_env(),
@@ -125,12 +129,16 @@ def test_two_processes_on_one_folder_share_the_work(tiny_run: Path, tmp_path: Pa
         deadline = time.monotonic() + 300
         while first.poll() is None and time.monotonic() < deadline and not list(
                 out.glob("*.npz")):
-            time.sleep(0.02)
+            time.sleep(0.001)
+        first.send_signal(signal.SIGSTOP)
         assert first.poll() is None, "the first run ended before the second could join"
+        assert len(list(out.glob("*.npz"))) < 6, "the first run was done before it paused"
         assert main(["maps", *WORK, "--model", str(tiny_run), "--out", str(out)]) == 0
+        first.send_signal(signal.SIGCONT)
         stdout, stderr = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
             first.kill()
     assert first.returncode == 0, stderr
     written = [int(re.search(r"maps: (\d+) written", text).group(1))
