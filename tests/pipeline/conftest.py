@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,24 +36,43 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
-    """Run ``command`` and SIGKILL it as soon as ``ready()`` holds (polled every 5 ms); fails
-    when the process ended before that."""
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process.poll() is None and not ready():
-            time.sleep(0.005)
-        assert process.poll() is None, (
-            "the run ended before it could be killed:\n" + process.stdout.read().decode()
-        )
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+# Run as ``python -c KILLED_MID_WRITE N ARGS...``: ``loupe ARGS`` whose (N+1)-th ``.npz``
+# (written through loupe.io.atomic_path) kills the process with SIGKILL once its temporary
+# file is written and before it is renamed: N finished map files and one stale temporary file,
+# however fast or loaded the machine is.
+KILLED_MID_WRITE = """
+import contextlib, os, signal, sys
+import loupe.io
+from loupe.cli import main
+
+files, original = int(sys.argv[1]), loupe.io.atomic_path
+written = 0
+
+@contextlib.contextmanager
+def atomic_path(path):
+    global written
+    with original(path) as tmp:
+        yield tmp
+        if str(path).endswith(".npz"):
+            if written == files:
+                os.kill(os.getpid(), signal.SIGKILL)  # the temp file written, not renamed
+            written += 1
+
+loupe.io.atomic_path = atomic_path
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def killed_mid_write(args: list[str], files: int, timeout: float = 300) -> str:
+    """Run ``loupe ARGS`` in a subprocess that SIGKILLs itself while writing its
+    ``files + 1``-th map file (see :data:`KILLED_MID_WRITE`): deterministic, unlike a kill
+    sent from outside after some time. Returns its output; fails unless it was killed."""
+    process = subprocess.run([python_executable(), "-c", KILLED_MID_WRITE, str(files), *args],
+                             env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=timeout, check=False)
+    output = process.stdout.decode()
+    assert process.returncode == -signal.SIGKILL, f"not killed ({process.returncode}):\n{output}"
+    return output
 
 
 def save_tiny_run(folder: Path, num_classes: int = NUM_OBJECT_CLASSES, seed: int = 0) -> Path:
