@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,43 +38,69 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-# Run as ``python -c KILLED_MID_WRITE N ARGS...``: ``loupe ARGS`` whose (N+1)-th ``.npz``
-# (written through loupe.io.atomic_path) kills the process with SIGKILL once its temporary
-# file is written and before it is renamed: N finished map files and one stale temporary file,
-# however fast or loaded the machine is.
-KILLED_MID_WRITE = """
+# Run as ``python -c GATED_RUN ACTION N ARGS...``: ``loupe ARGS`` with a gate on its ``.npz``
+# writes (through loupe.io.atomic_path): ACTION ``kill`` SIGKILLs the process while it writes
+# its (N+1)-th map file (the temporary file written, not yet renamed), ``stop`` SIGSTOPs it
+# once its N-th is in place. Either way it has written exactly N files, however fast or
+# loaded the machine is (a signal sent from outside once files appear may land early or late).
+GATED_RUN = """
 import contextlib, os, signal, sys
 import loupe.io
 from loupe.cli import main
 
-files, original = int(sys.argv[1]), loupe.io.atomic_path
+action, files, original = sys.argv[1], int(sys.argv[2]), loupe.io.atomic_path
 written = 0
 
 @contextlib.contextmanager
 def atomic_path(path):
     global written
+    is_map = str(path).endswith(".npz")
     with original(path) as tmp:
         yield tmp
-        if str(path).endswith(".npz"):
-            if written == files:
-                os.kill(os.getpid(), signal.SIGKILL)  # the temp file written, not renamed
-            written += 1
+        if is_map and action == "kill" and written == files:
+            os.kill(os.getpid(), signal.SIGKILL)
+    if is_map:
+        written += 1
+        if action == "stop" and written == files:
+            os.kill(os.getpid(), signal.SIGSTOP)
 
 loupe.io.atomic_path = atomic_path
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
+
+
+def _gated(action: str, files: int, args: list[str]) -> list[str]:
+    return [python_executable(), "-c", GATED_RUN, action, str(files), *args]
 
 
 def killed_mid_write(args: list[str], files: int, timeout: float = 300) -> str:
     """Run ``loupe ARGS`` in a subprocess that SIGKILLs itself while writing its
-    ``files + 1``-th map file (see :data:`KILLED_MID_WRITE`): deterministic, unlike a kill
-    sent from outside after some time. Returns its output; fails unless it was killed."""
-    process = subprocess.run([python_executable(), "-c", KILLED_MID_WRITE, str(files), *args],
-                             env=subprocess_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, timeout=timeout, check=False)
+    ``files + 1``-th map file (see :data:`GATED_RUN`). Returns its output; fails unless it
+    was killed."""
+    process = subprocess.run(_gated("kill", files, args), env=subprocess_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+                             check=False)
     output = process.stdout.decode()
     assert process.returncode == -signal.SIGKILL, f"not killed ({process.returncode}):\n{output}"
     return output
+
+
+@contextmanager
+def stopped_after_files(args: list[str], files: int) -> Iterator[subprocess.Popen]:
+    """A ``loupe ARGS`` subprocess (text stdout/stderr pipes) that has stopped itself
+    (SIGSTOP) once its ``files``-th map file is in place (see :data:`GATED_RUN`); continued
+    (SIGCONT) when the block ends, killed when it ends with an error."""
+    process = subprocess.Popen(_gated("stop", files, args), env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, status = os.waitpid(process.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), f"ended ({status}) before it wrote {files} files"
+        yield process
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    process.send_signal(signal.SIGCONT)
 
 
 def save_tiny_run(folder: Path, num_classes: int = NUM_OBJECT_CLASSES, seed: int = 0) -> Path:
