@@ -186,24 +186,18 @@ def test_decompression_bomb_warning_is_one_line_naming_the_file(tmp_path, capsys
     default; the limit lowered here so that a real 160x120 image crosses it, while the
     figure's text, which PIL checks too, stays below it) is explained, with one warning line
     on the terminal that names the file and no PIL line that does not."""
-    import logging
-
     from PIL import Image
 
     from tests.cli.conftest import write_image
+    from tests.conftest import bare_root_logger
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 15000)  # 160x120 = 19200 pixels: a warning
     big = write_image(tmp_path / "big.png", 160, 120, 1)
     small = write_image(tmp_path / "small.png", 32, 32, 2)
-    root = logging.getLogger()
-    kept = root.handlers
-    root.handlers = []  # as on a terminal: the CLI installs its own stderr handler
-    try:
+    with bare_root_logger():  # as on a terminal: the CLI installs its own stderr handler
         code = main(["explain", str(big), str(small), "--model", "resnet18", "--weights",
                      "random", "--num-classes", "4", "--size", "32", "--resize", "32",
                      "--device", "cpu", "--out", str(tmp_path / "explained")])
-    finally:
-        root.handlers = kept
     err = capsys.readouterr().err
     assert code == 0, err
     lines = [line for line in err.splitlines() if "bomb" in line or "pixels" in line]
