@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,21 @@ def count_hooks(model: torch.nn.Module) -> int:
         + len(m._backward_pre_hooks)
         for m in model.modules()
     )
+
+
+@contextmanager
+def bare_root_logger() -> Iterator[None]:
+    """The root logger without pytest's handlers inside the block, as in a fresh ``loupe``
+    process: :func:`loupe.cli.main` then installs its own stderr handler (the terminal's
+    format and filters), which capsys captures. Restored on exit (use it inside the test
+    body, not as a fixture: pytest adds its handlers to the root logger around the call)."""
+    root = logging.getLogger()
+    kept = root.handlers
+    root.handlers = []
+    try:
+        yield
+    finally:
+        root.handlers = kept
 
 
 @contextmanager

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from PIL import Image, ImageOps
 
 PathLike = str | os.PathLike[str]
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -64,11 +67,29 @@ def save_image(path: PathLike, image: Image.Image) -> None:
         image.save(tmp, format=fmt)
 
 
+@contextmanager
+def open_image(path: PathLike) -> Iterator[Image.Image]:
+    """``PIL.Image.open(path)`` (closed on exit), with PIL's DecompressionBombWarning (an image
+    above ``Image.MAX_IMAGE_PIXELS``, about 89 megapixels, but within twice that, where PIL
+    raises DecompressionBombError) as one logged warning that names the file. PIL's own
+    warning names no file and is not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)
+    with image:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and image.width * image.height > limit:
+            logger.warning("%s: %dx%d pixels (%.3g megapixels) is above PIL's decompression-bomb "
+                           "limit of %.3g megapixels; reading it anyway", path, image.width,
+                           image.height, image.width * image.height / 1e6, limit / 1e6)
+        yield image
+
+
 def load_rgb(path: PathLike) -> Image.Image:
     """An RGB image as it is meant to be seen (:func:`rgb_image`: EXIF orientation applied,
     16-bit scaled to 8-bit); a ValueError naming the file when it cannot be read."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return rgb_image(image)
     except FileNotFoundError:
         raise

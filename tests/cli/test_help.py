@@ -116,6 +116,7 @@ def test_shared_flags_have_one_name_and_one_help():
     # one name: the label offset is --label-offset everywhere (explain's old name is hidden)
     assert "--labels-offset" not in helps
     assert set(helps["--label-offset"]) == {"explain", "maps", "compare"}
+    assert {"explain", "maps", "compare", "evaluate"} <= set(helps["--class-map"])
     for option in ("--device", "--no-progress", "--workers", "--class-map", "--limit",
                    "--mean", "--std", "--scale", "--method", "--option", "--target-layer"):
         assert len(helps[option]) >= 2, option

@@ -162,6 +162,8 @@ def test_every_layer_method_has_aug_smooth():
 def test_aug_smooth_is_batch_invariant_and_zero_on_padding(method, model, images):
     options = {"chunk_size": 64} if method == "scorecam" else {}
     options["layer"] = {"cam": "layer4", "fullgrad": None}.get(method, "layer3")
+    if "n_samples" in inspect.signature(get_method(method).function).parameters:
+        options["n_samples"] = 3  # several noisy or scaled copies: as invariant as 35, faster
     targets = [[3, 7], [5, -1], [0, 9]]
     batch = maps_of(model, images, method, targets, aug_smooth=True, **options)
     assert batch.shape[:2] == (3, 2) and (batch[1, 1] == 0).all()

@@ -139,8 +139,12 @@ def test_vgg16_hidden_classifier_has_no_cam_head():
 
 @pytest.fixture(scope="module")
 def vit() -> nn.Module:
+    """torchvision's ViT-B/16 layout (224 pixels, 16-pixel patches: a 14x14 token grid, 12
+    encoder layers) at a 64-wide embedding instead of 768: the same modules and token grid,
+    a fraction of the arithmetic."""
     torch.manual_seed(0)
-    model = tvm.vit_b_16(weights=None).eval()
+    model = tvm.VisionTransformer(image_size=224, patch_size=16, num_layers=12, num_heads=4,
+                                  hidden_dim=64, mlp_dim=128).eval()
     nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-initialises it
     return model
 
@@ -153,7 +157,7 @@ def test_vit_gradcam_uses_the_token_grid(vit):
     maps = explain(vit, x, [[1, 2]], method="gradcam", target_layer=layer)
     assert maps.shape == (1, 2, 224, 224) and torch.isfinite(maps).all()
     # against pytorch-grad-cam with its documented ViT reshape (class token dropped), for the
-    # first target only (a ViT-B backward through all 12 blocks is slow on a CPU)
+    # first target only
     import pytorch_grad_cam.base_cam as base_cam
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

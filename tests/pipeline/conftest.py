@@ -7,8 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,24 +38,69 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
-    """Run ``command`` and SIGKILL it as soon as ``ready()`` holds (polled every 5 ms); fails
-    when the process ended before that."""
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+# Run as ``python -c GATED_RUN ACTION N ARGS...``: ``loupe ARGS`` with a gate on its ``.npz``
+# writes (through loupe.io.atomic_path): ACTION ``kill`` SIGKILLs the process while it writes
+# its (N+1)-th map file (the temporary file written, not yet renamed), ``stop`` SIGSTOPs it
+# once its N-th is in place. Either way it has written exactly N files, however fast or
+# loaded the machine is (a signal sent from outside once files appear may land early or late).
+GATED_RUN = """
+import contextlib, os, signal, sys
+import loupe.io
+from loupe.cli import main
+
+action, files, original = sys.argv[1], int(sys.argv[2]), loupe.io.atomic_path
+written = 0
+
+@contextlib.contextmanager
+def atomic_path(path):
+    global written
+    is_map = str(path).endswith(".npz")
+    with original(path) as tmp:
+        yield tmp
+        if is_map and action == "kill" and written == files:
+            os.kill(os.getpid(), signal.SIGKILL)
+    if is_map:
+        written += 1
+        if action == "stop" and written == files:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+loupe.io.atomic_path = atomic_path
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _gated(action: str, files: int, args: list[str]) -> list[str]:
+    return [python_executable(), "-c", GATED_RUN, action, str(files), *args]
+
+
+def killed_mid_write(args: list[str], files: int, timeout: float = 300) -> str:
+    """Run ``loupe ARGS`` in a subprocess that SIGKILLs itself while writing its
+    ``files + 1``-th map file (see :data:`GATED_RUN`). Returns its output; fails unless it
+    was killed."""
+    process = subprocess.run(_gated("kill", files, args), env=subprocess_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+                             check=False)
+    output = process.stdout.decode()
+    assert process.returncode == -signal.SIGKILL, f"not killed ({process.returncode}):\n{output}"
+    return output
+
+
+@contextmanager
+def stopped_after_files(args: list[str], files: int) -> Iterator[subprocess.Popen]:
+    """A ``loupe ARGS`` subprocess (text stdout/stderr pipes) that has stopped itself
+    (SIGSTOP) once its ``files``-th map file is in place (see :data:`GATED_RUN`); continued
+    (SIGCONT) when the block ends, killed when it ends with an error."""
+    process = subprocess.Popen(_gated("stop", files, args), env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process.poll() is None and not ready():
-            time.sleep(0.005)
-        assert process.poll() is None, (
-            "the run ended before it could be killed:\n" + process.stdout.read().decode()
-        )
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+        _, status = os.waitpid(process.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), f"ended ({status}) before it wrote {files} files"
+        yield process
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    process.send_signal(signal.SIGCONT)
 
 
 def save_tiny_run(folder: Path, num_classes: int = NUM_OBJECT_CLASSES, seed: int = 0) -> Path:

@@ -1,22 +1,25 @@
-"""``loupe maps`` as a user runs it (a subprocess): its log lines carry no ``rank 0:`` in a
-single process, and the summary is one line."""
+"""``loupe maps`` as a user sees it on a terminal (the CLI's own stderr handler, not
+pytest's): its log lines carry no ``rank 0:`` in a single process, and the summary is one
+line."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from .conftest import SYNTHETIC, python_executable, subprocess_env
+from loupe.cli import main
+from tests.conftest import bare_root_logger
+
+from .conftest import SYNTHETIC
 
 
-def test_single_process_maps_prints_no_rank_prefix(tiny_run: Path, tmp_path: Path) -> None:
-    env = subprocess_env()
-    env.pop("WORLD_SIZE", None)
-    done = subprocess.run(
-        [python_executable(), "-m", "loupe", "maps", *SYNTHETIC, "--model", str(tiny_run),
-         "--limit", "2", "--device", "cpu", "--out", str(tmp_path / "maps")],
-        capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "2 map files written, 0 already there" in done.stderr  # the log line is shown
-    assert "rank" not in done.stderr + done.stdout
-    assert done.stdout.strip() == f"maps: 2 written, 0 already in {tmp_path / 'maps'}"
+def test_single_process_maps_prints_no_rank_prefix(tiny_run: Path, tmp_path: Path, capsys,
+                                                   monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with bare_root_logger():
+        code = main(["maps", *SYNTHETIC, "--model", str(tiny_run), "--limit", "2", "--device",
+                     "cpu", "--out", str(tmp_path / "maps")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "2 map files written, 0 already there" in err  # the log line is shown
+    assert "rank" not in err + out
+    assert out.strip() == f"maps: 2 written, 0 already in {tmp_path / 'maps'}"

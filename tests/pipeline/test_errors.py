@@ -179,3 +179,49 @@ def test_decompression_bomb_is_one_line_naming_the_file(tmp_path, capsys, tiny_r
     line = one_error_line(capsys, "maps")
     assert code == 2 and str(folder / "images" / "b.png") in line, line
     assert "decompression bomb" in line
+
+
+def test_decompression_bomb_warning_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """An image above PIL's warning limit but within its error limit (89 to 179 megapixels by
+    default; the limit lowered here so that a real 160x120 image crosses it, while the
+    figure's text, which PIL checks too, stays below it) is explained, with one warning line
+    on the terminal that names the file and no PIL line that does not."""
+    from PIL import Image
+
+    from tests.cli.conftest import write_image
+    from tests.conftest import bare_root_logger
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 15000)  # 160x120 = 19200 pixels: a warning
+    big = write_image(tmp_path / "big.png", 160, 120, 1)
+    small = write_image(tmp_path / "small.png", 32, 32, 2)
+    with bare_root_logger():  # as on a terminal: the CLI installs its own stderr handler
+        code = main(["explain", str(big), str(small), "--model", "resnet18", "--weights",
+                     "random", "--num-classes", "4", "--size", "32", "--resize", "32",
+                     "--device", "cpu", "--out", str(tmp_path / "explained")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "bomb" in line or "pixels" in line]
+    assert lines == [f"warning: {big}: 160x120 pixels (0.0192 megapixels) is above PIL's "
+                     "decompression-bomb limit of 0.015 megapixels; reading it anyway"], err
+    assert len(list((tmp_path / "explained").glob("big.gradcam.*.npz"))) == 1
+
+
+def test_decompression_bomb_warning_at_pils_own_limit_names_the_file(tmp_path, caplog,
+                                                                       recwarn):
+    """At PIL's real limits: a PNG that declares 10000x10000 (100 megapixels) is warned about
+    by name, as a log record and not as PIL's anonymous warning (its pixels then fail to
+    decode, which is the error of a damaged file)."""
+    from PIL import Image
+
+    from loupe.io import open_image
+
+    assert Image.MAX_IMAGE_PIXELS < 10000 * 10000 < 2 * Image.MAX_IMAGE_PIXELS
+    path = png_header_only(tmp_path / "large.png", 10000, 10000)
+    with caplog.at_level("WARNING", logger="loupe.io"), open_image(path) as image:
+        assert image.size == (10000, 10000)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: 10000x10000 pixels (100 megapixels) is above PIL's decompression-bomb limit "
+        "of 89.5 megapixels; reading it anyway"]
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    with pytest.raises(ValueError, match=f"{path}: cannot read image"):
+        loupe.io.load_rgb(path)

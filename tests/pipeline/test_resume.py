@@ -1,5 +1,6 @@
-"""Resumability: a ``python -m loupe maps`` process killed with SIGKILL part way, then rerun,
-leaves exactly the files of an uninterrupted run, byte for byte, and no temporary files."""
+"""Resumability: a ``loupe maps`` process killed with SIGKILL part way (while it writes a map
+file), then rerun, leaves exactly the files of an uninterrupted run, byte for byte, and no
+temporary files."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import torch
 
 from loupe.cli import main
 
-from .conftest import kill_when, python_executable, tree_bytes
+from .conftest import killed_mid_write, tree_bytes
 
-IMAGES = 16
-# Heavy enough per image (2 scales x 2 flips x 4 noisy samples) that the kill lands part way.
+IMAGES = 8
+FINISHED = 5  # killed while writing the 6th file: chunk 0 done, chunk 1 part way, one untouched
+# Seeded noise at two scales and flips: the resumed images must match an uninterrupted run's.
 WORK = ["--dataset", "synthetic", "--synthetic-train", str(IMAGES), "--synthetic-size", "32",
         "--method", "smoothgrad", "--option", "n_samples=4", "seed=0",
         "--scales", "1.0", "1.5", "--flip", "--batch-size", "4", "--no-progress"]
@@ -29,16 +31,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_killed_run_resumes_to_identical_files(tiny_run: Path, tmp_path: Path, one_thread
-                                               ) -> None:
+def test_killed_run_resumes_to_identical_files(tiny_run: Path, tmp_path: Path, one_thread,
+                                               capsys) -> None:
     killed = tmp_path / "killed"
-    command = [python_executable(), "-m", "loupe", "maps", *WORK, "--model", str(tiny_run),
-               "--out", str(killed)]
-    kill_when(command, lambda: len(list(killed.glob("*.npz"))) >= 2)
-    done = len(list(killed.glob("*.npz")))
-    assert 0 < done < IMAGES, f"{done} of {IMAGES} files before the kill"
+    killed_mid_write(["maps", *WORK, "--model", str(tiny_run), "--out", str(killed)], FINISHED)
+    assert len(list(killed.glob("*.npz"))) == FINISHED
+    assert len([p for p in killed.iterdir() if ".tmp-" in p.name]) == 1  # the file it was writing
+    assert list(killed.glob(".chunk-*.lock"))  # the claim it held
 
+    capsys.readouterr()
     assert main(["maps", *WORK, "--model", str(tiny_run), "--out", str(killed)]) == 0
+    assert f"maps: {IMAGES - FINISHED} written, {FINISHED} already" in capsys.readouterr().out
     reference = tmp_path / "reference"
     assert main(["maps", *WORK, "--model", str(tiny_run), "--out", str(reference)]) == 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loupe.cli.args import (
+    CLASS_MAP_HELP,
     LABEL_OFFSET_HELP,
     add_command,
     add_device_argument,
@@ -55,10 +56,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group = add_model_arguments(p, runs=False)
     add_method_arguments(group)
     group.add_argument("--target", nargs="+", metavar="CLASS",
-                       help="class indices or names to explain in every image; detection "
-                       "models: CLASS:N for the class's N-th best box (default: its best)")
+                       help="class indices or names to explain in every image; with "
+                       "--class-map also a data-set class (its best-scoring classifier class, "
+                       "files named after it); detection models: CLASS:N for the class's N-th "
+                       "best box (default: its best)")
     group.add_argument("--topk", type=positive_int, help="explain each image's K best classes "
-                       "(segmentation: largest classes; detection: best boxes; default: 1)")
+                       "(with --class-map: data-set classes; segmentation: largest classes; "
+                       "detection: best boxes; default: 1)")
+    group.add_argument("--class-map", help=CLASS_MAP_HELP)
     group.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
     add_device_argument(group)
     group.add_argument("--amp", action="store_true", help="run the model under autocast")
@@ -99,8 +104,8 @@ def config_of(args: argparse.Namespace) -> ExplainConfig:
         inputs=tuple(args.inputs), out=args.out, model=args.model, weights=args.weights,
         method=name, options=options, method_label=method_slug(*parse_method_spec(args.method)),
         target_layer=args.target_layer, targets=tuple(args.target) if args.target else None,
-        topk=args.topk, view=args.view, max_side=args.max_side, size=args.size,
-        resize=args.resize, mean=tuple(args.mean) if args.mean else None,
+        topk=args.topk, class_map=args.class_map, view=args.view, max_side=args.max_side,
+        size=args.size, resize=args.resize, mean=tuple(args.mean) if args.mean else None,
         std=tuple(args.std) if args.std else None, scale=args.scale, labels=args.labels,
         label_offset=args.label_offset, num_classes=args.num_classes, seed=args.seed,
         patch=args.patch, scores=args.scores, colormap=args.colormap, alpha=args.alpha,

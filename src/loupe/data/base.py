@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from loupe.io import load_rgb, oriented_size, rgb_image
+from loupe.io import load_rgb, open_image, oriented_size, rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def read_index_mask_and_labels(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`read_index_mask` and the mask's :func:`labels_from_mask`, both from one pass."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             if image.mode not in _INDEX_MASK_MODES:
                 raise ValueError(
                     f"{path}: mask has mode {image.mode!r}; expected a paletted ('P') or "
@@ -289,7 +289,7 @@ def image_size(path: PathLike) -> tuple[int, int]:
     """``(width, height)`` of an image as :func:`loupe.io.load_rgb` reads it (after its EXIF
     orientation), from its header (no pixel decoding)."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return oriented_size(image)
     except FileNotFoundError:
         raise

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import functional as TF
 
-from loupe.io import load_rgb
+from loupe.io import load_rgb, open_image
 from loupe.models.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def collect_images(inputs: Sequence[str | Path], recursive: bool = False) -> Fou
 def image_problem(path: Path) -> str | None:
     """None if PIL can identify ``path`` as an image (header only), else why not."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.size  # noqa: B018 - reading the header is the check
     except UnidentifiedImageError:
         return f"cannot identify image file {path}"

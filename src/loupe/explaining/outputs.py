@@ -50,11 +50,12 @@ def image_stems(images: Sequence[Path]) -> list[str]:
 
 def target_title(target: Target, names: Sequence[str] | None) -> str:
     """``"macaw (88) 0.997"`` (``"class 88 0.997"`` without names; ``"dog (18) box 1 0.871"``
-    for a detection)."""
+    for a detection; ``"cat: tiger cat (282) 0.627"`` for a ``--class-map`` class)."""
     label = f"{names[target.cls].split(',')[0]} ({target.cls})" if names and 0 <= target.cls < len(
         names) else f"class {target.cls}"
     box = "" if target.box_index is None else f" box {target.box_index}"
-    return f"{label}{box} {target.score:.3f}"
+    named = "" if target.dataset_class is None else f"{target.dataset_class}: "
+    return f"{named}{label}{box} {target.score:.3f}"
 
 
 def figure_subtitle(method: str, layer: str | None) -> str:

@@ -1,7 +1,8 @@
 """``explain.json``: what a ``loupe explain`` output folder holds and how it was made.
 
 Files are named ``<image stem>.<method>.<class>`` (``.box<N>`` added for the N-th detection of
-that class), ``.npz`` and ``.png``, so that other targets and methods never overwrite each
+that class; with ``--class-map`` a data-set class's name in place of the class index),
+``.npz`` and ``.png``, so that other targets and methods never overwrite each
 other. Everything else that changes a file is recorded: the settings of the folder (model,
 weights fingerprint, preprocessing and view, class names, score kind, overlay look) and those
 of each method (options, target layer) must match for a run to write into the folder again; a
@@ -32,8 +33,9 @@ FORMAT = (
 SAVE_EVERY = 2.0
 
 
-def output_name(stem: str, method: str, cls: int, box_index: int | None = None) -> str:
-    """``stem.method.cls`` or ``stem.method.cls.boxN`` (no suffix)."""
+def output_name(stem: str, method: str, cls: int | str, box_index: int | None = None) -> str:
+    """``stem.method.cls`` or ``stem.method.cls.boxN`` (no suffix); ``cls`` is a class index,
+    or with ``--class-map`` a data-set class's file label (``stem.method.traffic_light``)."""
     name = f"{stem}.{method}.{cls}"
     return name if box_index is None else f"{name}.box{box_index}"
 

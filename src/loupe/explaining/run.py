@@ -23,6 +23,7 @@ from PIL import Image
 from loupe.api import explain
 from loupe.distributed import resolve_device
 from loupe.explaining import images as im
+from loupe.explaining.classmap import DatasetClasses, file_label, load_dataset_classes
 from loupe.explaining.outputs import (
     check_writable,
     figure_subtitle,
@@ -82,17 +83,27 @@ class ExplainRun:
         self.classifier = load_model(config)
         self.task = self.classifier.task
         self.names = self.classifier.class_names
-        self.wanted = parse_targets(config.targets, self.names, self.task) if config.targets \
-            else None
-        check_range(self.wanted or [], self.classifier.num_outputs, config.topk)
+        self.dataset = self._dataset_classes()
+        self.wanted = parse_targets(config.targets, self.names, self.task, self.dataset) \
+            if config.targets else None
+        check_range(self.wanted or [], self.classifier.num_outputs, config.topk, self.dataset)
         self.uses_layer = get_method(config.method).uses_layer
         if config.target_layer is not None:
             find_module(self.classifier.model, config.target_layer)
-        settings, method_settings = run_settings(config, self.classifier)
+        settings, method_settings = run_settings(config, self.classifier, self.dataset)
         self.record = ExplainRecord(config.out, settings, config.label, method_settings)
         self.device = resolve_device(config.device)
         self.model = self.classifier.model.to(self.device)
         self.layer = config.target_layer
+
+    def _dataset_classes(self) -> DatasetClasses | None:
+        """The ``--class-map`` classes (classifiers only), or None without the option."""
+        if self.config.class_map is None:
+            return None
+        if self.task != CLASSIFICATION:
+            raise ValueError(f"--class-map applies to classifiers; --model {self.config.model} "
+                             f"is a {self.task} model")
+        return load_dataset_classes(self.config.class_map, self.classifier.num_outputs)
 
     @property
     def count(self) -> int:
@@ -175,7 +186,7 @@ class ExplainRun:
         if self.task == DETECTION:
             return [detection_targets(output, self.wanted, topk, str(group[0].path))]
         logits = _logits(output, c.model)
-        return class_targets(logits, self.wanted, topk, c.scores)
+        return class_targets(logits, self.wanted, topk, c.scores, self.dataset)
 
     def _resolve_layer(self) -> None:
         """The default target layer, found once on a reference input (a square of the whole
@@ -236,7 +247,8 @@ class ExplainRun:
         full = F.interpolate(maps[None].float(), size=tuple(input_hw), mode="bilinear",
                              align_corners=False)[0]
         for k, target in enumerate(targets):
-            name = output_name(item.stem, c.label, target.cls, target.box_index)
+            cls = target.cls if target.dataset_class is None else file_label(target.dataset_class)
+            name = output_name(item.stem, c.label, cls, target.box_index)
             title = target_title(target, self.names)
             write_explanation(c.out / name, full[k], target, display, title, subtitle,
                               alpha=c.alpha, colormap=c.colormap)
@@ -264,7 +276,8 @@ class ExplainRun:
         name = self.names[target.cls] if self.names and target.cls < len(self.names) else None
         return {
             "image": item.stem, "method": self.config.label, "target_layer": self.layer,
-            "class": target.cls, "name": name, "score": target.score,
+            "class": target.cls, "name": name, "dataset_class": target.dataset_class,
+            "score": target.score,
             "box_index": target.box_index, "box": target.box,
             "box_image": _image_box(target.box, item), "region": target.region,
             "map_size": list(map_shape[-2:]), "raw_range": [float(map_.min()), float(map_.max())],

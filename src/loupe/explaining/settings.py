@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loupe.explaining.classmap import DatasetClasses
 from loupe.explaining.images import VIEWS
 from loupe.mapsets.generate import MEMORY_OPTIONS
 from loupe.models import Classifier, PreprocessingOptions, load_classifier, read_labels
@@ -34,6 +35,7 @@ class ExplainConfig:
     target_layer: str | None = None
     targets: tuple[str, ...] | None = None
     topk: int | None = None
+    class_map: str | None = None
     view: str = "whole"
     max_side: int = 1024
     size: int | None = None
@@ -101,10 +103,11 @@ def load_model(config: ExplainConfig) -> Classifier:
     return classifier
 
 
-def run_settings(config: ExplainConfig, classifier: Classifier
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_settings(config: ExplainConfig, classifier: Classifier,
+                 dataset: DatasetClasses | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The settings of the output folder and of the method, as ``explain.json`` records them
-    (everything that changes an output file other than its image, method and target)."""
+    (everything that changes an output file other than its image, method and target;
+    ``dataset``: the ``--class-map``, which says what a data-set class's file holds)."""
     prep = classifier.preprocessing
     names = classifier.class_names
     settings = {
@@ -123,6 +126,7 @@ def run_settings(config: ExplainConfig, classifier: Classifier
             "sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
         },
         "scores": config.scores if classifier.task != "detection" else "detection score",
+        "class_map": None if dataset is None else dataset.settings(),
         "amp": config.amp,
         "overlay": {"colormap": config.colormap, "alpha": config.alpha},
     }

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from loupe.data.mapping import mapped_scores, mapped_targets
+from loupe.explaining.classmap import DatasetClasses
 from loupe.models.dense import DETECTION
 from loupe.targets import BoxScore, ScoreFunction, SegmentationScore, output_tensor
 
@@ -31,10 +33,13 @@ BACKGROUND_NAMES = ("background", "__background__")
 
 @dataclass(frozen=True)
 class Wanted:
-    """A ``--target`` value: a class, and for detection which of its boxes (0 = best)."""
+    """A ``--target`` value: a class, and for detection which of its boxes (0 = best); or,
+    with ``--class-map``, a data-set class (``dataset_class``, its index in the map; ``cls``
+    is then -1: the classifier class is chosen per image)."""
 
     cls: int
     box_index: int = 0
+    dataset_class: int | None = None
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,22 @@ class Target:
     box_index: int | None = None
     box: tuple[float, ...] | None = None
     region: str | None = None
+    dataset_class: str | None = None
 
 
-def parse_targets(values: Sequence[str], names: Sequence[str] | None, task: str
-                  ) -> list[Wanted]:
-    """``--target`` values as :class:`Wanted`: class indices or names (a full name or one of
-    its comma-separated synonyms, case-insensitive), ``CLASS:N`` for detection."""
+def parse_targets(values: Sequence[str], names: Sequence[str] | None, task: str,
+                  dataset: DatasetClasses | None = None) -> list[Wanted]:
+    """``--target`` values as :class:`Wanted`: with ``dataset`` (``--class-map``) a name of
+    its classes first; class indices or names (a full name or one of its comma-separated
+    synonyms, case-insensitive), ``CLASS:N`` for detection."""
     wanted = []
     for value in values:
+        if dataset is not None and (found := dataset.find(value)) is not None:
+            if not dataset.mapping[found]:
+                raise ValueError(f"--target {value!r}: --class-map {dataset.source} lists no "
+                                 "classifier class for it")
+            wanted.append(Wanted(-1, dataset_class=found))
+            continue
         text, box = value, 0
         if task == DETECTION and ":" in value:
             text, _, index = value.rpartition(":")
@@ -87,11 +100,18 @@ def _class_index(text: str, value: str, names: Sequence[str] | None) -> int:
     return hits[0]
 
 
-def check_range(wanted: Sequence[Wanted], num_classes: int | None, topk: int | None) -> None:
-    """A ValueError for a ``--target`` class or a ``--topk`` beyond the model's classes."""
+def check_range(wanted: Sequence[Wanted], num_classes: int | None, topk: int | None,
+                dataset: DatasetClasses | None = None) -> None:
+    """A ValueError for a ``--target`` class or a ``--topk`` beyond the model's classes (or
+    beyond the ``--class-map`` classes that have a classifier class)."""
+    if dataset is not None and topk is not None:
+        mapped = sum(1 for members in dataset.mapping if members)
+        if topk > mapped:
+            raise ValueError(f"--topk {topk} exceeds the {mapped} classes of --class-map "
+                             f"{dataset.source} that have a classifier class")
     if num_classes is None:
         return
-    bad = [w.cls for w in wanted if not 0 <= w.cls < num_classes]
+    bad = [w.cls for w in wanted if w.dataset_class is None and not 0 <= w.cls < num_classes]
     if bad:
         raise ValueError(f"--target {bad[0]} is out of range (0..{num_classes - 1})")
     if topk is not None and topk > num_classes:
@@ -99,16 +119,30 @@ def check_range(wanted: Sequence[Wanted], num_classes: int | None, topk: int | N
 
 
 def class_targets(logits: torch.Tensor, wanted: Sequence[Wanted] | None, topk: int,
-                  kind: str) -> list[list[Target]]:
-    """Classification: the targets of each image of a batch, from its logits ``(B, C)``."""
+                  kind: str, dataset: DatasetClasses | None = None) -> list[list[Target]]:
+    """Classification: the targets of each image of a batch, from its logits ``(B, C)``.
+
+    With ``dataset`` (``--class-map``), a data-set class is explained through its
+    best-scoring classifier class in each image, and without ``wanted`` the ``topk``
+    data-set classes of best such scores are (:func:`loupe.data.mapping.mapped_targets`)."""
+    batch = logits.shape[0]
     if wanted:
-        classes = torch.tensor([w.cls for w in wanted], device=logits.device)
-        classes = classes.expand(logits.shape[0], -1)
+        named = torch.tensor([-1 if w.dataset_class is None else w.dataset_class
+                              for w in wanted], device=logits.device).repeat(batch, 1)
+        classes = torch.tensor([w.cls for w in wanted], device=logits.device).repeat(batch, 1)
+    elif dataset is not None:
+        named = mapped_scores(logits, dataset.mapping).topk(topk, dim=1).indices
+        classes = torch.full_like(named, -1)
     else:
         classes = logits.topk(topk, dim=1).indices
-    scores = _scores(logits.float(), kind, dim=1).gather(1, classes)
-    return [[Target(int(c), float(s)) for c, s in zip(cs.tolist(), ss.tolist(), strict=True)]
-            for cs, ss in zip(classes, scores, strict=True)]
+        named = torch.full_like(classes, -1)
+    if dataset is not None:  # a data-set class: its best classifier class in each image
+        best = mapped_targets(logits, dataset.mapping).gather(1, named.clamp(min=0))
+        classes = classes.where(named < 0, best)
+    scores = _scores(logits.float(), kind, dim=1).gather(1, classes).tolist()
+    return [[Target(c, s, dataset_class=None if d < 0 else dataset.names[d])  # type: ignore[union-attr]
+             for c, s, d in zip(cs, ss, ds, strict=True)]
+            for cs, ss, ds in zip(classes.tolist(), scores, named.tolist(), strict=True)]
 
 
 def _scores(logits: torch.Tensor, kind: str, dim: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from loupe.io import save_image
+from loupe.io import open_image, save_image
 
 
 @cache
@@ -57,7 +57,7 @@ def load_mask_png(path: str | os.PathLike[str]) -> torch.Tensor:
     """A ``(H, W)`` long mask from a paletted (``P``) or grayscale (``L``) PNG: the stored
     indices, not colours. A ValueError names the file when it is not an index image."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             if image.mode not in ("P", "L"):
                 raise ValueError(
                     f"{path}: a mask must be a paletted or grayscale image of class indices, "
