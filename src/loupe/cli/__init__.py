@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "masks": "masks",
     "evaluate": "evaluate",
     "compare": "compare",
+    "faithfulness": "faithfulness",
     "report": "report",
     "train": "train",
     "train-seg": "train_seg",

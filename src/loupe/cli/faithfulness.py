@@ -1,0 +1,129 @@
+"""``loupe faithfulness``: how faithful each map method is to the model, on a data set or photos.
+
+For every ``--methods`` spec it computes the maps of each image's targets and scores them with
+the faithfulness metrics (deletion and insertion AUC, ROAD, Average Drop and Increase in
+Confidence, the pointing games when the data set has masks or boxes, the model-randomisation
+check; ``loupe.metrics.faithfulness``), then writes the table of means over images with
+bootstrap intervals: ``faithfulness.md`` (also printed), ``results.json`` (table, per-image
+values, seconds per method), ``faithfulness.json`` (the settings) and ``methods/<slug>.json``
+(one method's values: a run started again reuses them, so methods can be added later).
+Targets: a data set's image-level labels (``--class-map``/``--label-offset`` as ``loupe
+maps``), or the top ``--topk`` classes; image files (``--images``) are explained for their
+top-1 class (or ``--topk``). Images are resized to ``--size`` (default: the model's input).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from loupe.cli import UserError
+from loupe.cli.args import (
+    add_dataset_arguments,
+    add_model_arguments,
+    add_run_arguments,
+    dataset_spec,
+)
+from loupe.distributed import resolve_device
+from loupe.faithfulness import FaithfulnessConfig, faithfulness_markdown, run_faithfulness
+from loupe.faithfulness.config import GROUP_FUNCTIONS, REGION_SOURCES, SCORES
+from loupe.method_specs import parse_value
+from loupe.metrics.faithfulness import list_metrics
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("faithfulness", help="faithfulness metrics of map methods on a "
+                              "data set or image files, with bootstrap intervals",
+                              description=__doc__.splitlines()[0])
+    add_dataset_arguments(p, required=False)
+    p.add_argument_group("or image files").add_argument(
+        "--images", nargs="+", type=Path, metavar="IMAGE_OR_DIR",
+        help="image files or folders instead of a data set (targets: top --topk classes)")
+    group = add_model_arguments(p, runs=True)
+    group.add_argument("--class-map", help="data-set class -> classifier classes: "
+                       "'coco_to_imagenet' or a JSON file {name: [indices]}")
+    group.add_argument("--label-offset", type=int, help="classifier output k is data-set class "
+                       "k + OFFSET (default: model.json, or inferred from the class counts)")
+    group = p.add_argument_group("methods")
+    group.add_argument("--methods", nargs="+", required=True, metavar="SPEC",
+                       help="method specs, e.g. gradcam scorecam 'rise:n_masks=2000'")
+    group.add_argument("--target-layer", help="layer of the CAM methods (default: found "
+                       "automatically)")
+    group.add_argument("--topk", type=int, help="explain the K best-scoring classes instead "
+                       "of the image-level labels (image files: default 1)")
+    group = p.add_argument_group("metrics")
+    group.add_argument("--metrics", nargs="+", choices=list_metrics(), metavar="METRIC",
+                       help=f"default: all ({', '.join(list_metrics())}), the pointing games "
+                       "only with regions")
+    group.add_argument("--steps", type=int, help="deletion and insertion steps (default 20)")
+    group.add_argument("--metric-option", nargs="+", action="extend", default=[],
+                       metavar="GROUP.KEY=VALUE", help="an option of a metric function, e.g. "
+                       "road.fractions=(0.1,0.5,0.9) insertion.baseline=0 randomization."
+                       f"seed=1; groups: {', '.join(GROUP_FUNCTIONS)}")
+    group.add_argument("--score", choices=SCORES, default="probability",
+                       help="what the perturbation metrics follow (default probability)")
+    group.add_argument("--regions", choices=REGION_SOURCES, default="auto",
+                       help="regions of the pointing games (auto: masks, else boxes)")
+    group.add_argument("--bootstrap", type=int, default=1000,
+                       help="bootstrap resamples of the images (0: means only; default 1000)")
+    group.add_argument("--bootstrap-seed", type=int, default=0)
+    group.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
+    run_group = add_run_arguments(p, out_help="faithfulness folder")
+    run_group.add_argument("--size", type=int, help="images are resized to SIZE x SIZE "
+                           "(default: the model's input size)")
+    run_group.add_argument("--batch-size", type=int, default=8)
+    run_group.add_argument("--chunk-size", type=int, default=16,
+                           help="perturbed images per forward (memory only; default 16)")
+    p.set_defaults(run=run)
+
+
+def metric_options(pairs: list[str], steps: int | None) -> dict[str, dict[str, object]]:
+    """``--metric-option GROUP.KEY=VALUE`` pairs (and ``--steps``) as ``group -> options``."""
+    options: dict[str, dict[str, object]] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        group, dot, key = name.strip().partition(".")
+        if not sep or not dot or not group or not key:
+            raise UserError(f"--metric-option {pair!r} must be GROUP.KEY=VALUE, e.g. "
+                            "deletion.steps=50")
+        try:
+            options.setdefault(group, {})[key.replace("-", "_")] = parse_value(value)
+        except ValueError as error:
+            raise UserError(f"--metric-option {pair!r}: {error}") from None
+    if steps is not None:
+        for group in ("deletion", "insertion"):
+            if "steps" in options.get(group, {}):
+                raise UserError(f"--steps and --metric-option {group}.steps both set the "
+                                "steps; give one")
+            options.setdefault(group, {})["steps"] = steps
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.dataset is None and not args.images:
+        raise UserError("give --dataset KIND (with its options) or --images FILE_OR_DIR ...")
+    if args.dataset is not None and args.images:
+        raise UserError("give --dataset or --images, not both")
+    if args.dataset is None and (args.root or args.split):
+        raise UserError("--root and --split belong to a data set: give --dataset too")
+    if args.weights is None and args.seed != 0:
+        raise UserError("--seed only applies to --weights random")
+    config = FaithfulnessConfig(
+        out=args.out, model=args.model, methods=tuple(args.methods),
+        dataset=dataset_spec(args) if args.dataset else None,
+        images=tuple(args.images or ()), weights=args.weights, num_classes=args.num_classes,
+        seed=args.seed, mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None, scale=args.scale, patch=args.patch,
+        class_map=args.class_map, label_offset=args.label_offset,
+        metrics=tuple(args.metrics) if args.metrics else None,
+        metric_options=metric_options(args.metric_option, args.steps), topk=args.topk,
+        target_layer=args.target_layer, size=args.size, regions=args.regions,
+        score=args.score, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        workers=args.workers, bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
+        level=args.level, progress=not args.no_progress,
+    )
+    results = run_faithfulness(config, resolve_device(args.device))
+    print(faithfulness_markdown(results), end="")
+    print(f"scored {results['images']} images with {len(results['methods'])} methods; "
+          f"results in {args.out}")
+    return 0
