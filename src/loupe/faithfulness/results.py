@@ -84,7 +84,7 @@ def faithfulness_markdown(results: Mapping[str, Any]) -> str:
     for method in results["methods"]:
         row = [_format_cell(cells[method, m], best[m], results["images"]) for m in metrics]
         lines.append(f"| {method} | " + " | ".join(row) +
-                     f" | {results['seconds'][method]:.0f} |")
+                     f" | {results['seconds'][method]:.1f} |")
     return "\n".join(lines) + "\n"
 
 
