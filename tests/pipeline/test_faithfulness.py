@@ -141,7 +141,8 @@ def test_the_files_and_the_printed_table(scored):
     assert len(rows) == 2 and rows[0].startswith("| gradcam | ")
     cells = {c["metric"]: c for c in results["table"] if c["method"] == "gradcam"}
     first = rows[0].split(" | ")[1]
-    assert f"{cells['deletion']['mean']:.3f}" in first and f"{cells['deletion']['low']:.3f}" in first
+    deletion = cells["deletion"]
+    assert f"{deletion['mean']:.3f}" in first and f"{deletion['low']:.3f}" in first
     for metric in list_metrics():  # the best mean of every column is bold
         column = 1 + list_metrics().index(metric)
         assert any("**" in row.split(" | ")[column] for row in rows)

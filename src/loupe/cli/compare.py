@@ -10,6 +10,8 @@ writes a ranked table with paired bootstrap intervals against ``--reference``
 ``--split-by-id dev|test`` compares on the first or second half of the sorted image ids.
 Run again with the same settings, it reuses every map and mask; methods, references and
 evaluation options may change between runs, the data set, model and map options may not.
+``--faithfulness`` also scores every method's maps with the faithfulness metrics (``loupe
+faithfulness`` with its defaults, into ``OUT/faithfulness/``, on the main process).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from loupe.cli.args import (
     maps_config,
     swept_thresholds,
 )
-from loupe.comparison import CompareConfig, ranked_table, run_comparison
+from loupe.comparison import CompareConfig, comparison_rows, ranked_table, run_comparison
 from loupe.evaluation import ResultOptions
+from loupe.faithfulness import config_of_maps, faithfulness_markdown, run_faithfulness
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +60,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        "(default 0.15, IRN's)")
     group.add_argument("--overlays", type=int, default=6,
                        help="images where the methods disagree most, in overlays.png (0: none)")
+    group.add_argument("--faithfulness", action="store_true",
+                       help="also the faithfulness metrics of every method (and baseline) in "
+                       "OUT/faithfulness/ (loupe faithfulness, default metrics; one scale, no "
+                       "flip, images at --size or the model's input size)")
     p.set_defaults(run=run)
 
 
@@ -73,10 +80,19 @@ def run(args: argparse.Namespace) -> int:
         ignore_classes=tuple(args.ignore_classes), common_threshold=args.common_threshold,
         overlays=args.overlays, progress=not args.no_progress,
     )
+    faithfulness = None
+    if args.faithfulness:
+        rows, _ = comparison_rows(config.methods)
+        faithfulness = config_of_maps(
+            config.maps, [row.name for row in rows], args.out / "faithfulness",
+            bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed, level=args.level)
+        faithfulness.check()
     with distributed.distributed_session(args.device) as device:
         results = run_comparison(config, device)
         distributed.barrier()
     if results is not None:
         print(ranked_table(results.summary), end="")
         print(f"compared {results.summary['images']} images; results in {args.out}")
+        if faithfulness is not None:  # after the process group: no rank waits for it
+            print(faithfulness_markdown(run_faithfulness(faithfulness, device)), end="")
     return 0

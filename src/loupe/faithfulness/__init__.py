@@ -4,7 +4,12 @@ files, with bootstrap intervals over images (:func:`run_faithfulness`). The metr
 themselves are :mod:`loupe.metrics.faithfulness`."""
 
 from loupe.faithfulness.batches import ImageBatch, image_batches, image_files, open_source
-from loupe.faithfulness.config import FaithfulnessConfig, MethodRow, method_rows
+from loupe.faithfulness.config import (
+    FaithfulnessConfig,
+    MethodRow,
+    config_of_maps,
+    method_rows,
+)
 from loupe.faithfulness.results import faithfulness_markdown, faithfulness_results
 from loupe.faithfulness.run import chosen_metrics, run_faithfulness
 
@@ -13,6 +18,7 @@ __all__ = [
     "ImageBatch",
     "MethodRow",
     "chosen_metrics",
+    "config_of_maps",
     "faithfulness_markdown",
     "faithfulness_results",
     "image_batches",

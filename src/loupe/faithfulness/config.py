@@ -14,7 +14,7 @@ from loupe._autograd import GRADIENT_CHUNK
 from loupe.data.spec import DatasetSpec
 from loupe.io import to_jsonable
 from loupe.mapsets.files import check_same_run
-from loupe.mapsets.generate import MEMORY_OPTIONS
+from loupe.mapsets.generate import MEMORY_OPTIONS, MapsConfig
 from loupe.method_specs import format_method_spec, method_slug, parse_method_spec
 from loupe.metrics.faithfulness import (
     GROUPS,
@@ -224,3 +224,19 @@ def check_settings(path: Path, settings: Mapping[str, Any]) -> None:
         raise ValueError(f"{error} (methods, the bootstrap and batch or chunk sizes may change "
                          "between runs; the images, model, targets and metrics may not)"
                          ) from None
+
+
+def config_of_maps(maps: MapsConfig, methods: Sequence[str], out: Path, *, bootstrap: int = 1000,
+                   bootstrap_seed: int = 0, level: float = 0.95) -> FaithfulnessConfig:
+    """The faithfulness run of ``loupe compare --faithfulness``: the data set, model, class
+    correspondence, target layer, input size and batch size of its maps (``maps``), every
+    metric with its defaults. The maps are made at one scale without flips, at the model's
+    input size when ``maps.size`` is None."""
+    return FaithfulnessConfig(
+        out=out, model=maps.model, methods=tuple(methods), dataset=maps.dataset,
+        weights=maps.weights, num_classes=maps.num_classes, seed=maps.seed, mean=maps.mean,
+        std=maps.std, scale=maps.scale, patch=maps.patch, class_map=maps.class_map,
+        label_offset=maps.label_offset, target_layer=maps.target_layer, size=maps.size,
+        batch_size=maps.batch_size, workers=maps.workers, bootstrap=bootstrap,
+        bootstrap_seed=bootstrap_seed, level=level, progress=maps.progress,
+    )

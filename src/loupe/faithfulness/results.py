@@ -92,7 +92,7 @@ def _heading(results: Mapping[str, Any]) -> str:
     settings, boot = results["settings"], results["bootstrap"]
     images = settings["images"]
     source = (f"data set {images['dataset']['kind']}" if "dataset" in images
-              else f"{len(images['files'])} image files")
+              else "image files")
     model = settings["model"]
     interval = (f"[{boot['level']:.0%} percentile bootstrap interval over images, {boot['n']} "
                 "resamples]" if boot["n"] else "(no bootstrap)")
