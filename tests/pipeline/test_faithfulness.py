@@ -300,3 +300,27 @@ def test_errors_are_one_line(extra, message, sharp_run, folder_root, tmp_path, c
     error = capsys.readouterr().err.strip()
     assert error.startswith("loupe faithfulness: error: ") and "\n" not in error
     assert message.replace("MISSING", str(tmp_path / "missing")) in error
+
+
+def test_real_photos_with_the_imagenet_mobilenet(assets: Path, tmp_path: Path):
+    """The shared MobileNetV2 (TF preprocessing, tf_same_padding) on three real photos: the
+    top-1 targets are the photos' objects, and Grad-CAM's insertion curve rises faster than
+    that of an uninformative map (baseline-background: a constant map, pixels in a seeded
+    random order) on each photo."""
+    weights = assets / "weights"
+    names = ["parrot.jpg", "cat_and_dog.png", "hot_dog.jpg"]
+    out = tmp_path / "photos"
+    argv = ["faithfulness", "--images", *(str(assets / "photos" / n) for n in names),
+            "--model", "mobilenet_v2", "--weights",
+            str(weights / "mobilenet_v2_imagenet1k_coral.pth"), "--scale", "x*2-1", "--patch",
+            f"{weights / 'tf_same_padding.py'}:tf_same_padding", "--methods", "gradcam",
+            "baseline-background", "--metrics", "insertion", "--steps", "8", "--bootstrap",
+            "100", "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert run_cli(argv)[0] == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["ids"] == names
+    assert results["targets"] == [["88"], ["243"], ["934"]]  # macaw, bull mastiff, hot dog
+    gradcam = results["per_image"]["gradcam"]["insertion"]
+    uninformative = results["per_image"]["baseline-background"]["insertion"]
+    assert all(g > u + 0.1 for g, u in zip(gradcam, uninformative, strict=True)), (
+        gradcam, uninformative)
