@@ -302,6 +302,15 @@ def test_errors_are_one_line(extra, message, sharp_run, folder_root, tmp_path, c
     assert message.replace("MISSING", str(tmp_path / "missing")) in error
 
 
+def test_refused_under_torchrun(sharp_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["faithfulness", *SYNTHETIC, "--model", str(sharp_run), "--methods", "cam",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "runs in one process" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_real_photos_with_the_imagenet_mobilenet(assets: Path, tmp_path: Path):
     """The shared MobileNetV2 (TF preprocessing, tf_same_padding) on three real photos: the
     top-1 targets are the photos' objects, and Grad-CAM's insertion curve rises faster than

@@ -24,7 +24,7 @@ from loupe.cli.args import (
     add_run_arguments,
     dataset_spec,
 )
-from loupe.distributed import resolve_device
+from loupe.distributed import launched_world_size, resolve_device
 from loupe.faithfulness import FaithfulnessConfig, faithfulness_markdown, run_faithfulness
 from loupe.faithfulness.config import GROUP_FUNCTIONS, REGION_SOURCES, SCORES
 from loupe.method_specs import parse_value
@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--root and --split belong to a data set: give --dataset too")
     if args.weights is None and args.seed != 0:
         raise UserError("--seed only applies to --weights random")
+    if launched_world_size() > 1:
+        raise UserError("loupe faithfulness runs in one process; start it without torchrun")
     config = FaithfulnessConfig(
         out=args.out, model=args.model, methods=tuple(args.methods),
         dataset=dataset_spec(args) if args.dataset else None,
