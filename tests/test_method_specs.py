@@ -17,7 +17,7 @@ import loupe
 from loupe import explain, format_method_spec, parse_method_spec
 from loupe.cli import main
 from loupe.method_specs import format_value, method_slug, parse_value
-from tests.cli.test_explain import base_args, world  # noqa: F401  (the fixture)
+from tests.cli.conftest import base_args, world  # noqa: F401  (the fixture)
 from tests.test_registry import tiny_resnet
 
 
@@ -157,9 +157,10 @@ def test_loupe_explain_takes_a_spec_and_names_files_after_it(world, tmp_path):  
     args = base_args(world, out, world["images"] / "a.png")
     assert main([*args, "--method", "smoothgrad:n_samples=2,seed=4", "--target", "3"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "a.smoothgrad.n_samples=2.seed=4.npz", "a.smoothgrad.n_samples=2.seed=4.png"]
+        "a.smoothgrad.n_samples=2.seed=4.3.npz", "a.smoothgrad.n_samples=2.seed=4.3.png",
+        "explain.json"]
     assert main([*args, "--method", "smoothgrad", "--option", "n_samples=2", "seed=4",
                  "--target", "3", "--out", str(tmp_path / "plain")]) == 0
-    with_spec = np.load(out / "a.smoothgrad.n_samples=2.seed=4.npz")["maps"]
-    with_options = np.load(tmp_path / "plain" / "a.smoothgrad.npz")["maps"]
+    with_spec = np.load(out / "a.smoothgrad.n_samples=2.seed=4.3.npz")["maps"]
+    with_options = np.load(tmp_path / "plain" / "a.smoothgrad.3.npz")["maps"]
     assert np.array_equal(with_spec, with_options)

@@ -361,7 +361,8 @@ def test_new_methods_on_a_real_photo(assets):
     for method, pairs in [("ablationcam", ["chunk_size=512"]), ("finercam", ["alpha=1.0"]),
                           ("gradcam-elementwise", ["aug_smooth=true"]),
                           ("shapleycam", ["eigen_smooth=false"])]:
-        maps = explain(model, x, dog_and_cat, method=method, **method_options(method, pairs))
+        name, options = method_options(method, pairs)
+        maps = explain(model, x, dog_and_cat, method=name, **options)
         top = maps[0, :, :112].sum((-2, -1)) / maps[0].sum((-2, -1))
         assert top[0] > 0.6 and top[1] < 0.4, (method, top)
     eigen = explain(model, x, dog_and_cat, method="eigencam")

@@ -150,7 +150,7 @@ def test_a_rerun_may_add_methods_but_not_change_the_settings(compared, tmp_path,
     assert main([*argv[:at], "gradcam", *argv[at:]]) == 0
     after = _stamps(out / "maps")
     assert {k: v for k, v in after.items() if not k.startswith("gradcam/")} == maps
-    assert len([k for k in after if k.startswith("gradcam/")]) == 7  # 6 maps and maps.json
+    assert len([k for k in after if k.startswith("gradcam/")]) == 8  # 6 maps, json, lock
     assert "gradcam" in json.loads((out / "results.json").read_text())["ranking"]
     capsys.readouterr()
     assert main([*argv, "--size", "24"]) == 2
@@ -167,11 +167,15 @@ def test_a_rerun_may_add_methods_but_not_change_the_settings(compared, tmp_path,
         (["--methods", "cam", "--reference", "gradcam"], "--reference 'gradcam' is not one of "
                                                           "the compared rows"),
         (["--methods", "cam:n=1"], "method spec 'cam:n=1': method 'cam' has no option 'n'"),
-        (["--methods", "cam", "--fixed", "0.12"], "--fixed 0.12 is not one of the swept "
-                                                  "thresholds"),
-        (["--methods", "cam", "--common-threshold", "0.33"], "--common-threshold 0.33 is not "
-                                                             "one of the swept thresholds"),
-        (["--methods", "cam", "--overlays", "-1"], "--overlays must be >= 0, got -1"),
+        # numbers are checked at parse time (argparse's "argument --X: ..." line)
+        (["--methods", "cam", "--fixed", "0.12"], "argument --fixed: expected one of the "
+                                                  "swept thresholds 0, 0.05, ..., 0.95, got "
+                                                  "'0.12'"),
+        (["--methods", "cam", "--common-threshold", "0.33"], "argument --common-threshold: "
+                                                             "expected one of the swept "
+                                                             "thresholds"),
+        (["--methods", "cam", "--overlays", "-1"], "argument --overlays: expected an integer "
+                                                   ">= 0, got '-1'"),
     ],
 )
 def test_errors_are_one_line_and_write_nothing(tiny_run, tmp_path, capsys, extra, message):
@@ -211,7 +215,7 @@ def test_a_killed_comparison_resumes_to_the_same_files(tiny_run, tmp_path):
     finally:
         torch.set_num_threads(before)
     resumed, expected = tree_bytes(killed / "maps"), tree_bytes(reference / "maps")
-    assert sorted(resumed) == sorted(expected) and len(expected) == 4 * 9  # 4 rows, 8 + json
+    assert sorted(resumed) == sorted(expected) and len(expected) == 4 * 10  # 4 rows: 8, json, lock
     assert [name for name in expected if resumed[name] != expected[name]] == []
     assert not [p for p in killed.rglob("*") if ".tmp-" in p.name]
     assert _without_folders(json.loads((killed / "results.json").read_text())) == \

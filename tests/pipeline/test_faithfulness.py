@@ -283,8 +283,8 @@ def test_image_files_are_explained_for_their_top_class(sharp_run, tmp_path):
     (["--images", "IMAGES", "--methods", "gradcam", "gradcam"], "give each method once"),
     (["--images", "MISSING"], "--images MISSING: no such image file or folder"),
     (["--images", "IMAGES", "--seed", "3"], "--seed only applies to --weights random"),
-    (["--images", "IMAGES", "--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--images", "IMAGES", "--level", "1.5"], "--level must lie in (0, 1)"),
+    # parse-time checks (every numeric option: tests/cli/test_values.py)
+    (["--images", "IMAGES", "--steps", "0"], "argument --steps: expected an integer >= 1"),
     (["--dataset", "folder", "--root", "FOLDER", "--regions", "boxes"],
      "--regions boxes: the data set has no boxes"),
 ])
@@ -300,6 +300,16 @@ def test_errors_are_one_line(extra, message, sharp_run, folder_root, tmp_path, c
     error = capsys.readouterr().err.strip()
     assert error.startswith("loupe faithfulness: error: ") and "\n" not in error
     assert message.replace("MISSING", str(tmp_path / "missing")) in error
+
+
+def test_the_parser_names_equal_the_library():
+    # the parser copies them so that loupe --help imports no torch
+    from loupe.cli import faithfulness as cli
+    from loupe.faithfulness import config
+
+    assert cli.METRIC_NAMES == tuple(list_metrics())
+    assert cli.METRIC_GROUPS == tuple(config.GROUP_FUNCTIONS)
+    assert (cli.REGION_SOURCES, cli.SCORES) == (config.REGION_SOURCES, config.SCORES)
 
 
 def test_refused_under_torchrun(sharp_run, tmp_path, capsys, monkeypatch):

@@ -43,8 +43,9 @@ def test_killed_run_resumes_to_identical_files(tiny_run: Path, tmp_path: Path, o
     assert main(["maps", *WORK, "--model", str(tiny_run), "--out", str(reference)]) == 0
 
     resumed, expected = tree_bytes(killed), tree_bytes(reference)
-    assert len(expected) == IMAGES + 1  # the maps and maps.json
+    assert len(expected) == IMAGES + 2  # the maps, maps.json and its (empty) lock file
     assert sorted(resumed) == sorted(expected)
     different = [name for name in expected if resumed[name] != expected[name]]
     assert not different, f"files differ from the uninterrupted run: {different}"
     assert not [p for p in killed.rglob("*") if ".tmp-" in p.name]
+    assert not list(killed.glob(".chunk-*.lock"))  # the killed run's claim was taken over

@@ -111,4 +111,5 @@ def test_cli_records_the_probability_in_model_json(tmp_path, capsys):
     assert spec["config"]["shuffle_augment"] == 0.5
     assert main([*TRAIN, "--shuffle-augment", "1.5", "--out", str(tmp_path / "bad")]) == 2
     error = capsys.readouterr().err.strip()
-    assert error == "loupe train: error: --shuffle-augment must lie in [0, 1], got 1.5"
+    assert error == ("loupe train: error: argument --shuffle-augment: expected a number in "
+                     "[0, 1], got '1.5' (see loupe train --help)")

@@ -1,43 +1,50 @@
 """``loupe compare``: which map method makes the best pseudo-masks for this model and data?
-
-Computes the maps of every ``--methods`` spec into ``OUT/maps/<slug>/`` (``loupe maps``:
-resumable, a folder made with other settings is refused), optionally CRF-refined references
-(``--crf METHOD``: ``loupe masks --crf`` at every threshold, in ``OUT/crf/``), evaluates all
-of them and the two model-free baselines across the background thresholds in one pass, and
-writes a ranked table with paired bootstrap intervals against ``--reference``
-(``compare.md``, ``results.json``), ``per_image.json``, ``miou_vs_threshold.png``,
-``overlays.png`` (the images where the methods disagree most) and ``compare.html``.
-``--split-by-id dev|test`` compares on the first or second half of the sorted image ids.
-Run again with the same settings, it reuses every map and mask; methods, references and
-evaluation options may change between runs, the data set, model and map options may not.
-``--faithfulness`` also scores every method's maps with the faithfulness metrics (``loupe
-faithfulness`` with its defaults, into ``OUT/faithfulness/``, on the main process).
-"""
+(see :data:`DESCRIPTION`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from loupe import distributed
-from loupe.cli import UserError
 from loupe.cli.args import (
+    TARGET_LAYER_HELP,
+    add_command,
     add_dataset_arguments,
     add_evaluation_options,
     add_map_options,
     add_model_arguments,
     add_run_arguments,
     maps_config,
-    swept_thresholds,
 )
-from loupe.comparison import CompareConfig, comparison_rows, ranked_table, run_comparison
-from loupe.evaluation import ResultOptions
-from loupe.faithfulness import config_of_maps, faithfulness_markdown, run_faithfulness
+from loupe.cli.values import non_negative_int, swept_threshold
+
+DESCRIPTION = """\
+Which map method makes the best pseudo-masks for this model and data? Computes the maps of
+every --methods spec into OUT/maps/<slug>/ (as loupe maps: resumable, a folder made with other
+settings is refused), optionally CRF-refined references (--crf SPEC: loupe masks --crf at every
+threshold, in OUT/crf/), evaluates all of them and the two model-free baselines across the
+background thresholds in one pass, and writes a ranked table with paired bootstrap intervals
+against --reference (compare.md, results.json), per_image.json, miou_vs_threshold.png,
+overlays.png (the images where the methods disagree most) and compare.html. --split-by-id
+dev|test compares on the first or second half of the sorted image ids. Run again with the same
+settings, it reuses every map and mask; methods, references and evaluation options may change
+between runs, the data set, model and map options may not. --faithfulness also scores every
+method's maps with the faithfulness metrics (loupe faithfulness with its defaults, into
+OUT/faithfulness/, on the main process)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("compare", help="rank map methods as pseudo-masks on a data set "
-                              "(maps, CRF references, bootstrap, HTML)",
-                              description=__doc__.splitlines()[0])
+    p = add_command(
+        subparsers, "compare", help="rank map methods as pseudo-masks on a data set (maps, "
+        "CRF references, bootstrap, HTML)", description=DESCRIPTION,
+        examples=[
+            "loupe compare --dataset voc --root VOCdevkit --split train --split-by-id dev "
+            "--model runs/cls --methods cam gradcam 'shuffle:smooth=0.03' --crf cam "
+            "--out runs/compare",
+            "loupe compare --dataset yolo --root coco128-seg --class-names coco --model "
+            "resnet50 --weights IMAGENET1K_V1 --class-map coco_to_imagenet --methods gradcam "
+            "layercam --reference layercam --out runs/compare-r50",
+        ],
+    )
     add_dataset_arguments(p)
     add_model_arguments(p, runs=True)
     group = p.add_argument_group("methods")
@@ -49,16 +56,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--crf", nargs="+", default=[], metavar="SPEC",
                        help="also rows SPEC+crf: those methods' pseudo-masks refined by the "
                        "dense CRF at every threshold (pydensecrf2)")
-    group.add_argument("--target-layer", help="layer of the CAM methods (default: found "
-                       "automatically)")
+    group.add_argument("--target-layer", help=TARGET_LAYER_HELP)
     maps_group = p.add_argument_group("maps")
     run_group = add_run_arguments(p, out_help="comparison folder")
     add_map_options(maps_group, run_group)
     group = add_evaluation_options(p, class_map=False)
-    group.add_argument("--common-threshold", type=float, default=0.15,
+    group.add_argument("--common-threshold", type=swept_threshold, default=0.15,
                        help="the fixed threshold of the second difference to the reference "
-                       "(default 0.15, IRN's)")
-    group.add_argument("--overlays", type=int, default=6,
+                       "(IRN's; of the swept 0, 0.05, ..., 0.95)")
+    group.add_argument("--overlays", type=non_negative_int, default=6,
                        help="images where the methods disagree most, in overlays.png (0: none)")
     group.add_argument("--faithfulness", action="store_true",
                        help="also the faithfulness metrics of every method (and baseline) in "
@@ -68,9 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    swept_thresholds(args)
-    if args.overlays < 0:
-        raise UserError(f"--overlays must be >= 0, got {args.overlays}")
+    from loupe import distributed
+    from loupe.comparison import CompareConfig, comparison_rows, ranked_table, run_comparison
+    from loupe.evaluation import ResultOptions
+    from loupe.faithfulness import config_of_maps, faithfulness_markdown, run_faithfulness
+
     config = CompareConfig(
         maps=maps_config(args, "cam", {}), methods=tuple(args.methods), out=args.out,
         reference=args.reference, crf=tuple(args.crf),

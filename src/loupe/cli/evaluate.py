@@ -1,42 +1,44 @@
-"""``loupe evaluate``: map (or mask) folders against a data set's ground truth.
-
-Per method: the mIoU at every background threshold 0.00..0.95 (one pass), the best mIoU and
-its threshold, the mIoU at fixed thresholds and its spread over a range (AMN's robustness
-figures), per-class IoU, precision and recall; with several folders, paired bootstrap
-intervals of each method's mIoU difference to the best one (and to baselines).
-``--ignore-classes`` and ``--class-map`` leave data-set classes out of these scores (e.g. the
-COCO classes without an ImageNet counterpart when the maps come through a class map). ``--boxes``
-adds localization (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP). Writes ``results.json``,
-``report.md``, ``miou_vs_threshold.png`` and ``overlays.png`` into ``--out``. Under
-``torchrun`` the images are sharded and the matrices all-reduced; rank 0 writes.
-"""
+"""``loupe evaluate``: map (or mask) folders against a data set's ground truth (see
+:data:`DESCRIPTION`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from loupe import distributed
 from loupe.cli.args import (
+    add_command,
     add_dataset_arguments,
     add_evaluation_options,
     add_run_arguments,
     dataset_spec,
-    swept_thresholds,
 )
-from loupe.evaluation import (
-    EvaluationConfig,
-    ResultOptions,
-    build_results,
-    evaluate_sources,
-    make_sources,
-    write_evaluation,
-)
+from loupe.cli.values import SWEPT_THRESHOLDS, fraction, non_negative_int
+
+DESCRIPTION = """\
+Map (or mask) folders against a data set's ground truth. Per method: the mIoU at every
+background threshold 0.00..0.95 (one pass), the best mIoU and its threshold, the mIoU at fixed
+thresholds and its spread over a range (AMN's robustness figures), per-class IoU, precision and
+recall; with several folders, paired bootstrap intervals of each method's mIoU difference to
+the best one (and to baselines). --ignore-classes and --class-map leave data-set classes out
+of these scores. --boxes adds localization (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP).
+Writes results.json, report.md, miou_vs_threshold.png and overlays.png into --out. Under
+torchrun the images are sharded and the matrices all-reduced; rank 0 writes."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="mIoU sweeps, bootstrap comparisons, WSOL "
-                              "metrics of map or mask folders", description=__doc__.splitlines()[0])
+    p = add_command(
+        subparsers, "evaluate", help="mIoU sweeps, bootstrap comparisons, WSOL metrics of map "
+        "or mask folders", description=DESCRIPTION,
+        examples=[
+            "loupe evaluate --maps runs/maps-gradcam runs/maps-shuffle --dataset voc --root "
+            "VOCdevkit --split train --out runs/eval",
+            "loupe evaluate --masks runs/masks --dataset voc --root VOCdevkit --split train "
+            "--bootstrap 0 --out runs/eval-masks",
+            "loupe evaluate --maps runs/maps-r50 --dataset yolo --root coco128-seg "
+            "--class-names coco --class-map coco_to_imagenet --out runs/eval-r50",
+        ],
+    )
     group = p.add_argument_group("what to evaluate")
     group.add_argument("--maps", nargs="+", action="extend", default=[], type=Path,
                        metavar="DIR", help="map folders written by loupe maps (one per method)")
@@ -48,18 +50,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group = add_evaluation_options(p)
     group.add_argument("--boxes", action="store_true",
                        help="also localization: top-1 loc, GT-known loc, MaxBoxAccV2, PxAP")
-    group.add_argument("--box-threshold", type=float, default=0.2,
+    group.add_argument("--box-threshold", type=fraction, default=0.2,
                        help="CAM box rule for top-1/GT-known loc (fraction of the map's range)")
-    group.add_argument("--iou", type=float, default=0.5, help="IoU of top-1/GT-known loc")
-    group.add_argument("--overlays", type=int, default=6,
+    group.add_argument("--iou", type=fraction, default=0.5,
+                       help="IoU of top-1/GT-known loc")
+    group.add_argument("--overlays", type=non_negative_int, default=6,
                        help="images in overlays.png (0: none; needs images)")
     add_run_arguments(p, out_help="run folder for the results")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    thresholds = swept_thresholds(args)
+    from loupe import distributed
+    from loupe.evaluation import (
+        EvaluationConfig,
+        ResultOptions,
+        build_results,
+        check_evaluation_folder,
+        evaluate_sources,
+        make_sources,
+        write_evaluation,
+    )
+
+    thresholds = SWEPT_THRESHOLDS
     spec = dataset_spec(args)
+    check_evaluation_folder(args.out)  # before the pass, not after it
     sources = make_sources(args.maps, args.masks, args.names)
     config = EvaluationConfig(dataset=spec, sources=sources, thresholds=thresholds,
                               boxes=args.boxes, box_threshold=args.box_threshold,

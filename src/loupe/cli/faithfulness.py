@@ -1,16 +1,5 @@
-"""``loupe faithfulness``: how faithful each map method is to the model, on a data set or photos.
-
-For every ``--methods`` spec it computes the maps of each image's targets and scores them with
-the faithfulness metrics (deletion and insertion AUC, ROAD, Average Drop and Increase in
-Confidence, the pointing games when the data set has masks or boxes, the model-randomisation
-check; ``loupe.metrics.faithfulness``), then writes the table of means over images with
-bootstrap intervals: ``faithfulness.md`` (also printed), ``results.json`` (table, per-image
-values, seconds per method), ``faithfulness.json`` (the settings) and ``methods/<slug>.json``
-(one method's values: a run started again reuses them, so methods can be added later).
-Targets: a data set's image-level labels (``--class-map``/``--label-offset`` as ``loupe
-maps``), or the top ``--topk`` classes; image files (``--images``) are explained for their
-top-1 class (or ``--topk``). Images are resized to ``--size`` (default: the model's input).
-"""
+"""``loupe faithfulness``: how faithful each map method is to the model, on a data set or
+image files (see :data:`DESCRIPTION`; the work is :mod:`loupe.faithfulness`)."""
 
 from __future__ import annotations
 
@@ -19,66 +8,109 @@ from pathlib import Path
 
 from loupe.cli import UserError
 from loupe.cli.args import (
+    CLASS_MAP_HELP,
+    LABEL_OFFSET_HELP,
+    TARGET_LAYER_HELP,
+    add_command,
     add_dataset_arguments,
     add_model_arguments,
     add_run_arguments,
     dataset_spec,
 )
-from loupe.distributed import launched_world_size, resolve_device
-from loupe.faithfulness import FaithfulnessConfig, faithfulness_markdown, run_faithfulness
-from loupe.faithfulness.config import GROUP_FUNCTIONS, REGION_SOURCES, SCORES
-from loupe.method_specs import parse_value
-from loupe.metrics.faithfulness import list_metrics
+from loupe.cli.values import non_negative_int, open_fraction, positive_int
+
+# The library's names, copied so that the parser imports no torch (tests/pipeline/
+# test_faithfulness.py checks them against loupe.metrics.faithfulness and loupe.faithfulness).
+METRIC_NAMES = ("deletion", "insertion", "road_morf", "road_lerf", "road", "average_drop",
+                "increase_in_confidence", "pointing_game", "energy_pointing_game",
+                "randomization")
+METRIC_GROUPS = ("deletion", "insertion", "road", "confidence", "pointing_game",
+                 "energy_pointing_game", "randomization")
+REGION_SOURCES = ("auto", "masks", "boxes", "none")
+SCORES = ("probability", "logit")
+
+DESCRIPTION = """\
+How faithful each map method is to the model, on a data set or image files. For every
+--methods spec it computes the maps of each image's targets and scores them with the
+faithfulness metrics: deletion and insertion AUC (Petsiuk et al. 2018), ROAD MoRF, LeRF and
+their difference (Rong et al. 2022), Average Drop and Increase in Confidence (Chattopadhay et
+al. 2018), the pointing game and the energy-based pointing game when the data set has masks or
+boxes (Zhang et al. 2016; Wang et al. 2020) and the model-randomisation check (Adebayo et al.
+2018). It writes the table of means over images with paired bootstrap intervals:
+faithfulness.md (also printed), results.json (table, per-image values, seconds per method),
+faithfulness.json (the settings) and methods/<slug>.json (one method's values: a run started
+again into the same folder reuses them, so methods can be added later). Targets: a data set's
+image-level labels (--class-map/--label-offset as loupe maps) or the top --topk classes; image
+files are explained for their top-1 class (or --topk). Images are resized to --size (default:
+the model's input size). One process (not under torchrun)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("faithfulness", help="faithfulness metrics of map methods on a "
-                              "data set or image files, with bootstrap intervals",
-                              description=__doc__.splitlines()[0])
+    p = add_command(
+        subparsers, "faithfulness", help="faithfulness metrics of map methods on a data set or "
+        "image files, with bootstrap intervals", description=DESCRIPTION,
+        examples=[
+            "loupe faithfulness --dataset voc --root VOCdevkit --split val --model runs/cls "
+            "--methods gradcam scorecam 'rise:n_masks=2000' --out runs/faith",
+            "loupe faithfulness --images photos/ --model mobilenet_v2 --weights "
+            "mobilenet_v2_imagenet1k_coral.pth --scale 'x*2-1' --label-offset 1 --methods cam "
+            "gradcam saliency --metric-option 'road.fractions=(0.1,0.5,0.9)' --out runs/faith",
+        ],
+    )
     add_dataset_arguments(p, required=False)
     p.add_argument_group("or image files").add_argument(
         "--images", nargs="+", type=Path, metavar="IMAGE_OR_DIR",
         help="image files or folders instead of a data set (targets: top --topk classes)")
     group = add_model_arguments(p, runs=True)
-    group.add_argument("--class-map", help="data-set class -> classifier classes: "
-                       "'coco_to_imagenet' or a JSON file {name: [indices]}")
-    group.add_argument("--label-offset", type=int, help="classifier output k is data-set class "
-                       "k + OFFSET (default: model.json, or inferred from the class counts)")
-    group = p.add_argument_group("methods")
+    group.add_argument("--class-map", help=CLASS_MAP_HELP)
+    group.add_argument("--label-offset", type=non_negative_int, help=LABEL_OFFSET_HELP
+                       + " (default: model.json's, or inferred from the class counts)")
+    add_method_options(p.add_argument_group("methods"))
+    add_metric_options(p.add_argument_group("metrics"))
+    run_group = add_run_arguments(p, out_help="faithfulness folder")
+    run_group.add_argument("--size", type=positive_int, help="images are resized to SIZE x SIZE "
+                           "(default: the model's input size)")
+    run_group.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
+    run_group.add_argument("--chunk-size", type=positive_int, default=16,
+                           help="perturbed images per forward (memory only)")
+    p.set_defaults(run=run)
+
+
+def add_method_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--methods", nargs="+", required=True, metavar="SPEC",
-                       help="method specs, e.g. gradcam scorecam 'rise:n_masks=2000'")
-    group.add_argument("--target-layer", help="layer of the CAM methods (default: found "
-                       "automatically)")
-    group.add_argument("--topk", type=int, help="explain the K best-scoring classes instead "
-                       "of the image-level labels (image files: default 1)")
-    group = p.add_argument_group("metrics")
-    group.add_argument("--metrics", nargs="+", choices=list_metrics(), metavar="METRIC",
-                       help=f"default: all ({', '.join(list_metrics())}), the pointing games "
+                       help="method specs, e.g. gradcam scorecam 'rise:n_masks=2000' (the "
+                       "model-free baselines are rows like any method)")
+    group.add_argument("--target-layer", help=TARGET_LAYER_HELP)
+    group.add_argument("--topk", type=positive_int, help="explain the K best-scoring classes "
+                       "instead of the image-level labels (image files: default 1)")
+
+
+def add_metric_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--metrics", nargs="+", choices=METRIC_NAMES, metavar="METRIC",
+                       help=f"default: all ({', '.join(METRIC_NAMES)}), the pointing games "
                        "only with regions")
-    group.add_argument("--steps", type=int, help="deletion and insertion steps (default 20)")
+    group.add_argument("--steps", type=positive_int, help="deletion and insertion steps "
+                       "(default: 20)")
     group.add_argument("--metric-option", nargs="+", action="extend", default=[],
                        metavar="GROUP.KEY=VALUE", help="an option of a metric function, e.g. "
                        "road.fractions=(0.1,0.5,0.9) insertion.baseline=0 randomization."
-                       f"seed=1; groups: {', '.join(GROUP_FUNCTIONS)}")
+                       f"seed=1; groups: {', '.join(METRIC_GROUPS)}")
     group.add_argument("--score", choices=SCORES, default="probability",
-                       help="what the perturbation metrics follow (default probability)")
+                       help="what the perturbation metrics follow")
     group.add_argument("--regions", choices=REGION_SOURCES, default="auto",
                        help="regions of the pointing games (auto: masks, else boxes)")
-    group.add_argument("--bootstrap", type=int, default=1000,
-                       help="bootstrap resamples of the images (0: means only; default 1000)")
-    group.add_argument("--bootstrap-seed", type=int, default=0)
-    group.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
-    run_group = add_run_arguments(p, out_help="faithfulness folder")
-    run_group.add_argument("--size", type=int, help="images are resized to SIZE x SIZE "
-                           "(default: the model's input size)")
-    run_group.add_argument("--batch-size", type=int, default=8)
-    run_group.add_argument("--chunk-size", type=int, default=16,
-                           help="perturbed images per forward (memory only; default 16)")
-    p.set_defaults(run=run)
+    group.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                       help="bootstrap resamples of the images (0: none)")
+    group.add_argument("--bootstrap-seed", type=non_negative_int, default=0,
+                       help="seed of the bootstrap resampling")
+    group.add_argument("--level", type=open_fraction, default=0.95,
+                       help="level of the bootstrap intervals, in (0, 1)")
 
 
 def metric_options(pairs: list[str], steps: int | None) -> dict[str, dict[str, object]]:
     """``--metric-option GROUP.KEY=VALUE`` pairs (and ``--steps``) as ``group -> options``."""
+    from loupe.method_specs import parse_value
+
     options: dict[str, dict[str, object]] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -100,6 +132,9 @@ def metric_options(pairs: list[str], steps: int | None) -> dict[str, dict[str, o
 
 
 def run(args: argparse.Namespace) -> int:
+    from loupe.distributed import launched_world_size, resolve_device
+    from loupe.faithfulness import FaithfulnessConfig, faithfulness_markdown, run_faithfulness
+
     if args.dataset is None and not args.images:
         raise UserError("give --dataset KIND (with its options) or --images FILE_OR_DIR ...")
     if args.dataset is not None and args.images:

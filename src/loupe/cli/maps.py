@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from loupe import distributed
 from loupe.cli.args import (
+    add_command,
     add_dataset_arguments,
     add_map_options,
     add_method_arguments,
@@ -20,30 +20,50 @@ from loupe.cli.args import (
     maps_config,
     method_options,
 )
-from loupe.mapsets.generate import generate_maps
+from loupe.cli.values import positive_int
+
+DESCRIPTION = """\
+Class maps for every image of a data set, one OUT/<id>.npz per image (float16 maps of the
+image's ground-truth classes, or of its --topk best, at the image's size), optionally summed
+over --scales and --flip (the IRN protocol). Resumable: finished images are skipped. Sharded
+under torchrun (docs/distributed.md). OUT/maps.json records the settings."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("maps", help="class maps of a whole data set (<id>.npz files)",
-                              description=__doc__.splitlines()[0])
+    p = add_command(
+        subparsers, "maps", help="class maps of a whole data set (<id>.npz files)",
+        description=DESCRIPTION,
+        examples=[
+            "loupe maps --dataset voc --root VOCdevkit --split train --model runs/cls "
+            "--method gradcam --scales 1.0 0.5 1.5 2.0 --flip --out runs/maps",
+            "loupe maps --dataset yolo --root coco128-seg --class-names coco --model resnet50 "
+            "--weights IMAGENET1K_V1 --class-map coco_to_imagenet --out runs/maps-r50",
+            "torchrun --nproc_per_node 4 -m loupe maps --dataset synthetic --model runs/demo/"
+            "classifier --out runs/maps",
+        ],
+    )
     add_dataset_arguments(p)
     add_model_arguments(p, runs=True)
     group = p.add_argument_group("maps")
     add_method_arguments(group)
-    group.add_argument("--topk", type=int, help="maps of the K best-scoring classes instead of "
-                       "the image-level labels")
+    group.add_argument("--topk", type=positive_int, help="maps of the K best-scoring classes "
+                       "(default: of the image-level labels)")
     run_group = add_run_arguments(p, out_help="output folder")
     add_map_options(group, run_group)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from loupe import distributed
+    from loupe.mapsets.generate import generate_maps
+
     config = maps_config(args, *method_options(args.method, args.option))
     config.check()
     with distributed.distributed_session(args.device) as device:
         result = generate_maps(config, device)
         rank, world = distributed.rank(), distributed.world_size()
         distributed.barrier()
-    print(f"maps: {result.written} written, {result.skipped} already in {args.out}"
+    elsewhere = f", {result.elsewhere} by another process" if result.elsewhere else ""
+    print(f"maps: {result.written} written, {result.skipped} already in {args.out}{elsewhere}"
           + (f" (rank {rank} of {world})" if world > 1 else ""))
     return 0

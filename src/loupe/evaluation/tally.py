@@ -33,7 +33,13 @@ from tqdm import tqdm
 
 from loupe import distributed
 from loupe.data.spec import DatasetSpec, open_spec, selected_count
-from loupe.evaluation.sources import Source, ignored_class_indices, relabel
+from loupe.evaluation.sources import (
+    Source,
+    check_source_files,
+    ignored_class_indices,
+    recorded_class_map,
+    relabel,
+)
 from loupe.mapsets.files import load_map_file, output_path
 from loupe.masks.palette import load_mask_png
 from loupe.metrics import (
@@ -77,6 +83,8 @@ class Tally:
     pxap: per source, the summed PxAP histogram ``(2, E + 1)`` or None without masks.
     ignored: the indices of the classes left out of the segmentation scores (see
         :func:`ignored_class_indices`); their rows and columns of ``confusions`` are zero.
+    class_map: the class map applied because the folders' ``maps.json`` record it (no
+        ``--class-map`` given), else None.
     """
 
     num_classes: int
@@ -88,6 +96,7 @@ class Tally:
     pairs: list[dict[int, list[PairRecord]]] = field(default_factory=list)
     pxap: list[torch.Tensor | None] = field(default_factory=list)
     ignored: tuple[int, ...] = ()
+    class_map: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,11 +175,15 @@ class _Sums:
 
 def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | None:
     """One pass over this rank's images; returns the merged :class:`Tally` on rank 0 (None on
-    other ranks)."""
+    other ranks). Without ``config.class_map``, the class map the folders' ``maps.json``
+    record is applied (:func:`recorded_class_map`). Every file is checked to exist first."""
     dataset = open_spec(config.dataset, images=False)
     count = selected_count(dataset, config.dataset)
     n = len(dataset.class_names)
-    ignored = ignored_class_indices(dataset.class_names, config.ignore_classes, config.class_map)
+    recorded = None if config.class_map else recorded_class_map(config.sources)
+    ignored = ignored_class_indices(dataset.class_names, config.ignore_classes, config.class_map,
+                                    recorded)
+    check_source_files(config.sources, dataset.ids[:count])
     has_masks = count > 0 and _first_mask(dataset) is not None
     if not has_masks and not config.boxes:
         raise ValueError(f"--dataset {config.dataset.kind}: the images have no ground-truth "
@@ -194,8 +207,11 @@ def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | 
         _add_item(sums, item, config, thresholds, edges, n, ignored_tensor)
     if not config.boxes:
         sums.pairs, sums.pxap = [], []
-    return merge_tallies(n, tuple(dataset.class_names), tuple(dataset.ids[:count]), has_masks,
-                         sums, ignored=ignored)
+    tally = merge_tallies(n, tuple(dataset.class_names), tuple(dataset.ids[:count]), has_masks,
+                          sums, ignored=ignored)
+    if tally is not None and recorded is not None:
+        tally.class_map = recorded.name
+    return tally
 
 
 def _add_item(

@@ -44,6 +44,7 @@ def masked_scores(
     *,
     masks: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] = channel_masks,
     scales: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """``(B, C, K)``: the K target scores of each image masked by each of its C channel masks.
 
@@ -57,7 +58,8 @@ def masked_scores(
     is zero everywhere (common after a ReLU: about a fifth of MobileNetV2's last layer on
     photos) has an all-zero mask, so its masked input is the zero image whatever the image
     and the scale: it is scored once, by one forward of a zero image, not once per channel.
-    Call under ``torch.no_grad``."""
+    Call under ``torch.no_grad``. ``progress(done, total)`` is called after each chunk with
+    the masked inputs scored so far and their number."""
     batch, channels = activation.shape[:2]
     flat = activation.flatten(0, 1)  # (B*C, h, w), image-major
     owner = torch.arange(batch, device=images.device).repeat_interleave(channels)
@@ -73,7 +75,8 @@ def masked_scores(
     scores = torch.empty(batch * channels, targets.count, device=images.device)
     if live.numel():
         per_scale = perturbed_scores(
-            model, targets, owner[live].repeat(factors.numel()), build, chunk_size
+            model, targets, owner[live].repeat(factors.numel()), build, chunk_size,
+            progress=progress,
         )
         scores[live] = per_scale.view(factors.numel(), live.numel(), -1).mean(0)
     dead = flat.flatten(1).eq(0).all(1).nonzero().flatten()
@@ -134,5 +137,6 @@ def scorecam(ctx: MapContext, chunk_size: int = 32, eigen_smooth: bool = False) 
         output = ctx.model(ctx.images)
         targets = ctx.targets.bind(output)
         activation = ctx.activation()
-        scores = masked_scores(ctx.model, ctx.images, activation, targets, chunk_size)
+        scores = masked_scores(ctx.model, ctx.images, activation, targets, chunk_size,
+                               progress=ctx.report_rows)
     return score_weighted_maps(scores, activation, targets, eigen_smooth)
