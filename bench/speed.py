@@ -220,18 +220,27 @@ def synchronize(device: torch.device) -> None:
 
 
 def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: bool,
-                     device: torch.device) -> float:
-    """Median wall time of ``repeats`` calls, after one untimed call when ``warmup``."""
+                     device: torch.device) -> tuple[float, float]:
+    """Median wall time and median process CPU time (user + sys, all threads) of ``repeats``
+    calls, after one untimed call when ``warmup``. The CPU time counts only this process, so
+    with one thread it holds on a loaded machine where wall time does not."""
     if warmup:
         fn()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
         synchronize(device)
-        start = time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         fn()
         synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(cpu_seconds() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (nanosecond clock, unlike the 10 ms
+    ticks of ``os.times``)."""
+    return time.process_time()
 
 
 def model_rows(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batches: list[int],
@@ -255,8 +264,8 @@ def model_rows(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batches
                 score = model(inputs).gather(1, cb[:, None]).sum()
                 return torch.autograd.grad(score, inputs)[0]
 
-            fwd = seconds_per_call(forward, repeats, True, device)
-            bwd = seconds_per_call(backward, repeats, True, device)
+            fwd = seconds_per_call(forward, repeats, True, device)[0]
+            bwd = seconds_per_call(backward, repeats, True, device)[0]
             rows.append(f"| {b} | {rate(b / fwd)} | {rate(b / bwd)} |")
             backward_rates[b] = b / bwd
     finally:
@@ -304,7 +313,7 @@ def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, ba
         return loupe.explain(setup.model, xb, cb, method=case.method, target_layer=layer,
                              **options)
 
-    results: dict[str, float | None] = {}
+    results: dict[str, tuple[float, float] | None] = {}
     failed: set[str] = set()
     results["loupe"] = timed(lambda: loupe_call, repeats, not slow, device, "loupe", case, notes)
     peer_input = xb.detach().requires_grad_(True) if args.frozen_params else xb
@@ -323,19 +332,34 @@ def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, ba
             notes.append(f"{peer} {case.method} failed: {type(error).__name__}: {error}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    ips = {k: (b / v if v else None) for k, v in results.items()}
+    return row_of(case, batch, b, results, failed, backward_rates[b])
+
+
+def row_of(case: Case, batch: int, b: int, results: dict[str, tuple[float, float] | None],
+           failed: set[str], backward_rate: float) -> tuple[str, float | None]:
+    """The Markdown row of one case at ``b`` images from each implementation's (wall, CPU)
+    seconds per call: img/s, loupe over the fastest peer by wall time and by CPU time (the
+    peer with the least CPU seconds), loupe over the model alone; and loupe's img/s."""
+    ips = {k: (b / v[0] if v else None) for k, v in results.items()}
     peers = [v for k, v in ips.items() if k != "loupe" and v]
     ratio = f"{ips['loupe'] / max(peers):.2f}×" if peers and ips["loupe"] else "—"
-    own = f"{ips['loupe'] / backward_rates[b]:.2f}×" if ips["loupe"] else "—"
+    own = f"{ips['loupe'] / backward_rate:.2f}×" if ips["loupe"] else "—"
+    cpu_peers = [v[1] for k, v in results.items() if k != "loupe" and v]
+    loupe_cpu = results["loupe"][1] if results["loupe"] else None
+    cpu_cells = [rate(1e3 * loupe_cpu) if loupe_cpu is not None else "—",
+                 rate(1e3 * min(cpu_peers)) if cpu_peers else "—",
+                 f"{min(cpu_peers) / loupe_cpu:.2f}×" if cpu_peers and loupe_cpu else "—"]
     shown = f"{b}" if b == batch else f"{b} (of {batch})"
-    marker = "*" if slow else ""
+    marker = "*" if case.slow else ""
     cells = ["failed" if k in failed else rate(ips[k]) for k in ("loupe", *PEERS)]
-    row = f"| {case.method}{marker} | {shown} | " + " | ".join(cells) + f" | {ratio} | {own} |"
+    row = (f"| {case.method}{marker} | {shown} | " + " | ".join(cells)
+           + f" | {ratio} | {own} | " + " | ".join(cpu_cells) + " |")
     return row, ips["loupe"]
 
 
 def timed(make: Callable[[], Callable[[], object]], repeats: int, warmup: bool,
-          device: torch.device, who: str, case: Case, notes: list[str]) -> float | None:
+          device: torch.device, who: str, case: Case, notes: list[str]
+          ) -> tuple[float, float] | None:
     try:
         return seconds_per_call(make(), repeats, warmup, device)
     except torch.cuda.OutOfMemoryError as error:
@@ -390,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = [c.method for c in CASES if c.method not in registered
                and (args.methods is None or c.method in args.methods)]
 
+    start_times, start_load, start_wall = os.times(), os.getloadavg(), time.perf_counter()
     model = random_model(args.model, seed=args.seed).to(device)
     if args.frozen_params:
         model.requires_grad_(False)
@@ -414,7 +439,14 @@ def main(argv: list[str] | None = None) -> int:
             if case.method in SAMPLING and loupe_rate:
                 pass_rows.append(sampling_row(case.method, row, loupe_rate * args.samples,
                                               backward_rates[args.chunk]))
-    text = report(args, device, forward_rows, rows, pass_rows, notes, skipped)
+    end = os.times()
+    usage = (f"The whole run: {time.perf_counter() - start_wall:.0f} s wall, CPU user "
+             f"{end.user - start_times.user:.0f} s, sys {end.system - start_times.system:.0f} s "
+             f"(this process); load average (1, 5, 15 min) "
+             f"{', '.join(f'{v:.2f}' for v in start_load)} at the start, "
+             f"{', '.join(f'{v:.2f}' for v in os.getloadavg())} at the end, on "
+             f"{os.cpu_count()} CPUs.")
+    text = report(args, device, forward_rows, rows, pass_rows, notes, skipped, usage)
     print(text)
     if args.out:
         with atomic_path(args.out) as tmp:
@@ -437,7 +469,7 @@ def sampling_row(method: str, row: str, passes: float, raw: float) -> str:
 
 def report(args: argparse.Namespace, device: torch.device, forward_rows: list[str],
            rows: list[str], pass_rows: list[str], notes: list[str],
-           skipped: list[str]) -> str:
+           skipped: list[str], usage: str = "") -> str:
     from importlib.metadata import version
 
     import captum
@@ -455,8 +487,9 @@ def report(args: argparse.Namespace, device: torch.device, forward_rows: list[st
         f"{'frozen for everyone' if args.frozen_params else 'trainable (peers as documented)'}.",
         "",
         "| method | batch | loupe img/s | grad-cam img/s | captum img/s | torchcam img/s | "
-        "loupe / fastest peer | loupe / model fwd+bwd |",
-        "|---|---|---|---|---|---|---|---|",
+        "loupe / fastest peer | loupe / model fwd+bwd | loupe CPU ms/call | "
+        "fastest peer CPU ms/call | loupe / fastest peer, CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"\\* slow method: one timed call, no warm-up call of its own, on at most "
@@ -466,8 +499,12 @@ def report(args: argparse.Namespace, device: torch.device, forward_rows: list[st
         f"NoiseTunnel(Saliency) with {args.samples} samples, and run with "
         "include_original=False, so both make the same number of passes. The last column is "
         "loupe's img/s over the model's own forward + input-gradient img/s at the batch timed "
-        "(table below): 1.00 = a map costs one forward and backward.",
+        "(table below): 1.00 = a map costs one forward and backward. The CPU columns are "
+        "the median user + sys milliseconds of this process per call (all its threads) of loupe "
+        "and of the peer that used the least; their ratio holds where other processes load "
+        "the machine, the wall-clock ratio does not.",
         "",
+        *([usage, ""] if usage else []),
         "Model alone (parameters frozen, one target per image):",
         "",
         "| batch | forward img/s | forward + input-gradient backward img/s |",

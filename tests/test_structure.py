@@ -48,6 +48,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("loupe.explaining",),
     # loupe evaluate
     ("loupe.evaluation",),
+    # loupe faithfulness: the metrics of several methods on a data set or image files, the table
+    ("loupe.faithfulness",),
     # loupe compare: maps, references and evaluation of several methods, the ranked table
     ("loupe.comparison",),
     # the one training loop and its tasks

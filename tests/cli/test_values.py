@@ -21,6 +21,7 @@ REQUIRED: dict[str, list[str]] = {
     "masks": ["--maps", "maps"],
     "evaluate": ["--dataset", "synthetic"],
     "compare": ["--dataset", "synthetic", "--model", "run", "--methods", "cam"],
+    "faithfulness": ["--dataset", "synthetic", "--model", "run", "--methods", "cam"],
     "report": ["run"],
     "train-seg": ["--dataset", "synthetic", "--masks", "masks"],
     "train-amn": ["--dataset", "synthetic", "--masks", "masks", "--classifier", "run"],

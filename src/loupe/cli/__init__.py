@@ -31,6 +31,7 @@ SUBCOMMANDS = {
     "masks": "masks",
     "evaluate": "evaluate",
     "compare": "compare",
+    "faithfulness": "faithfulness",
     "report": "report",
     "train-seg": "train_seg",
     "train-amn": "train_amn",

@@ -27,7 +27,9 @@ against --reference (compare.md, results.json), per_image.json, miou_vs_threshol
 overlays.png (the images where the methods disagree most) and compare.html. --split-by-id
 dev|test compares on the first or second half of the sorted image ids. Run again with the same
 settings, it reuses every map and mask; methods, references and evaluation options may change
-between runs, the data set, model and map options may not."""
+between runs, the data set, model and map options may not. --faithfulness also scores every
+method's maps with the faithfulness metrics (loupe faithfulness with its defaults, into
+OUT/faithfulness/, on the main process)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -64,13 +66,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        "(IRN's; of the swept 0, 0.05, ..., 0.95)")
     group.add_argument("--overlays", type=non_negative_int, default=6,
                        help="images where the methods disagree most, in overlays.png (0: none)")
+    group.add_argument("--faithfulness", action="store_true",
+                       help="also the faithfulness metrics of every method (and baseline) in "
+                       "OUT/faithfulness/ (loupe faithfulness, default metrics; one scale, no "
+                       "flip, images at --size or the model's input size)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from loupe import distributed
-    from loupe.comparison import CompareConfig, ranked_table, run_comparison
+    from loupe.comparison import CompareConfig, comparison_rows, ranked_table, run_comparison
     from loupe.evaluation import ResultOptions
+    from loupe.faithfulness import config_of_maps, faithfulness_markdown, run_faithfulness
 
     config = CompareConfig(
         maps=maps_config(args, "cam", {}), methods=tuple(args.methods), out=args.out,
@@ -81,10 +88,19 @@ def run(args: argparse.Namespace) -> int:
         ignore_classes=tuple(args.ignore_classes), common_threshold=args.common_threshold,
         overlays=args.overlays, progress=not args.no_progress,
     )
+    faithfulness = None
+    if args.faithfulness:
+        rows, _ = comparison_rows(config.methods)
+        faithfulness = config_of_maps(
+            config.maps, [row.name for row in rows], args.out / "faithfulness",
+            bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed, level=args.level)
+        faithfulness.check()
     with distributed.distributed_session(args.device) as device:
         results = run_comparison(config, device)
         distributed.barrier()
     if results is not None:
         print(ranked_table(results.summary), end="")
         print(f"compared {results.summary['images']} images; results in {args.out}")
+        if faithfulness is not None:  # after the process group: no rank waits for it
+            print(faithfulness_markdown(run_faithfulness(faithfulness, device)), end="")
     return 0
