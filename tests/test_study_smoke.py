@@ -77,7 +77,7 @@ def test_post_hoc_blur_equals_shuffles_smooth_option():
     images = torch.rand(2, 3, 24, 24)
     options = dict(method="shuffle", n_shuffles=4, seed=0)
     raw = explain(model, images, [[0, 2], [1, 2]], **options)
-    smoothed = explain(model, images, [[0, 2], [1, 2]], smooth=1.5, **options)
+    smoothed = explain(model, images, [[0, 2], [1, 2]], smooth=1.5 / 24, **options)
     blurred = study_eval.gaussian_blur(raw, 1.5)
     torch.testing.assert_close(smoothed, blurred)
     assert study_eval.smoothing_sigma(480, 640) == pytest.approx(0.04 * 480)

@@ -25,6 +25,7 @@ from torch import nn
 
 from loupe._autograd import GRADIENT_CHUNK, grads_per_target
 from loupe.api import MapContext
+from loupe.methods._scores import check_score, check_smooth, class_scores, smooth_maps
 from loupe.registry import register
 from loupe.targets import Targets
 
@@ -53,17 +54,24 @@ def _check_reduce(reduce: object) -> None:
         raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {reduce!r}")
 
 
-def input_gradients(model: nn.Module, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
+def input_gradients(
+    model: nn.Module, inputs: torch.Tensor, targets: Targets, score: str = "logit"
+) -> torch.Tensor:
     """``d S_k / d x`` of every target k for ``inputs`` ``(R, C, H, W)``, as ``(K, R, C, H, W)``.
 
     One forward, one batched backward. ``targets`` are bound on this forward's output (top-1
-    classes come from it, given classes are range-checked). ``inputs`` is not modified.
+    classes come from it, given classes are range-checked). ``score`` transforms the logits
+    first (``"logit"``, ``"log-softmax"``, ``"logit-minus-mean"``: see
+    :mod:`loupe.methods._scores`). ``inputs`` is not modified.
     """
+    check_score(score)
+    if score != "logit" and targets.functions is not None:
+        raise ValueError(f"score={score!r} needs class targets; score functions get the raw output")
     with torch.enable_grad():
         leaf = inputs.detach().requires_grad_(True)
         output = model(leaf)
         bound = targets.bind(output)
-        return grads_per_target(bound.scores(output), leaf).detach()
+        return grads_per_target(bound.scores(class_scores(output, score)), leaf).detach()
 
 
 def _check_count(name: str, value: object, minimum: int = 1) -> int:
@@ -81,11 +89,13 @@ def _chunks(total: int, chunk_size: int, device: torch.device) -> list[torch.Ten
 
 
 def saliency_maps(
-    model: nn.Module, images: torch.Tensor, targets: Targets, reduce: str = "abs-max"
+    model: nn.Module, images: torch.Tensor, targets: Targets, reduce: str = "abs-max",
+    score: str = "logit",
 ) -> torch.Tensor:
-    """Saliency maps ``(B, K, H, W)``: ``reduce_c(dS_k/dx_c)``, by default ``max_c |dS_k/dx_c|``."""
+    """Saliency maps ``(B, K, H, W)``: ``reduce_c(dS_k/dx_c)``, by default ``max_c |dS_k/dx_c|``,
+    of the ``score`` (see :func:`input_gradients`)."""
     _check_reduce(reduce)
-    grads = input_gradients(model, images, targets)
+    grads = input_gradients(model, images, targets, score)
     return reduce_channels(grads, reduce).transpose(0, 1)
 
 
@@ -103,13 +113,18 @@ def gradient_x_input_maps(
     "saliency", uses_layer=False,
     paper="Simonyan et al., Deep Inside Convolutional Networks, ICLR Workshop 2014",
 )
-def saliency(ctx: MapContext, *, reduce: str = "abs-max") -> torch.Tensor:
+def saliency(
+    ctx: MapContext, *, reduce: str = "abs-max", score: str = "logit", smooth: float = 0.0
+) -> torch.Tensor:
     """Gradient saliency: ``M_k = max_c |dS_k / dx_c|`` (Simonyan et al. 2014).
 
-    Options: ``reduce`` (``"abs-max"`` as in the paper, ``"abs-sum"``, ``"l2"``, ``"sum"``).
-    Returns ``(B, K, H, W)``.
+    Options: ``reduce`` (``"abs-max"`` as in the paper, ``"abs-sum"``, ``"l2"``, ``"sum"``);
+    ``score`` (``"logit"``, ``"log-softmax"``, ``"logit-minus-mean"``: what ``S_k`` is, see
+    :mod:`loupe.methods._scores`); ``smooth`` (Gaussian blur, sigma as a fraction of the
+    input's shorter side; 0 = off). Returns ``(B, K, H, W)``.
     """
-    return saliency_maps(ctx.model, ctx.images, ctx.targets, reduce)
+    smooth = check_smooth(smooth)
+    return smooth_maps(saliency_maps(ctx.model, ctx.images, ctx.targets, reduce, score), smooth)
 
 
 @register(
@@ -180,6 +195,7 @@ def smoothgrad_maps(
     *,
     reduce: str = "abs-max",
     chunk_size: int = GRADIENT_CHUNK,
+    score: str = "logit",
 ) -> torch.Tensor:
     """SmoothGrad maps ``(B, K, H, W)``: ``1/N sum_s reduce_c(dS_k/dx_c at x + sigma_b z_s)``.
 
@@ -190,8 +206,10 @@ def smoothgrad_maps(
         sigma: ``(B,)`` noise standard deviation of each image.
         reduce: channel reduction of each sample's gradient (see :func:`reduce_channels`).
         chunk_size: noisy copies (of any images) per forward.
+        score: what ``S_k`` is (see :func:`input_gradients`).
     """
     _check_reduce(reduce)
+    check_score(score)
     _check_count("chunk_size", chunk_size)
     n = noise.shape[0]
     if noise.shape[1:] != images.shape[1:] or sigma.shape != images.shape[:1]:
@@ -205,7 +223,7 @@ def smoothgrad_maps(
         image_of_row, sample = rows // n, rows % n
         noisy = torch.addcmul(images[image_of_row], sigma[image_of_row, None, None, None],
                               noise[sample])
-        grads = input_gradients(model, noisy, targets.of_rows(image_of_row))
+        grads = input_gradients(model, noisy, targets.of_rows(image_of_row), score)
         total.index_add_(0, image_of_row, reduce_channels(grads, reduce).transpose(0, 1))
     return total / n
 
@@ -224,6 +242,8 @@ def smoothgrad(
     chunk_size: int = GRADIENT_CHUNK,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
+    score: str = "logit",
+    smooth: float = 0.0,
 ) -> torch.Tensor:
     """SmoothGrad: ``M_k(x) = 1/n sum_s M'_k(x + N(0, sigma^2))`` with ``M'`` the saliency map
     (Smilkov et al. 2017).
@@ -234,18 +254,21 @@ def smoothgrad(
     copies per forward); ``seed`` (0) or a ``generator`` (used instead of the seed). One noise
     tensor ``(n, C, H, W)`` is drawn (on the CPU for a seed, see :func:`standard_noise`) and
     shared by all images, so the same seed gives the same maps for any batch size, chunk size
-    and device. Returns ``(B, K, H, W)``.
+    and device. ``score`` and ``smooth`` as for :func:`saliency`. Returns ``(B, K, H, W)``.
     """
     _check_count("n_samples", n_samples)
+    smooth = check_smooth(smooth)
     images = ctx.images
     sigma = noise_scales(images, noise_level, stdev)
     noise = standard_noise(
         n_samples, images.shape[1:], seed=seed, generator=generator,
         device=images.device, dtype=images.dtype,
     )
-    return smoothgrad_maps(
-        ctx.model, images, ctx.targets, noise, sigma, reduce=reduce, chunk_size=chunk_size
+    maps = smoothgrad_maps(
+        ctx.model, images, ctx.targets, noise, sigma, reduce=reduce, chunk_size=chunk_size,
+        score=score,
     )
+    return smooth_maps(maps, smooth)
 
 
 # --- Integrated Gradients --------------------------------------------------------------------

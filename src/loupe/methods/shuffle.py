@@ -9,7 +9,7 @@ What
 
         M_k(x) = 1/T sum_t  P_t^-1( reduce_c( dS_k / dz |_{z = P_t x} ) )
 
-    where ``P_t`` is round ``t``'s pixel permutation (see :mod:`loupe.methods._tiles` for the
+    (with ``weight`` and ``accumulate`` a weighted mean, mean of squares or variance), where ``P_t`` is round ``t``'s pixel permutation (see :mod:`loupe.methods._tiles` for the
     exact index maps, also for image sizes that are not multiples of ``g``).
 
 Why
@@ -52,7 +52,24 @@ Options (defaults and why)
         ``generator`` when given) and applied to every image, so the maps do not depend on
         the batch size or chunk size, and a batch's maps equal each image's maps alone.
     smooth=0.0
-        sigma in pixels of a Gaussian blur of the result (reflect border); 0 = off.
+        a Gaussian blur of the result, sigma as a fraction of the input's shorter side
+        (``0.04`` at 224x224 is 8.96 pixels; reflect border); 0 = off. Relative, so one value
+        means the same at every input size (:mod:`loupe.methods._scores`). The same option,
+        with the same blur, is offered to saliency and SmoothGrad.
+    score="logit"
+        what is differentiated: the raw logit, ``"log-softmax"`` or ``"logit-minus-mean"``
+        (class-discriminative: in a multi-label image one class's map should not light up
+        another class's object); see :mod:`loupe.methods._scores`. Also offered to saliency
+        and SmoothGrad. Only for ``base="gradient"``.
+    weight="none", top_k=5
+        per-round weights from the shuffled image's own logits: ``"softmax"`` (the target's
+        probability), ``"sigmoid"`` (multi-label classifiers) or ``"top-k"`` (keep only the
+        rounds in which the target is still among the ``top_k`` classes); see
+        :mod:`loupe.methods._rounds`. Only for ``base="gradient"`` (the logits come from the
+        gradient's own forward).
+    accumulate="mean"
+        ``"mean"`` of the round maps, ``"square"`` (mean of squares, SmoothGrad-squared) or
+        ``"var"`` (variance over rounds, VarGrad); weighted by ``weight``.
     base="gradient"
         ``"gradient"`` as above, or the name of a registered map method (``"gradcam"``,
         ``"cam"``, ...) computed on each shuffled canvas, upsampled to it and un-shuffled the
@@ -66,16 +83,17 @@ the unshuffled image. Paper: none; this is loupe's own method.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from loupe._autograd import GRADIENT_CHUNK, grads_per_target
 from loupe.api import MapContext, explain
 from loupe.layers import find_target_layer
+from loupe.methods._rounds import RoundSums, check_round_options, round_weights
+from loupe.methods._scores import check_score, check_smooth, class_scores, smooth_maps
+from loupe.methods._scores import gaussian_blur as gaussian_blur  # re-exported
 from loupe.methods._tiles import OFFSETS, Round, check_grids, draw_rounds, identity_round
 from loupe.registry import get_method, register
 from loupe.targets import Targets
@@ -84,8 +102,9 @@ logger = logging.getLogger(__name__)
 
 REDUCTIONS = ("abs-max", "l2", "grad-x-input")
 
-# (model, canvases (n, C, Hc, Wc), targets of the n rows) -> maps (n, K, Hc, Wc)
-CanvasMaps = Callable[[nn.Module, torch.Tensor, Targets], torch.Tensor]
+# (model, canvases (n, C, Hc, Wc), targets of the n rows) -> maps (n, K, Hc, Wc) and the
+# rows' weights (n, K) (None: all 1)
+CanvasMaps = Callable[[nn.Module, torch.Tensor, Targets], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @register(
@@ -107,6 +126,10 @@ def shuffle_saliency(
     seed: int = 0,
     generator: torch.Generator | None = None,
     smooth: float = 0.0,
+    score: str = "logit",
+    weight: str = "none",
+    top_k: int = 5,
+    accumulate: str = "mean",
     base: str = "gradient",
     base_options: Mapping[str, object] | None = None,
     target_layer: str | None = None,
@@ -117,7 +140,10 @@ def shuffle_saliency(
     """
     images = ctx.images
     height, width = images.shape[-2:]
-    _check_options(n_shuffles, offset, reduce, chunk_size, seed, generator, smooth, base)
+    _check_options(n_shuffles, offset, reduce, chunk_size, seed, generator, base)
+    smooth = check_smooth(smooth)
+    check_score(score)
+    check_round_options(weight, top_k, accumulate)
     grids = check_grids(grids, height, width)
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
@@ -128,14 +154,16 @@ def shuffle_saliency(
     if include_original:
         rounds.insert(0, identity_round(height, width, images.device))
     targets = ctx.targets.ensure_bound(ctx.model, images)
-    canvas_maps = _canvas_maps_function(ctx, base, reduce, base_options, target_layer)
-    sums = torch.zeros(
-        images.shape[0], targets.count, height * width, dtype=torch.float32, device=images.device
+    canvas_maps = _canvas_maps_function(
+        ctx, base, base_options, target_layer, reduce=reduce, score=score, weight=weight,
+        top_k=top_k,
     )
+    sums = RoundSums(images.shape[0], targets.count, height * width, accumulate,
+                     weighted=weight != "none", device=images.device)
     for group in _rounds_by_canvas(rounds):
         _accumulate(sums, ctx.model, images, targets, group, canvas_maps, chunk_size)
-    maps = (sums / len(rounds)).unflatten(-1, (height, width))
-    return gaussian_blur(maps, smooth) if smooth > 0 else maps
+    maps = sums.result().unflatten(-1, (height, width))
+    return smooth_maps(maps, smooth)
 
 
 def _check_options(
@@ -145,7 +173,6 @@ def _check_options(
     chunk_size: object,
     seed: object,
     generator: object,
-    smooth: object,
     base: object,
 ) -> None:
     def is_int(value: object) -> bool:
@@ -163,8 +190,6 @@ def _check_options(
         raise ValueError(f"seed must be an int, got {seed!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if not isinstance(smooth, (int, float)) or isinstance(smooth, bool) or not smooth >= 0:
-        raise ValueError(f"smooth must be a Gaussian sigma >= 0 in pixels, got {smooth!r}")
     if not isinstance(base, str):
         raise ValueError(f"base must be 'gradient' or a method name, got {base!r}")
     if base == "shuffle":
@@ -174,50 +199,72 @@ def _check_options(
 def _canvas_maps_function(
     ctx: MapContext,
     base: str,
-    reduce: str,
     base_options: Mapping[str, object] | None,
     target_layer: str | None,
+    *,
+    reduce: str,
+    score: str,
+    weight: str,
+    top_k: int,
 ) -> CanvasMaps:
-    """How one chunk of canvases becomes maps: the reduced input gradient, or a map method."""
+    """How one chunk of canvases becomes maps (and weights): the reduced input gradient, or a
+    map method."""
     if base == "gradient":
         if base_options:
             raise ValueError("base_options are for a map method base, not base='gradient'")
-        return lambda model, canvases, targets: gradient_maps(model, canvases, targets, reduce)
+        return lambda model, canvases, targets: gradient_maps(
+            model, canvases, targets, reduce, score=score, weight=weight, top_k=top_k
+        )
     try:
         spec = get_method(base)
     except ValueError as error:
         raise ValueError(f"base must be 'gradient' or a registered method: {error}") from None
-    if reduce != "abs-max":
-        raise ValueError(f"reduce={reduce!r} applies to base='gradient' only, not base={base!r}")
+    for name, value, default in (("reduce", reduce, "abs-max"), ("score", score, "logit"),
+                                 ("weight", weight, "none")):
+        if value != default:
+            raise ValueError(f"{name}={value!r} applies to base='gradient' only, not base={base!r}")
     layer = None
     if spec.uses_layer:
         layer = target_layer or find_target_layer(ctx.model, ctx.images)
     options = dict(base_options or {})
 
-    def method_maps(model: nn.Module, canvases: torch.Tensor, targets: Targets) -> torch.Tensor:
+    def method_maps(model: nn.Module, canvases: torch.Tensor, targets: Targets) -> tuple:
         given = list(targets.functions) if targets.functions is not None else targets.classes
-        return explain(
+        maps = explain(
             model, canvases, given, method=base, target_layer=layer, reshape=ctx.reshape,
             **options,
         )
+        return maps, None
 
     return method_maps
 
 
 def gradient_maps(
-    model: nn.Module, canvases: torch.Tensor, targets: Targets, reduce: str = "abs-max"
-) -> torch.Tensor:
+    model: nn.Module,
+    canvases: torch.Tensor,
+    targets: Targets,
+    reduce: str = "abs-max",
+    *,
+    score: str = "logit",
+    weight: str = "none",
+    top_k: int = 5,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Colour-reduced input gradients ``(n, K, Hc, Wc)`` of the target scores of ``canvases``
-    ``(n, C, Hc, Wc)``: one forward, one batched backward for the K targets."""
+    ``(n, C, Hc, Wc)`` (one forward, one batched backward for the K targets), and the rows'
+    round weights ``(n, K)`` from the same forward (None for ``weight="none"``)."""
     inputs = canvases.detach().requires_grad_(True)
+    if score != "logit" and targets.functions is not None:
+        raise ValueError(f"score={score!r} needs class targets; score functions get the raw output")
     with torch.enable_grad():
-        scores = targets.scores(model(inputs))
+        output = model(inputs)
+        scores = targets.scores(class_scores(output, score))
         grads = grads_per_target(scores, inputs).transpose(0, 1).float()  # (n, K, C, Hc, Wc)
+    weights = round_weights(output, targets, weight, top_k)
     if reduce == "abs-max":
-        return grads.abs().amax(2)
+        return grads.abs().amax(2), weights
     if reduce == "l2":
-        return torch.linalg.vector_norm(grads, dim=2)
-    return (grads * canvases.detach()[:, None].float()).sum(2)
+        return torch.linalg.vector_norm(grads, dim=2), weights
+    return (grads * canvases.detach()[:, None].float()).sum(2), weights
 
 
 def _rounds_by_canvas(rounds: list[Round]) -> list[list[Round]]:
@@ -230,7 +277,7 @@ def _rounds_by_canvas(rounds: list[Round]) -> list[list[Round]]:
 
 
 def _accumulate(
-    sums: torch.Tensor,
+    sums: RoundSums,
     model: nn.Module,
     images: torch.Tensor,
     targets: Targets,
@@ -252,24 +299,8 @@ def _accumulate(
         # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
         picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
         canvases = picked.unflatten(-1, rounds[0].canvas)
-        maps = canvas_maps(model, canvases, targets.of_rows(image_of)).float()
+        maps, weights = canvas_maps(model, canvases, targets.of_rows(image_of))
+        maps = maps.float()
         k = maps.shape[1]
         back = maps.flatten(2).gather(2, placements[round_of][:, None, :].expand(-1, k, -1))
-        sums.index_add_(0, image_of, back)
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``(..., H, W)`` maps blurred by a normalised Gaussian of ``sigma`` pixels (kernel
-    radius ``ceil(3 sigma)``, reflect border as torchvision, replicate where the image is
-    smaller than the radius), separably, on the maps' device."""
-    radius = math.ceil(3 * sigma)
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    shape = maps.shape
-    planes = maps.reshape(-1, 1, *shape[-2:])
-    mode = "reflect" if radius < min(shape[-2:]) else "replicate"
-    planes = F.pad(planes, (radius, radius, radius, radius), mode=mode)
-    planes = F.conv2d(planes, kernel.view(1, 1, 1, -1))
-    planes = F.conv2d(planes, kernel.view(1, 1, -1, 1))
-    return planes.reshape(shape)
+        sums.add(image_of, back, weights)
