@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shuffle_dev_eval import DevSet, write_crf_stats, write_tables  # noqa: E402
+from shuffle_tee import SUMS_OPTIONS, write_tee_maps  # noqa: E402
 from shuffle_dev_variants import Variant, variants  # noqa: E402
 from study import Runner, _keep_freed_memory  # noqa: E402
 
@@ -84,9 +85,28 @@ def chunk_option(variant: Variant, dev_set: DevSet) -> list[str]:
     return [f"chunk_size={4 if dev_set.size <= 224 else 2}"]
 
 
+def stage_tee(args: argparse.Namespace, runner: Runner, dev_set: DevSet,
+              chosen: list[Variant]) -> None:
+    """The ``tee`` variants, one pass set per group of equal shared options."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for variant in chosen:
+        options = variant.parsed()
+        shared = tuple(sorted((k, v) for k, v in options.items() if k not in SUMS_OPTIONS))
+        sums = {k: v for k, v in options.items() if k in SUMS_OPTIONS}
+        groups.setdefault(shared, {})[variant.name] = sums
+    chunk = int(chunk_option(chosen[0], dev_set)[0].split("=")[1]) if chosen else 4
+    for shared, members in groups.items():
+        out = {name: dev_set.maps_folder(args.work, name) for name in members}
+        logger.info("tee %s: %s", dev_set.name, ", ".join(members))
+        runner.timed(f"tee/{dev_set.name}/{'+'.join(members)}", lambda: write_tee_maps(
+            dev_set, out, {**dict(shared), "chunk_size": chunk}, members))
+
+
 def stage_maps(args: argparse.Namespace, runner: Runner, dev_set: DevSet) -> None:
-    for variant in variants(dev_set.name):
-        if args.only and variant.name not in args.only:
+    chosen = [v for v in variants(dev_set.name) if not args.only or v.name in args.only]
+    stage_tee(args, runner, dev_set, [v for v in chosen if v.tee])
+    for variant in chosen:
+        if variant.tee:
             continue
         options = [*variant.options, *chunk_option(variant, dev_set)]
         option_args = ["--option", *options] if options else []

@@ -28,10 +28,19 @@ class Variant:
     size: int | None = None
     sets: tuple[str, ...] | None = None
     reference: str | None = None
+    tee: bool = False  # computed with others of the same rounds (bench/shuffle_tee.py)
 
     @property
     def sampling(self) -> bool:
         return self.method in ("smoothgrad", "shuffle", "integrated-gradients")
+
+    def parsed(self) -> dict[str, object]:
+        """The options as Python values (ints where they are ints)."""
+        out: dict[str, object] = {}
+        for option in self.options:
+            key, value = option.split("=", 1)
+            out[key] = int(value) if value.lstrip("-").isdigit() else value
+        return out
 
     def describe(self) -> str:
         extra = [*self.cli, *([f"--size {self.size}"] if self.size else [])]
@@ -73,10 +82,10 @@ def shuffle_variants(set_name: str) -> list[Variant]:
     """One option at a time from the default."""
     probability = "sigmoid" if set_name == "loop" else "softmax"  # multi-label BCE classifier
     return [
-        _shuffle(f"w{probability}", f"weight={probability}"),
-        _shuffle("wtop5", "weight=top-k", "top_k=5"),
-        _shuffle("square", "accumulate=square"),
-        _shuffle("var", "accumulate=var"),
+        _shuffle(f"w{probability}", f"weight={probability}", tee=True),
+        _shuffle("wtop5", "weight=top-k", "top_k=5", tee=True),
+        _shuffle("square", "accumulate=square", tee=True),
+        _shuffle("var", "accumulate=var", tee=True),
         _shuffle("g2", "grids=2"),
         _shuffle("g23", "grids=2,3"),
         _shuffle("g345", "grids=3,4,5"),

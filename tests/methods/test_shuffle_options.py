@@ -119,9 +119,13 @@ def test_round_weights_and_sums_directly():
     top1 = round_weights(logits, targets, "top-k", top_k=1)
     assert top1.tolist() == [[1.0, 0.0], [1.0, 1.0]]  # padding counts 1
     assert round_weights(logits, targets, "none") is None
-    sums = RoundSums(1, 1, 2, "var", weighted=True, device=torch.device("cpu"))
-    sums.add(torch.tensor([0, 0]), torch.tensor([[[1.0, 4.0]], [[3.0, 0.0]]]),
-             torch.tensor([[1.0], [3.0]]))
+    # two rounds of one image, one target (class 1 of 2): softmax weights 1/4 and 3/4
+    logits = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    logits[1, 1] = torch.log(torch.tensor(3.0))
+    logits[0, 1] = torch.log(torch.tensor(1 / 3))
+    one = resolve_targets([[1]], 1, torch.device("cpu")).of_rows(torch.tensor([0, 0]))
+    sums = RoundSums(1, 1, 2, accumulate="var", weight="softmax")
+    sums.add(torch.tensor([0, 0]), torch.tensor([[[1.0, 4.0]], [[3.0, 0.0]]]), logits, one)
     # weights 1/4, 3/4: mean (2.5, 1), mean of squares (7, 4) -> var (0.75, 3)
     torch.testing.assert_close(sums.result(), torch.tensor([[[0.75, 3.0]]]))
 

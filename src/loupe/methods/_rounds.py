@@ -72,25 +72,37 @@ def round_weights(
 
 
 class RoundSums:
-    """Running weighted sums of round maps of ``B`` images, ``K`` targets, ``P`` pixels."""
+    """Running weighted sums of the round maps of ``B`` images, ``K`` targets, ``P`` pixels;
+    :meth:`result` is the accumulation of the module docstring."""
 
-    def __init__(self, batch: int, count: int, pixels: int, accumulate: str, weighted: bool,
-                 device: torch.device) -> None:
+    def __init__(self, batch: int, count: int, pixels: int, *, accumulate: str = "mean",
+                 weight: str = "none", top_k: int = 5, device: torch.device | str = "cpu"
+                 ) -> None:
+        check_round_options(weight, top_k, accumulate)
         shape = (batch, count, pixels)
-        self.accumulate = accumulate
-        zeros = lambda *s: torch.zeros(*s, dtype=torch.float32, device=device)  # noqa: E731
-        self.first = zeros(shape) if accumulate != "square" else None  # sum w m
-        self.second = zeros(shape) if accumulate != "mean" else None  # sum w m^2
+        self.accumulate, self.weight, self.top_k = accumulate, weight, top_k
+
+        def zeros(*size: int) -> torch.Tensor:
+            return torch.zeros(*size, dtype=torch.float32, device=device)
+
+        self.first = zeros(*shape) if accumulate != "square" else None  # sum w m
+        self.second = zeros(*shape) if accumulate != "mean" else None  # sum w m^2
         self.total = zeros(batch, count, 1)  # sum w
         # the unweighted sums, for targets whose weights all vanish
-        self.plain = RoundSums(batch, count, pixels, accumulate, False, device) if weighted else None
+        self.plain = (RoundSums(batch, count, pixels, accumulate=accumulate, device=device)
+                      if weight != "none" else None)
 
-    def add(self, image_of: torch.Tensor, maps: torch.Tensor,
-            weights: torch.Tensor | None) -> None:
-        """Add round maps ``(n, K, P)`` of the images ``image_of`` ``(n,)`` with weights
-        ``(n, K)`` (None: 1)."""
+    def add(self, image_of: torch.Tensor, maps: torch.Tensor, logits: torch.Tensor | None,
+            targets: Targets) -> None:
+        """Add round maps ``(n, K, P)`` of the images ``image_of`` ``(n,)``, weighted from the
+        rounds' ``logits`` ``(n, N)`` for their ``targets`` (None: only ``weight="none"``)."""
         if self.plain is not None:
-            self.plain.add(image_of, maps, None)
+            self.plain.add(image_of, maps, None, targets)
+        weights = None
+        if self.weight != "none":
+            if logits is None:
+                raise ValueError(f"weight={self.weight!r} needs the logits of each round")
+            weights = round_weights(logits, targets, self.weight, self.top_k)
         w = maps.new_ones(maps.shape[:2]) if weights is None else weights.to(maps)
         w = w[..., None]
         if self.first is not None:

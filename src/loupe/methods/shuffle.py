@@ -91,7 +91,7 @@ from torch import nn
 from loupe._autograd import GRADIENT_CHUNK, grads_per_target
 from loupe.api import MapContext, explain
 from loupe.layers import find_target_layer
-from loupe.methods._rounds import RoundSums, check_round_options, round_weights
+from loupe.methods._rounds import RoundSums
 from loupe.methods._scores import check_score, check_smooth, class_scores, smooth_maps
 from loupe.methods._scores import gaussian_blur as gaussian_blur  # re-exported
 from loupe.methods._tiles import OFFSETS, Round, check_grids, draw_rounds, identity_round
@@ -103,7 +103,7 @@ logger = logging.getLogger(__name__)
 REDUCTIONS = ("abs-max", "l2", "grad-x-input")
 
 # (model, canvases (n, C, Hc, Wc), targets of the n rows) -> maps (n, K, Hc, Wc) and the
-# rows' weights (n, K) (None: all 1)
+# rows' logits (n, N) (None where the base method does not give them)
 CanvasMaps = Callable[[nn.Module, torch.Tensor, Targets], tuple[torch.Tensor, torch.Tensor | None]]
 
 
@@ -143,7 +143,6 @@ def shuffle_saliency(
     _check_options(n_shuffles, offset, reduce, chunk_size, seed, generator, base)
     smooth = check_smooth(smooth)
     check_score(score)
-    check_round_options(weight, top_k, accumulate)
     grids = check_grids(grids, height, width)
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
@@ -154,14 +153,12 @@ def shuffle_saliency(
     if include_original:
         rounds.insert(0, identity_round(height, width, images.device))
     targets = ctx.targets.ensure_bound(ctx.model, images)
+    sums = RoundSums(images.shape[0], targets.count, height * width, accumulate=accumulate,
+                     weight=weight, top_k=top_k, device=images.device)
     canvas_maps = _canvas_maps_function(
-        ctx, base, base_options, target_layer, reduce=reduce, score=score, weight=weight,
-        top_k=top_k,
+        ctx, base, base_options, target_layer, reduce=reduce, score=score, weight=weight
     )
-    sums = RoundSums(images.shape[0], targets.count, height * width, accumulate,
-                     weighted=weight != "none", device=images.device)
-    for group in _rounds_by_canvas(rounds):
-        _accumulate(sums, ctx.model, images, targets, group, canvas_maps, chunk_size)
+    accumulate_rounds(sums, ctx.model, images, targets, rounds, canvas_maps, chunk_size)
     maps = sums.result().unflatten(-1, (height, width))
     return smooth_maps(maps, smooth)
 
@@ -205,15 +202,14 @@ def _canvas_maps_function(
     reduce: str,
     score: str,
     weight: str,
-    top_k: int,
 ) -> CanvasMaps:
-    """How one chunk of canvases becomes maps (and weights): the reduced input gradient, or a
+    """How one chunk of canvases becomes maps (and logits): the reduced input gradient, or a
     map method."""
     if base == "gradient":
         if base_options:
             raise ValueError("base_options are for a map method base, not base='gradient'")
         return lambda model, canvases, targets: gradient_maps(
-            model, canvases, targets, reduce, score=score, weight=weight, top_k=top_k
+            model, canvases, targets, reduce, score=score
         )
     try:
         spec = get_method(base)
@@ -246,12 +242,11 @@ def gradient_maps(
     reduce: str = "abs-max",
     *,
     score: str = "logit",
-    weight: str = "none",
-    top_k: int = 5,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Colour-reduced input gradients ``(n, K, Hc, Wc)`` of the target scores of ``canvases``
-    ``(n, C, Hc, Wc)`` (one forward, one batched backward for the K targets), and the rows'
-    round weights ``(n, K)`` from the same forward (None for ``weight="none"``)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour-reduced input gradients ``(n, K, Hc, Wc)`` of the target scores (``score`` of
+    the logits, :mod:`loupe.methods._scores`) of ``canvases`` ``(n, C, Hc, Wc)`` (one
+    forward, one batched backward for the K targets), and that forward's output ``(n, N)``,
+    detached."""
     inputs = canvases.detach().requires_grad_(True)
     if score != "logit" and targets.functions is not None:
         raise ValueError(f"score={score!r} needs class targets; score functions get the raw output")
@@ -259,12 +254,12 @@ def gradient_maps(
         output = model(inputs)
         scores = targets.scores(class_scores(output, score))
         grads = grads_per_target(scores, inputs).transpose(0, 1).float()  # (n, K, C, Hc, Wc)
-    weights = round_weights(output, targets, weight, top_k)
+    output = output.detach()
     if reduce == "abs-max":
-        return grads.abs().amax(2), weights
+        return grads.abs().amax(2), output
     if reduce == "l2":
-        return torch.linalg.vector_norm(grads, dim=2), weights
-    return (grads * canvases.detach()[:, None].float()).sum(2), weights
+        return torch.linalg.vector_norm(grads, dim=2), output
+    return (grads * canvases.detach()[:, None].float()).sum(2), output
 
 
 def _rounds_by_canvas(rounds: list[Round]) -> list[list[Round]]:
@@ -274,6 +269,21 @@ def _rounds_by_canvas(rounds: list[Round]) -> list[list[Round]]:
         groups.setdefault(round_.canvas, []).append(round_)
     logger.debug("shuffle: %d rounds in %d canvas size(s)", len(rounds), len(groups))
     return list(groups.values())
+
+
+def accumulate_rounds(
+    sums: RoundSums,
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: Targets,
+    rounds: list[Round],
+    canvas_maps: CanvasMaps,
+    chunk_size: int,
+) -> None:
+    """Add every round of ``rounds`` of every image ``(B, C, H, W)`` to ``sums`` (anything
+    with :meth:`RoundSums.add`), rounds of the same canvas size batched together."""
+    for group in _rounds_by_canvas(rounds):
+        _accumulate(sums, model, images, targets, group, canvas_maps, chunk_size)
 
 
 def _accumulate(
@@ -299,8 +309,9 @@ def _accumulate(
         # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
         picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
         canvases = picked.unflatten(-1, rounds[0].canvas)
-        maps, weights = canvas_maps(model, canvases, targets.of_rows(image_of))
+        rows = targets.of_rows(image_of)
+        maps, logits = canvas_maps(model, canvases, rows)
         maps = maps.float()
         k = maps.shape[1]
         back = maps.flatten(2).gather(2, placements[round_of][:, None, :].expand(-1, k, -1))
-        sums.add(image_of, back, weights)
+        sums.add(image_of, back, logits, rows)
