@@ -28,6 +28,7 @@ seconds per step go to ``<work>/timings.json`` (bench/study.py's ``Runner``).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -135,6 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", help="only these variants (maps stage)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--job", default="main",
+                   help="name of this process's timings file (timings-JOB.json), so that "
+                        "parallel jobs on one --work do not overwrite each other's")
     return p.parse_args(argv)
 
 
@@ -148,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--work {args.work} is inside the repository; choose a folder outside")
     args.work.mkdir(parents=True, exist_ok=True)
     runner = Runner(args.work)
+    runner.timings_path = args.work / f"timings-{args.job}.json"
+    runner.timings = (json.loads(runner.timings_path.read_text())
+                      if runner.timings_path.is_file() else {})
     for dev_set in dev_sets(args):
         dev_set.check_sorted()
         if "maps" in args.stages:
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.timed(f"crf/{dev_set.name}", lambda s=dev_set: write_crf_stats(args, s))
         if "evaluate" in args.stages:
             runner.timed(f"evaluate/{dev_set.name}", lambda s=dev_set: write_tables(args, s))
-    total = sum(v["cpu_s"] for v in runner.timings.values())
+    total = sum(v["cpu_s"] for v in runner.timings.values())  # this job's
     logger.info("total CPU so far: %.1f s (%.1f min)", total, total / 60)
     return 0
 

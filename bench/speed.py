@@ -67,6 +67,11 @@ class Case:
     options: Callable[[Setup], dict[str, object]]
     peers: dict[str, PeerFactory] = field(default_factory=dict)
     slow: bool = False
+    name: str | None = None  # the row's label when one method has several cases
+
+    @property
+    def label(self) -> str:
+        return self.name or self.method
 
 
 # -- peers -----------------------------------------------------------------------------------
@@ -207,6 +212,7 @@ CASES = [
                                **chunked(s)},
          {"captum": captum("NoiseTunnel")}, slow=True),
 ]
+CASES += __import__("cases_shuffle").CASES  # bench/cases_shuffle.py: shuffle's options
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -300,7 +306,7 @@ def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, ba
         except Exception as error:  # a peer that cannot run is reported, not fatal
             results[peer] = None
             failed.add(peer)
-            notes.append(f"{peer} {case.method} failed: {type(error).__name__}: {error}")
+            notes.append(f"{peer} {case.label} failed: {type(error).__name__}: {error}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
     ips = {k: (b / v if v else None) for k, v in results.items()}
@@ -309,7 +315,7 @@ def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, ba
     shown = f"{b}" if b == batch else f"{b} (of {batch})"
     marker = "*" if slow else ""
     cells = ["failed" if k in failed else rate(ips[k]) for k in ("loupe", *PEERS)]
-    row = f"| {case.method}{marker} | {shown} | " + " | ".join(cells) + f" | {ratio} |"
+    row = f"| {case.label}{marker} | {shown} | " + " | ".join(cells) + f" | {ratio} |"
     return row, ips["loupe"]
 
 
@@ -319,14 +325,14 @@ def timed(make: Callable[[], Callable[[], object]], repeats: int, warmup: bool,
         return seconds_per_call(make(), repeats, warmup, device)
     except torch.cuda.OutOfMemoryError as error:
         torch.cuda.empty_cache()
-        notes.append(f"{who} {case.method}: out of memory ({str(error).splitlines()[0]})")
+        notes.append(f"{who} {case.label}: out of memory ({str(error).splitlines()[0]})")
         return None
 
 
 # -- main ------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    names = [c.method for c in CASES]
+    names = [c.label for c in CASES]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-sizes", type=int, nargs="+")
@@ -362,10 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     registered = set(loupe.list_methods())
-    cases = [c for c in CASES if (args.methods is None or c.method in args.methods)
+    cases = [c for c in CASES if (args.methods is None or c.label in args.methods)
              and c.method in registered]
-    skipped = [c.method for c in CASES if c.method not in registered
-               and (args.methods is None or c.method in args.methods)]
+    skipped = [c.label for c in CASES if c.method not in registered
+               and (args.methods is None or c.label in args.methods)]
 
     model = random_model(args.model, seed=args.seed).to(device)
     if args.frozen_params:
@@ -394,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
             if case.method in SAMPLING and loupe_rate:
-                pass_rows.append(sampling_row(case.method, row, loupe_rate * args.samples,
+                pass_rows.append(sampling_row(case.label, row, loupe_rate * args.samples,
                                               backward_rates[args.chunk]))
     text = report(args, device, forward_rows, rows, pass_rows, notes, skipped)
     print(text)
