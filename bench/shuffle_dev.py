@@ -40,8 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shuffle_dev_eval import DevSet, write_crf_stats, write_tables  # noqa: E402
-from shuffle_tee import SUMS_OPTIONS, write_tee_maps  # noqa: E402
 from shuffle_dev_variants import Variant, variants  # noqa: E402
+from shuffle_tee import SUMS_OPTIONS, write_tee_maps  # noqa: E402
 from study import Runner, _keep_freed_memory  # noqa: E402
 
 from loupe.pipeline.datasets import DatasetSpec  # noqa: E402
@@ -99,8 +99,9 @@ def stage_tee(args: argparse.Namespace, runner: Runner, dev_set: DevSet,
     for shared, members in groups.items():
         out = {name: dev_set.maps_folder(args.work, name) for name in members}
         logger.info("tee %s: %s", dev_set.name, ", ".join(members))
-        runner.timed(f"tee/{dev_set.name}/{'+'.join(members)}", lambda: write_tee_maps(
-            dev_set, out, {**dict(shared), "chunk_size": chunk}, members))
+        options = {**dict(shared), "chunk_size": chunk}
+        runner.timed(f"tee/{dev_set.name}/{'+'.join(members)}",
+                     lambda o=out, opts=options, m=members: write_tee_maps(dev_set, o, opts, m))
 
 
 def stage_maps(args: argparse.Namespace, runner: Runner, dev_set: DevSet) -> None:

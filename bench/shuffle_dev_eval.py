@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from shuffle_dev_variants import REFERENCE, variants
 from study_eval import (
+    VariantStats,
     confusion_stats,
     load_stats,
     miou_from_stats,
     paired_differences,
     save_stats,
-    VariantStats,
 )
 
 from loupe.io import atomic_path
@@ -82,23 +82,37 @@ def _maps(folder: Path, sample_id: str, ignored: torch.Tensor) -> tuple[torch.Te
     return torch.from_numpy(maps).float(), relabel(torch.from_numpy(classes).long(), ignored, -1)
 
 
-def folder_stats(folder: Path, dev_set: DevSet, fraction: float) -> VariantStats:
+@dataclass
+class Truth:
+    """The dev half's ids, relabelled ground-truth masks (uint8), ignored classes and N."""
+
+    ids: list[str]
+    masks: list[torch.Tensor]
+    ignored: torch.Tensor
+    num_classes: int
+
+
+def load_truth(dev_set: DevSet) -> Truth:
+    dataset, ignored, n = dev_set.ground_truth()
+    masks = [relabel(dataset[i].mask, ignored, 255).to(torch.uint8) for i in range(dev_set.dev)]
+    return Truth(list(dataset.ids[: dev_set.dev]), masks, ignored, n)
+
+
+def folder_stats(folder: Path, truth: Truth, fraction: float) -> VariantStats:
     """``(I, T, 3, N)`` statistics of a map folder on the dev half, maps blurred by a Gaussian
     of ``fraction`` x the image's shorter side first."""
-    dataset, ignored, n = dev_set.ground_truth()
     thresholds = default_thresholds()
     rows, summed = [], None
-    for index in range(dev_set.dev):
-        sample = dataset[index]
-        gt = relabel(sample.mask, ignored, 255)
-        maps, classes = _maps(folder, sample.id, ignored)
+    n = truth.num_classes
+    for sample_id, gt in zip(truth.ids, truth.masks, strict=True):
+        maps, classes = _maps(folder, sample_id, truth.ignored)
         sigma = fraction * min(gt.shape)
         if sigma > 0 and maps.shape[0]:
             maps = gaussian_blur(maps, sigma)
         conf = sweep_confusions(maps, classes, gt, thresholds, n)
         summed = conf if summed is None else summed + conf
         rows.append(confusion_stats(conf))
-    return VariantStats(list(dataset.ids[: dev_set.dev]), torch.stack(rows), summed)
+    return VariantStats(truth.ids, torch.stack(rows), summed)
 
 
 def crf_stats(dev_set: DevSet, cam_folder: Path) -> VariantStats:
@@ -145,6 +159,7 @@ def all_stats(args: argparse.Namespace, dev_set: DevSet) -> dict[tuple[str, floa
     """(variant, fraction) -> statistics, cached in ``<work>/<set>/stats``; variants whose map
     folder is not complete are left out."""
     out = {}
+    truth = None
     for variant in variants(dev_set.name):
         folder = dev_set.maps_folder(args.work, variant.name)
         if len(list(folder.glob("*.npz"))) < dev_set.dev:
@@ -153,8 +168,9 @@ def all_stats(args: argparse.Namespace, dev_set: DevSet) -> dict[tuple[str, floa
         for fraction in FRACTIONS:
             path = stats_path(args.work, dev_set, variant.name, fraction)
             if not path.is_file() or path.stat().st_mtime < folder.stat().st_mtime:
+                truth = truth or load_truth(dev_set)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                save_stats(path, folder_stats(folder, dev_set, fraction))
+                save_stats(path, folder_stats(folder, truth, fraction))
             out[variant.name, fraction] = load_stats(path)
     crf = stats_path(args.work, dev_set, CRF, 0.0)
     if crf.is_file():
@@ -194,7 +210,8 @@ def results(args: argparse.Namespace, dev_set: DevSet) -> dict[str, Any]:
             row["vs_reference"] = difference(args, value.stats,
                                              stats[reference, fraction].stats, (name, reference))
             row["reference"] = reference
-        row["options"] = described[name].describe() if name in described else "cam + loupe masks --crf"
+        row["options"] = (described[name].describe() if name in described
+                          else "cam, then loupe masks --crf")
         rows[f"{name}@{fraction:g}"] = row
     return {"set": dev_set.name, "images": dev_set.dev, "reference": REFERENCE, "rows": rows}
 
@@ -231,7 +248,8 @@ def write_tables(args: argparse.Namespace, dev_set: DevSet) -> None:
         Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
     parts = [f"# Dev screening: {dev_set.name} (first {dev_set.dev} of {dev_set.total} ids)\n"]
     for fraction in FRACTIONS:
-        parts.append(f"## Smoothing sigma = {fraction:g} x shorter side\n\n{table(data, fraction)}\n")
+        parts.append(f"## Smoothing sigma = {fraction:g} x shorter side\n\n"
+                     f"{table(data, fraction)}\n")
     with atomic_path(folder / "tables.md") as tmp:
         Path(tmp).write_text("\n".join(parts))
     logger.info("%s: %s", dev_set.name, folder / "tables.md")

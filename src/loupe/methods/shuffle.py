@@ -9,8 +9,10 @@ What
 
         M_k(x) = 1/T sum_t  P_t^-1( reduce_c( dS_k / dz |_{z = P_t x} ) )
 
-    (with ``weight`` and ``accumulate`` a weighted mean, mean of squares or variance), where ``P_t`` is round ``t``'s pixel permutation (see :mod:`loupe.methods._tiles` for the
-    exact index maps, also for image sizes that are not multiples of ``g``).
+    where ``P_t`` is round ``t``'s pixel permutation (see :mod:`loupe.methods._tiles` for the
+    exact index maps, also for image sizes that are not multiples of ``g``). With ``weight``
+    and ``accumulate`` the mean becomes a weighted mean, a mean of squares or a variance over
+    the rounds (:mod:`loupe.methods._rounds`).
 
 Why
     CAMs light up only the most discriminative part of an object; raw gradient saliency covers
