@@ -282,38 +282,24 @@ def accumulate_rounds(
     canvas_maps: CanvasMaps,
     chunk_size: int,
 ) -> None:
-    """Add every round of ``rounds`` of every image ``(B, C, H, W)`` to ``sums`` (anything
-    with :meth:`RoundSums.add`), rounds of the same canvas size batched together."""
-    for group in _rounds_by_canvas(rounds):
-        _accumulate(sums, model, images, targets, group, canvas_maps, chunk_size)
-
-
-def _accumulate(
-    sums: RoundSums,
-    model: nn.Module,
-    images: torch.Tensor,
-    targets: Targets,
-    rounds: list[Round],
-    canvas_maps: CanvasMaps,
-    chunk_size: int,
-) -> None:
-    """Add the un-shuffled maps of ``rounds`` (same canvas) of every image to ``sums``
-    ``(B, K, H*W)``. Rows are (image, round) pairs, image-major; each chunk of rows is built
-    with one gather, goes through the model once and is un-shuffled with one gather."""
+    """Add the un-shuffled maps of every round of ``rounds`` of every image ``(B, C, H, W)``
+    to ``sums`` (anything with :meth:`RoundSums.add`). Rounds of one canvas size batch
+    together; rows are (image, round) pairs, image-major; each chunk of rows is built with one
+    gather, goes through the model once and is un-shuffled with one gather."""
     batch, channels = images.shape[:2]
-    sources = torch.stack([r.source for r in rounds])  # (R, P)
-    placements = torch.stack([r.placement for r in rounds])  # (R, H*W)
     flat = images.flatten(2)  # (B, C, H*W)
     channel = torch.arange(channels, device=images.device)[None, :, None]
-    rows = torch.arange(batch * len(rounds), device=images.device)
-    for chunk in rows.split(chunk_size):
-        image_of, round_of = chunk // len(rounds), chunk % len(rounds)
-        # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
-        picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
-        canvases = picked.unflatten(-1, rounds[0].canvas)
-        rows = targets.of_rows(image_of)
-        maps, logits = canvas_maps(model, canvases, rows)
-        maps = maps.float()
-        k = maps.shape[1]
-        back = maps.flatten(2).gather(2, placements[round_of][:, None, :].expand(-1, k, -1))
-        sums.add(image_of, back, logits, rows)
+    for group in _rounds_by_canvas(rounds):
+        sources = torch.stack([r.source for r in group])  # (R, P)
+        placements = torch.stack([r.placement for r in group])  # (R, H*W)
+        rows = torch.arange(batch * len(group), device=images.device)
+        for chunk in rows.split(chunk_size):
+            image_of, round_of = chunk // len(group), chunk % len(group)
+            # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
+            picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
+            canvases = picked.unflatten(-1, group[0].canvas)
+            chunk_targets = targets.of_rows(image_of)
+            maps, logits = canvas_maps(model, canvases, chunk_targets)
+            maps = maps.float()
+            index = placements[round_of][:, None, :].expand(-1, maps.shape[1], -1)
+            sums.add(image_of, maps.flatten(2).gather(2, index), logits, chunk_targets)
