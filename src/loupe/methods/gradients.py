@@ -64,6 +64,14 @@ def input_gradients(
     first (``"logit"``, ``"log-softmax"``, ``"logit-minus-mean"``: see
     :mod:`loupe.methods._scores`). ``inputs`` is not modified.
     """
+    return input_gradients_and_output(model, inputs, targets, score)[0]
+
+
+def input_gradients_and_output(
+    model: nn.Module, inputs: torch.Tensor, targets: Targets, score: str = "logit"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`input_gradients` and the output of its forward, detached (shuffle saliency's
+    round weights come from it)."""
     check_score(score)
     if score != "logit" and targets.functions is not None:
         raise ValueError(f"score={score!r} needs class targets; score functions get the raw output")
@@ -71,7 +79,8 @@ def input_gradients(
         leaf = inputs.detach().requires_grad_(True)
         output = model(leaf)
         bound = targets.bind(output)
-        return grads_per_target(bound.scores(class_scores(output, score)), leaf).detach()
+        grads = grads_per_target(bound.scores(class_scores(output, score)), leaf).detach()
+    return grads, output.detach()
 
 
 def _check_count(name: str, value: object, minimum: int = 1) -> int:

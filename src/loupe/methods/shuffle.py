@@ -90,13 +90,14 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK, grads_per_target
+from loupe._autograd import GRADIENT_CHUNK
 from loupe.api import MapContext, explain
 from loupe.layers import find_target_layer
 from loupe.methods._rounds import RoundSums
-from loupe.methods._scores import check_score, check_smooth, class_scores, smooth_maps
+from loupe.methods._scores import check_score, check_smooth, smooth_maps
 from loupe.methods._scores import gaussian_blur as gaussian_blur  # re-exported
 from loupe.methods._tiles import OFFSETS, Round, check_grids, draw_rounds, identity_round
+from loupe.methods.gradients import input_gradients_and_output
 from loupe.registry import get_method, register
 from loupe.targets import Targets
 
@@ -247,16 +248,11 @@ def gradient_maps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour-reduced input gradients ``(n, K, Hc, Wc)`` of the target scores (``score`` of
     the logits, :mod:`loupe.methods._scores`) of ``canvases`` ``(n, C, Hc, Wc)`` (one
-    forward, one batched backward for the K targets), and that forward's output ``(n, N)``,
-    detached."""
-    inputs = canvases.detach().requires_grad_(True)
-    if score != "logit" and targets.functions is not None:
-        raise ValueError(f"score={score!r} needs class targets; score functions get the raw output")
-    with torch.enable_grad():
-        output = model(inputs)
-        scores = targets.scores(class_scores(output, score))
-        grads = grads_per_target(scores, inputs).transpose(0, 1).float()  # (n, K, C, Hc, Wc)
-    output = output.detach()
+    forward, one batched backward for the K targets:
+    :func:`loupe.methods.gradients.input_gradients_and_output`), and that forward's output
+    ``(n, N)``, detached."""
+    grads, output = input_gradients_and_output(model, canvases, targets, score)
+    grads = grads.transpose(0, 1).float()  # (n, K, C, Hc, Wc)
     if reduce == "abs-max":
         return grads.abs().amax(2), output
     if reduce == "l2":
