@@ -205,6 +205,8 @@ def results(args: argparse.Namespace, dev_set: DevSet) -> dict[str, Any]:
         row = summary(value.stats)
         if ("cam", 0.0) in stats and (name, fraction) != ("cam", 0.0):
             row["vs_cam"] = difference(args, value.stats, stats["cam", 0.0].stats, (name, "cam"))
+        if fraction > 0 and (name, 0.0) in stats:  # smoothing alone: smoothed minus raw
+            row["vs_raw"] = difference(args, value.stats, stats[name, 0.0].stats, (name, name))
         reference = described[name].reference if name in described else None
         if reference and (reference, fraction) in stats:
             row["vs_reference"] = difference(args, value.stats,
