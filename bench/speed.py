@@ -212,7 +212,10 @@ CASES = [
                                **chunked(s)},
          {"captum": captum("NoiseTunnel")}, slow=True),
 ]
-CASES += __import__("cases_shuffle").CASES  # bench/cases_shuffle.py: shuffle's options
+CASES += __import__("cases_guided").cases(Case)  # guided-backprop, guided-gradcam
+CASES += __import__("cases_perturb").CASES if __name__ == "__main__" else []  # no cycle
+CASES += __import__("cases_methods").CASES if __name__ == "__main__" else []  # no cycle
+CASES += __import__("cases_shuffle").CASES if __name__ == "__main__" else []  # shuffle options
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -268,6 +271,22 @@ def model_rows(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batches
     return rows, backward_rates
 
 
+def model_baseline(model: nn.Module, x: torch.Tensor, classes: torch.Tensor,
+                   args: argparse.Namespace, device: torch.device
+                   ) -> tuple[list[str], dict[int, float]]:
+    """:func:`model_rows` at every batch size timed (slow methods' too) and at the chunk
+    size, after one warm-up forward at each."""
+    batches = sorted({*args.batch_sizes, args.chunk,
+                      *(min(b, args.slow_batch) for b in args.batch_sizes)})
+    with torch.no_grad():
+        for b in batches:
+            model(torch.randn(b, 3, args.size, args.size, device=device))
+    biggest, most = x.shape[0], max(batches)
+    x_model = x if most <= biggest else x.repeat(-(-most // biggest), 1, 1, 1)
+    classes_model = classes.repeat(-(-len(x_model) // biggest))
+    return model_rows(model, x_model, classes_model, batches, args.repeats, device)
+
+
 def rate(value: float | None) -> str:
     if value is None:
         return "—"
@@ -275,9 +294,10 @@ def rate(value: float | None) -> str:
 
 
 def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, batch: int,
-            args: argparse.Namespace, device: torch.device,
-            notes: list[str]) -> tuple[str, float | None]:
-    """One Markdown row (loupe and each peer at ``batch`` images) and loupe's img/s."""
+            args: argparse.Namespace, device: torch.device, notes: list[str],
+            backward_rates: dict[int, float]) -> tuple[str, float | None]:
+    """One Markdown row (loupe and each peer at ``batch`` images, loupe against the fastest
+    peer and against the model's forward + input-gradient at that batch) and loupe's img/s."""
     slow = case.slow
     b = min(batch, args.slow_batch) if slow else batch
     repeats = 1 if slow else args.repeats
@@ -312,10 +332,11 @@ def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, ba
     ips = {k: (b / v if v else None) for k, v in results.items()}
     peers = [v for k, v in ips.items() if k != "loupe" and v]
     ratio = f"{ips['loupe'] / max(peers):.2f}×" if peers and ips["loupe"] else "—"
+    own = f"{ips['loupe'] / backward_rates[b]:.2f}×" if ips["loupe"] else "—"
     shown = f"{b}" if b == batch else f"{b} (of {batch})"
     marker = "*" if slow else ""
     cells = ["failed" if k in failed else rate(ips[k]) for k in ("loupe", *PEERS)]
-    row = f"| {case.label}{marker} | {shown} | " + " | ".join(cells) + f" | {ratio} |"
+    row = f"| {case.label}{marker} | {shown} | " + " | ".join(cells) + f" | {ratio} | {own} |"
     return row, ips["loupe"]
 
 
@@ -351,6 +372,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="freeze parameters for every implementation (see the module docstring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the Markdown here")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when loupe could not be timed somewhere (out of memory)")
     args = p.parse_args(argv)
     args.model = args.model or ("resnet18" if args.quick else "resnet50")
     args.size = args.size or (64 if args.quick else 224)
@@ -382,22 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(biggest, 3, args.size, args.size, generator=g).to(device)
     classes = torch.randint(0, 1000, (biggest,), generator=g).to(device)
 
-    # warm the model up at every batch size and at the chunk size before anything is timed
-    model_batches = sorted({*args.batch_sizes, args.chunk})
-    with torch.no_grad():
-        for b in model_batches:
-            model(torch.randn(b, 3, args.size, args.size, device=device))
-    x_model = x if args.chunk <= biggest else x.repeat(-(-args.chunk // biggest), 1, 1, 1)
-    classes_model = classes.repeat(-(-len(x_model) // biggest))
-    forward_rows, backward_rates = model_rows(model, x_model, classes_model, model_batches,
-                                              args.repeats, device)
+    forward_rows, backward_rates = model_baseline(model, x, classes, args, device)
 
     notes: list[str] = []
-    rows, pass_rows = [], []
+    rows, pass_rows, untimed = [], [], []
     for case in cases:
         for batch in args.batch_sizes:
-            row, loupe_rate = measure(case, setup, x, classes, batch, args, device, notes)
+            row, loupe_rate = measure(case, setup, x, classes, batch, args, device, notes,
+                                      backward_rates)
             rows.append(row)
+            if loupe_rate is None:
+                untimed.append(f"{case.label} at batch {batch}")
             print(row, file=sys.stderr, flush=True)
             if case.method in SAMPLING and loupe_rate:
                 pass_rows.append(sampling_row(case.label, row, loupe_rate * args.samples,
@@ -407,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with atomic_path(args.out) as tmp:
             tmp.write_text(text + "\n", encoding="utf-8")
+    if args.strict and untimed:
+        print(f"speed: loupe could not be timed: {', '.join(untimed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -440,8 +461,8 @@ def report(args: argparse.Namespace, device: torch.device, forward_rows: list[st
         f"{'frozen for everyone' if args.frozen_params else 'trainable (peers as documented)'}.",
         "",
         "| method | batch | loupe img/s | grad-cam img/s | captum img/s | torchcam img/s | "
-        "loupe / fastest peer |",
-        "|---|---|---|---|---|---|---|",
+        "loupe / fastest peer | loupe / model fwd+bwd |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"\\* slow method: one timed call, no warm-up call of its own, on at most "
@@ -449,7 +470,9 @@ def report(args: argparse.Namespace, device: torch.device, forward_rows: list[st
         "masked forward per channel of layer4 per image; IG, SmoothGrad and shuffle do T "
         "forwards and backwards per image. shuffle is compared with captum "
         f"NoiseTunnel(Saliency) with {args.samples} samples, and run with "
-        "include_original=False, so both make the same number of passes.",
+        "include_original=False, so both make the same number of passes. The last column is "
+        "loupe's img/s over the model's own forward + input-gradient img/s at the batch timed "
+        "(table below): 1.00 = a map costs one forward and backward.",
         "",
         "Model alone (parameters frozen, one target per image):",
         "",

@@ -44,7 +44,7 @@ from study_report import write_figures, write_tables  # noqa: E402
 from study_variants import Variant, real_variants, synthetic_variants  # noqa: E402
 
 from loupe.cli import main as loupe_main  # noqa: E402
-from loupe.pipeline.datasets import DatasetSpec  # noqa: E402
+from loupe.data.spec import DatasetSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("study")

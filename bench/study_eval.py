@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from loupe.io import load_npz, save_npz
+from loupe.mapsets.files import load_map_file
 from loupe.methods.shuffle import gaussian_blur
 from loupe.metrics import sweep_confusions, sweep_summary
 from loupe.metrics.sweep import SweepSummary
-from loupe.pipeline.files import load_map_file
 
 SMOOTH_FRACTION = 0.04  # Gaussian sigma as a fraction of the image's shorter side
 

@@ -24,11 +24,10 @@ from study_eval import (
 )
 from study_variants import MAIN_METHODS
 
-from loupe.io import atomic_path
+from loupe.data.spec import open_spec, selected_count
+from loupe.io import atomic_path, write_json
 from loupe.metrics import default_thresholds
-from loupe.pipeline.datasets import open_pipeline_dataset, selected_count
 from loupe.reports import plot_miou_vs_threshold
-from loupe.reports.markdown import write_results_json
 
 logger = logging.getLogger("study")
 KINDS = ("raw", "smoothed")
@@ -36,7 +35,7 @@ MIN_IMAGES_FOR_BOOTSTRAP = 10
 
 
 def ground_truth(study_set: Any) -> tuple[list[str], list[torch.Tensor], int]:
-    dataset = open_pipeline_dataset(study_set.spec, images=False)
+    dataset = open_spec(study_set.spec, images=False)
     count = selected_count(dataset, study_set.spec)
     masks = [dataset[i].mask for i in range(count)]
     return list(dataset.ids[:count]), masks, dataset.num_classes
@@ -204,7 +203,7 @@ def write_tables(args: argparse.Namespace, study_set: Any) -> None:
             "\n### Condensed: shuffle variants\n", condensed_table(
             [(k, tables[f"ablations-{k}"]) for k in KINDS],
             list(dict.fromkeys((d.a, d.b) for d in tables["ablations-raw"])), common)]
-    write_results_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     with atomic_path(out / "tables.md") as tmp:
         Path(tmp).write_text("\n".join(text), encoding="utf-8")
     logger.info("wrote %s", out / "tables.md")

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Marks of a test that needs a GPU: selected by `pytest -m cuda` (bench/gpu_check.sh), skipped
+# without CUDA. DEVICES parametrizes a test over the CPU and, where there is one, the GPU.
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                             reason="no CUDA device")]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 def assets_root() -> Path:
@@ -37,3 +45,18 @@ def count_hooks(model: torch.nn.Module) -> int:
         + len(m._backward_pre_hooks)
         for m in model.modules()
     )
+
+
+@contextmanager
+def exact_cuda_arithmetic() -> Iterator[None]:
+    """float32 convolutions and matrix products without TF32 and with deterministic cuDNN
+    algorithms, for tests that compare GPU results at float32 rounding (restored on exit)."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved

@@ -10,7 +10,7 @@ from PIL import Image
 
 from loupe.cli import main
 from loupe.data.synthetic import make_synthetic
-from loupe.demo import SIZES, _targets, demo_methods, run_demo
+from loupe.demo import SIZES, _targets, crf_available, demo_methods, run_demo
 
 
 def test_targets_are_the_ground_truth_classes_padded():
@@ -44,7 +44,16 @@ def test_demo_end_to_end_at_the_small_size(tmp_path, capsys):
 
     methods = demo_methods()
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["methods"]) == methods
+    rows_expected = [methods[0], "cam+crf", *methods[1:]] if crf_available() else methods
+    assert list(results["methods"]) == rows_expected
+    assert list(results["badge_statistic"]) == methods
+    for name, stat in results["badge_statistic"].items():
+        assert stat["pairs"] + stat["left_out"] == int(
+            make_synthetic(SIZES["small"].n_val, SIZES["small"].image_size, seed=1)
+            .labels.sum()), name
+        if stat["pairs"]:
+            assert 0.0 <= stat["energy_share"] <= 1.0 and 0.0 < stat["area_share"] < 1.0
+    assert "badge statistic" in printed and "| cam | " in printed
     for name, summary in results["methods"].items():
         assert len(summary["miou"]) == 20
         assert all(0.0 <= v <= 1.0 for v in summary["miou"]), name
@@ -55,7 +64,8 @@ def test_demo_end_to_end_at_the_small_size(tmp_path, capsys):
     # the report's table has one row per method, mIoU in percent within [0, 100]
     report = (tmp_path / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ")][1:]
-    assert [row.split("|")[1].strip() for row in rows] == methods
+    rows = rows[: len(rows_expected)]  # the mIoU table; the badge table follows
+    assert [row.split("|")[1].strip() for row in rows][:len(rows_expected)] == rows_expected
     for row in rows:
         best = float(row.split("|")[2])
         assert 0.0 <= best <= 100.0
@@ -73,4 +83,4 @@ def test_demo_end_to_end_at_the_small_size(tmp_path, capsys):
 
 def test_bad_thread_count_is_refused(tmp_path, capsys):
     assert main(["demo", "--threads", "0", "--out", str(tmp_path)]) == 2
-    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert "argument --threads: expected an integer >= 1" in capsys.readouterr().err

@@ -18,13 +18,13 @@ from loupe.models import (
     Preprocessing,
     apply_patch,
     load_classifier,
-    load_state_dict_file,
     mean_std_from_scale,
     model_from_state_dict,
     preprocessing_from_options,
     preprocessing_from_weights,
     random_model,
     read_labels,
+    read_state_dict,
 )
 
 
@@ -115,7 +115,7 @@ def test_read_labels(tmp_path):
     assert read_labels(path, offset=1) == ("cat", "dog")
     with pytest.raises(FileNotFoundError, match="labels file .*nope.txt does not exist"):
         read_labels(tmp_path / "nope.txt")
-    with pytest.raises(ValueError, match="labels.txt: --labels-offset 3 leaves no names"):
+    with pytest.raises(ValueError, match="labels.txt: --label-offset 3 leaves no names"):
         read_labels(path, offset=3)
 
 
@@ -154,7 +154,7 @@ def test_wrapped_and_dataparallel_state_dicts_load(resnet18_file, tmp_path):
     state = torch.load(path, weights_only=True)
     wrapped = tmp_path / "ckpt.pt"
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, wrapped)
-    loaded = load_state_dict_file(wrapped)
+    loaded = read_state_dict(wrapped)
     assert loaded.keys() == state.keys()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
 
@@ -163,19 +163,19 @@ def test_wrapped_and_dataparallel_state_dicts_load(resnet18_file, tmp_path):
 def test_state_dict_errors_name_the_file(resnet18_file, tmp_path):
     _, path = resnet18_file
     with pytest.raises(FileNotFoundError, match="weights file .*missing.pth does not exist"):
-        load_state_dict_file(tmp_path / "missing.pth")
+        read_state_dict(tmp_path / "missing.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="garbage.pth: cannot load weights with weights_only"):
-        load_state_dict_file(garbage)
+        read_state_dict(garbage)
     unsafe = tmp_path / "unsafe.pth"
     unsafe.write_bytes(pickle.dumps(Preprocessing(1, 1, (0.0,), (1.0,))))
     with pytest.raises(ValueError, match="unsafe.pth: cannot load weights with weights_only"):
-        load_state_dict_file(unsafe)
+        read_state_dict(unsafe)
     tensor_file = tmp_path / "tensor.pth"
     torch.save(torch.zeros(3), tensor_file)
     with pytest.raises(ValueError, match="tensor.pth: not a state dict"):
-        load_state_dict_file(tensor_file)
+        read_state_dict(tensor_file)
     with pytest.raises(ValueError, match=r"r18.pth: not a state dict for mobilenet_v2: \d+ miss"):
         model_from_state_dict("mobilenet_v2", path)
     with pytest.raises(ValueError, match=r"shape mismatches \(e.g. fc.weight: file \(7, 512\) vs "
@@ -194,7 +194,7 @@ def test_load_classifier_from_file_random_and_errors(resnet18_file, tmp_path):
     assert rand.model.fc.out_features == 4 and rand.class_names is None
     assert rand.preprocessing == preprocessing_from_options()
     with pytest.raises(ValueError, match="my.txt: 3 class names for a model with 7 outputs .*"
-                                         "--labels-offset 1"):
+                                         "--label-offset 1"):
         load_classifier("resnet18", str(path), labels=("a", "b", "c"), labels_source="my.txt")
     with pytest.raises(ValueError, match="'IMAGENET_V9' is neither a file nor a weight name for "
                                          "resnet18 .*IMAGENET1K_V1"):

@@ -1,6 +1,9 @@
 """Properties every registered map method must have, run over ``loupe.list_methods()``.
 
 New methods are picked up automatically; ``FAST`` only makes the expensive ones cheap here.
+Every property is checked on the CPU and, where there is one, on the GPU (``device``
+fixture; ``pytest -m cuda`` selects the GPU runs), with TF32 off and deterministic cuDNN
+algorithms so that the GPU is held to the same float32 tolerances.
 The model is a small torchvision ResNet (BasicBlocks, GAP + linear head) so every method
 applies: gradient methods, the Grad-CAM family, Score-CAM, CAM and model-free baselines.
 """
@@ -14,7 +17,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 import loupe
 from loupe import explain, get_method, list_methods
-from tests.conftest import count_hooks
+from tests.conftest import CUDA, DEVICES, count_hooks, exact_cuda_arithmetic
 
 METHODS = list_methods()
 
@@ -24,6 +27,13 @@ FAST: dict[str, dict[str, object]] = {
     "integrated-gradients": {"steps": 3, "chunk_size": 4},
     "shuffle": {"n_shuffles": 3, "chunk_size": 4},
     "scorecam": {"chunk_size": 16},
+    # layer3: at layer4 (GAP + linear) the gradients do not depend on the input, so the
+    # noise, hence the seed, could not change the maps
+    "smoothgradcam++": {"n_samples": 3, "chunk_size": 4, "target_layer": "layer3"},
+    "sscam": {"n_samples": 2, "chunk_size": 24},
+    "iscam": {"n_samples": 2, "chunk_size": 24},
+    "occlusion": {"window": 6, "stride": 5, "chunk_size": 8},
+    "rise": {"n_masks": 40, "cells": 4, "chunk_size": 16},
 }
 
 TARGETS = torch.tensor([[3, 7], [5, 1], [0, 9]])
@@ -90,14 +100,27 @@ def constant_model() -> TinyResNet:
     return model
 
 
-@pytest.fixture(scope="module")
-def model() -> TinyResNet:
-    return tiny_resnet()
+@pytest.fixture(scope="module", params=DEVICES)
+def device(request) -> torch.device:
+    if request.param == "cuda":
+        with exact_cuda_arithmetic():
+            yield torch.device("cuda")
+    else:
+        yield torch.device(request.param)
 
 
 @pytest.fixture(scope="module")
-def images() -> torch.Tensor:
+def model(device) -> TinyResNet:
+    return tiny_resnet().to(device)
+
+
+def seeded_images() -> torch.Tensor:
     return torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def images(device) -> torch.Tensor:
+    return seeded_images().to(device)
 
 
 def run(method: str, model: nn.Module, images: torch.Tensor, targets=TARGETS, **extra):
@@ -130,16 +153,18 @@ def test_spec_is_documented(method):
 def test_shape_dtype_device_finite(method, model, images):
     _check_maps(run(method, model, images), images, 2)
     _check_maps(run(method, model, torch.zeros_like(images)), images, 2)
-    _check_maps(run(method, constant_model(), images), images, 2)
+    _check_maps(run(method, constant_model().to(images.device), images), images, 2)
     _check_maps(run(method, model, images, targets=None), images, 1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("method", METHODS)
-def test_maps_stay_on_the_gpu_and_match_the_cpu(method, model, images):
-    cpu = run(method, model, images)
-    gpu_model = tiny_resnet().cuda()
-    maps = run(method, gpu_model, images.cuda())
+@CUDA[0]
+@CUDA[1]
+def test_maps_stay_on_the_gpu_and_match_the_cpu(method):
+    images = seeded_images()
+    cpu = run(method, tiny_resnet(), images)
+    with exact_cuda_arithmetic():
+        maps = run(method, tiny_resnet().cuda(), images.cuda())
     _check_maps(maps, images.cuda(), 2)
     if not get_method(method).stochastic:  # the GPU draws other random numbers
         scale = cpu.abs().max().item()
@@ -203,7 +228,7 @@ def _assert_input_untouched(images: torch.Tensor, copy: torch.Tensor, requires_g
 @pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("method", METHODS)
 def test_state_restored_and_input_untouched(method, images, requires_grad):
-    model = _prepared_model()
+    model = _prepared_model().to(images.device)
     before = _state(model)
     x = images.clone().requires_grad_(requires_grad)
     copy = images.clone()
@@ -215,7 +240,7 @@ def test_state_restored_and_input_untouched(method, images, requires_grad):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_state_restored_after_an_error_in_forward(method, images):
-    model = _prepared_model()
+    model = _prepared_model().to(images.device)
     before = _state(model)
     x = images.clone().requires_grad_(True)
     layer = {"target_layer": "layer4"} if get_method(method).uses_layer else {}

@@ -1,15 +1,47 @@
-"""Gradients of several target scores at once."""
+"""Gradients of several target scores at once, and how many rows to push through at a time."""
 
 from __future__ import annotations
 
 import torch
 
 # Rows (noisy copies, path points, shuffled copies) per forward + backward of the sampling
-# methods (SmoothGrad, Integrated Gradients, shuffle saliency). Maps never depend on it. 16
-# because larger batches are slower per image on CPUs (resnet50 at 224, 2 threads: 8.4 img/s
-# forward + input-gradient at 8 or 16 rows, 6.0 at 32: the activations leave the cache);
-# on a GPU raise it until memory or utilisation says stop.
+# methods (SmoothGrad, Integrated Gradients, shuffle saliency) on the CPU. Maps never depend on
+# it. 16 because larger batches are slower per image on CPUs (resnet50 at 224, 2 threads: 8.4
+# img/s forward + input-gradient at 8 or 16 rows, 6.0 at 32: the activations leave the cache).
 GRADIENT_CHUNK = 16
+
+# On CUDA the chunk comes from free memory instead (see gradient_chunk_size). Peak bytes of one
+# row's forward + input-gradient backward, in multiples of the row's float32 input bytes, as
+# bench/chunk_memory.py measured on torchvision models at 224x224 (parameters frozen, peak
+# resident memory per extra row, CPU): 138-221 for one target (convnext_tiny 138,
+# mobilenet_v2 146, efficientnet_b0 168, resnet50 186, vit_b_16 200, densenet121 221) and
+# 26-43 more per further target of the batched backward. Rounded up to 256 and 64; on CUDA
+# tests/test_cuda.py checks them against the allocator's peak.
+ROW_BYTES_PER_INPUT_BYTE = 256
+ROW_BYTES_PER_EXTRA_TARGET = 64
+CUDA_MEMORY_FRACTION = 0.5  # of the memory free for this process (cudnn workspaces, others)
+MAX_CUDA_CHUNK = 256  # a guard against one huge batch, not a measured optimum
+
+
+def gradient_chunk_size(device: torch.device, row_numel: int, targets: int = 1) -> int:
+    """Rows per forward + backward for the sampling methods: :data:`GRADIENT_CHUNK` off CUDA;
+    on CUDA as many rows as fit in :data:`CUDA_MEMORY_FRACTION` of the memory available to
+    this process (``torch.cuda.mem_get_info``'s free bytes plus what PyTorch's allocator holds
+    unused), at ``row_numel * 4 * (256 + 64 * (targets - 1))`` bytes a row, between 1 and
+    :data:`MAX_CUDA_CHUNK`.
+
+    ``row_numel`` is the element count of one input row ``(C, H, W)``; ``targets`` is K, the
+    maps per image (the K backward passes run batched). Maps never depend on the result.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return GRADIENT_CHUNK
+    free, _total = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    factor = ROW_BYTES_PER_INPUT_BYTE + ROW_BYTES_PER_EXTRA_TARGET * max(targets - 1, 0)
+    row_bytes = max(row_numel, 1) * 4 * factor
+    fitting = int((free + max(cached, 0)) * CUDA_MEMORY_FRACTION // row_bytes)
+    return max(1, min(MAX_CUDA_CHUNK, fitting))
 
 
 def grads_per_target(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:

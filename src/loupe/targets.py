@@ -5,15 +5,41 @@ image), a list with one class per image, a list of lists or a ``(B, K)`` tensor 
 classes per image; ragged lists are padded with -1, whose maps are all zero), or a callable /
 list of ``K`` callables ``output -> (B,)`` scores for outputs that are not class logits
 (segmentation, detection, a single unit).
+
+Model outputs need not be tensors: class targets read the logits out of a dict (``"logits"``
+or torchvision segmentation's ``"out"``), a tuple (its first element) or a HuggingFace
+``transformers`` output (``.logits``), see :func:`output_tensor`. Score functions receive the
+model's output as it is; the factories below cover the usual cases, as pytorch-grad-cam's
+target classes do:
+
+- :class:`ClassScore`: one class logit (classification, any output :func:`output_tensor` reads).
+- :class:`SegmentationScore`: a class's logits summed over a pixel mask (torchvision DeepLabV3
+  / FCN, whose output is ``{"out": (B, C, H, W)}``).
+- :class:`BoxScore`: the class score plus the IoU of the detection that matches a given box
+  (torchvision Faster R-CNN and the other detectors that return one dict per image).
+
+Score functions see every row the method runs: the images themselves, or copies of them
+(noise samples, path points, shuffles) in chunks. A function with an ``of_rows(image_of_row)``
+method (the factories here) is re-indexed for copies by :meth:`Targets.of_rows`, so one mask
+or box per image also works with SmoothGrad, Integrated Gradients and shuffle; other methods
+that batch copies without :meth:`Targets.of_rows` (Score-CAM) fit shared values only, and a
+factory raises a TargetError when its per-image values do not match the rows it gets (it
+cannot tell when the counts match by chance). Detection models: name the layer
+(``target_layer="backbone.body.layer4"`` for torchvision's ResNet-FPN detectors; the FPN
+levels are a dict, which no layer method reads) and pass images ``(B, 3, H, W)`` in [0, 1].
+torchvision's detectors resize each image and pad it to a multiple of 32 inside the model, so
+a layer map covers the padded image: choose sizes whose resized sides are multiples of 32 (or
+crop the map with ``upsample=False``) for maps that line up with the input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torchvision.ops import box_iou
 
 ScoreFunction = Callable[[torch.Tensor], torch.Tensor]
 TargetsLike = (
@@ -70,7 +96,7 @@ class Targets:
         """``(B', K)`` target scores from a model output; ``B'`` may be a multiple of ``B``
         (copies of each image laid out image-major, e.g. noise samples or shuffles)."""
         if self.functions is not None:
-            return torch.stack([f(output) for f in self.functions], dim=1)
+            return torch.stack([_function_scores(f, output) for f in self.functions], dim=1)
         if self.classes is None:
             raise TargetError("targets are not bound: call bind() on the clean output first")
         logits = _as_logits(output)
@@ -83,6 +109,9 @@ class Targets:
     def of_rows(self, image_of_row: torch.Tensor) -> Targets:
         """Targets of copies (noise samples, path points, shuffles) whose image indices are
         ``image_of_row`` ``(R,)``."""
+        if self.functions is not None:  # score functions with one value per image follow
+            functions = tuple(_function_of_rows(f, image_of_row) for f in self.functions)
+            return replace(self, batch_size=len(image_of_row), functions=functions)
         if self.classes is None:
             return replace(self, batch_size=len(image_of_row))
         classes = self.classes.to(image_of_row.device)[image_of_row]
@@ -97,14 +126,63 @@ class Targets:
             return self.bind(model(images))
 
 
-def _as_logits(output: torch.Tensor) -> torch.Tensor:
-    if not isinstance(output, torch.Tensor) or output.dim() != 2:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+def output_tensor(output: object) -> torch.Tensor:
+    """The prediction tensor in a model output: the tensor itself; ``.logits`` of a HuggingFace
+    ``transformers`` output; of a dict, ``"logits"``, else ``"out"`` (torchvision
+    segmentation), else its only value; of a tuple or list of tensors, the first element
+    (``(logits, aux)``). A TargetError names what was found otherwise (a detection model's
+    list of dicts: use :class:`BoxScore`)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, Mapping):
+        for key in ("logits", "out"):
+            if isinstance(output.get(key), torch.Tensor):
+                return output[key]
+        if len(output) == 1:
+            return output_tensor(next(iter(output.values())))
+    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TargetError(
+        f"cannot find the prediction tensor in a model output of type {_describe(output)}; "
+        "pass score functions as targets (loupe.targets.BoxScore for detection models)"
+    )
+
+
+def _describe(output: object) -> str:
+    if isinstance(output, Mapping):
+        return f"{type(output).__name__} with keys {', '.join(map(repr, output))}"
+    if isinstance(output, (tuple, list)) and output:
+        return f"{type(output).__name__} of {type(output[0]).__name__}"
+    return type(output).__name__
+
+
+def _as_logits(output: object) -> torch.Tensor:
+    logits = output_tensor(output)
+    if logits.dim() != 2:
         raise TargetError(
-            f"class targets need a model output of shape (B, num_classes), got {shape}; "
-            "pass score functions as targets for other outputs"
+            f"class targets need a model output of shape (B, num_classes), got "
+            f"{tuple(logits.shape)}; pass score functions as targets for other outputs "
+            "(loupe.targets.SegmentationScore for segmentation maps)"
         )
-    return output
+    return logits
+
+
+def _function_of_rows(function: ScoreFunction, image_of_row: torch.Tensor) -> ScoreFunction:
+    """The score function of copies: ``function.of_rows(image_of_row)`` where it has one (the
+    factories below, whose per-image values must follow the copies), else ``function``."""
+    of_rows = getattr(function, "of_rows", None)
+    return of_rows(image_of_row) if callable(of_rows) else function
+
+
+def _function_scores(function: ScoreFunction, output: object) -> torch.Tensor:
+    scores = function(output)
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TargetError(f"a score function must return one score per row (B,), got {shape}")
+    return scores
 
 
 def _check_range(classes: torch.Tensor, num_classes: int) -> None:
@@ -165,3 +243,146 @@ def _classes_tensor(targets: object, batch_size: int) -> torch.Tensor:
             "give one class (or one list of classes) per image"
         )
     return classes
+
+
+# --- score functions: pytorch-grad-cam style targets ----------------------------------------
+
+
+def _per_row(values: torch.Tensor, rows: int, name: str) -> torch.Tensor:
+    """``values`` ``(N, ...)`` for ``rows`` rows: one shared value (N = 1) or one per row."""
+    if values.shape[0] == 1:
+        return values.expand(rows, *values.shape[1:])
+    if values.shape[0] != rows:
+        raise TargetError(
+            f"{name} gives {values.shape[0]} values for a model output of {rows} rows; one "
+            "value per image fits methods that run the images or copies made with "
+            "Targets.of_rows: give one shared value or explain the images one at a time"
+        )
+    return values
+
+
+def _rows_of(values: object, image_of_row: torch.Tensor, dims: int) -> object:
+    """``values`` for copies of images ``image_of_row``: per-image values (a leading image
+    axis of more than one, beyond ``dims`` dimensions) are indexed, shared values kept."""
+    tensor = torch.as_tensor(values)
+    if tensor.dim() <= dims or tensor.shape[0] == 1:
+        return values
+    return tensor[image_of_row.to(tensor.device)]
+
+
+def _check_label(label: torch.Tensor, count: int, what: str) -> None:
+    if label.numel() and (int(label.min()) < 0 or int(label.max()) >= count):
+        raise TargetError(f"label {label.tolist()} is out of range for {count} {what}")
+
+
+@dataclass(frozen=True, eq=False)
+class ClassScore:
+    """Score function ``S = y[:, c]``: the logit of class ``label`` in any output that
+    :func:`output_tensor` reads (a tensor, a dict, a tuple, a HuggingFace output).
+
+    label: one class for every row, or a sequence / ``(B,)`` tensor with one class per image.
+    Returns ``(B,)``. The same maps as the class targets ``label`` (pytorch-grad-cam's
+    ``ClassifierOutputTarget``)."""
+
+    label: int | Sequence[int] | torch.Tensor
+
+    def __call__(self, output: object) -> torch.Tensor:
+        logits = _as_logits(output)
+        labels = torch.as_tensor(self.label, device=logits.device).long().reshape(-1)
+        _check_label(labels, logits.shape[1], "classes")
+        labels = _per_row(labels, logits.shape[0], "ClassScore label")
+        return logits.gather(1, labels[:, None])[:, 0]
+
+    def of_rows(self, image_of_row: torch.Tensor) -> ClassScore:
+        """The score function of copies of images ``image_of_row`` ``(R,)``."""
+        return replace(self, label=_rows_of(self.label, image_of_row, 0))
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationScore:
+    """Score function ``S = sum_ij M_ij y[c, i, j]``: the logits of class ``label`` summed
+    over the pixel ``mask`` (pytorch-grad-cam's ``SemanticSegmentationTarget``).
+
+    For segmentation models whose output is ``(B, C, H, W)`` logits or a dict holding them
+    (torchvision DeepLabV3 / FCN: ``{"out": ...}``, at the input's resolution).
+    mask: ``(H, W)`` for every row or ``(B, H, W)`` one per image, bool or float weights, at
+    the output's resolution (a tensor or a NumPy array). Returns ``(B,)``."""
+
+    label: int
+    mask: object
+
+    def __call__(self, output: object) -> torch.Tensor:
+        logits = output_tensor(output)
+        if logits.dim() != 4:
+            raise TargetError(
+                f"SegmentationScore needs segmentation logits (B, C, H, W), got "
+                f"{tuple(logits.shape)}"
+            )
+        _check_label(torch.tensor([self.label]), logits.shape[1], "output channels")
+        mask = torch.as_tensor(self.mask).to(device=logits.device, dtype=logits.dtype)
+        mask = mask[None] if mask.dim() == 2 else mask
+        if mask.dim() != 3 or mask.shape[-2:] != logits.shape[-2:]:
+            raise TargetError(
+                f"SegmentationScore mask of shape {tuple(mask.shape)} does not fit the "
+                f"output's {tuple(logits.shape[-2:])} pixels: give (H, W) or (B, H, W)"
+            )
+        mask = _per_row(mask, logits.shape[0], "SegmentationScore mask")
+        return (logits[:, self.label] * mask).sum((-2, -1))
+
+    def of_rows(self, image_of_row: torch.Tensor) -> SegmentationScore:
+        """The score function of copies of images ``image_of_row`` ``(R,)``."""
+        return replace(self, mask=_rows_of(self.mask, image_of_row, 2))
+
+
+@dataclass(frozen=True, eq=False)
+class BoxScore:
+    """Score function of one detected box (pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``
+    for one box): of the detections of a row, the one with the largest IoU with ``box``
+    scores ``S = IoU(box, d) + score_d`` if that IoU exceeds ``iou_threshold`` and its label
+    is ``label``, else 0 (the detection moved or changed class).
+
+    For detection models that return one dict per image with ``"boxes"`` ``(N, 4)``
+    ``(x1, y1, x2, y2)``, ``"labels"`` and ``"scores"`` (torchvision Faster R-CNN,
+    RetinaNet, FCOS, SSD). label: int or one per image; box: ``(4,)`` or ``(B, 4)`` in the
+    input's pixels, usually a detection of a first forward. Returns ``(B,)``. For the
+    sum over several boxes, as pytorch-grad-cam does, add the scores of several BoxScores.
+    """
+
+    label: int | Sequence[int] | torch.Tensor
+    box: object
+    iou_threshold: float = 0.5
+
+    def __call__(self, output: object) -> torch.Tensor:
+        keys = {"boxes", "labels", "scores"}
+        if not (isinstance(output, (list, tuple)) and output
+                and all(isinstance(o, Mapping) and keys <= set(o) for o in output)):
+            raise TargetError(
+                "BoxScore needs a detection model's output, one dict with 'boxes', 'labels' "
+                f"and 'scores' per image; got {_describe(output)}"
+            )
+        rows = len(output)
+        boxes = _per_row(torch.as_tensor(self.box, dtype=torch.float32).reshape(-1, 4), rows,
+                         "BoxScore box")
+        labels = _per_row(torch.as_tensor(self.label).long().reshape(-1), rows, "BoxScore label")
+        return torch.stack([
+            _box_score(found, boxes[i], int(labels[i]), self.iou_threshold)
+            for i, found in enumerate(output)
+        ])
+
+    def of_rows(self, image_of_row: torch.Tensor) -> BoxScore:
+        """The score function of copies of images ``image_of_row`` ``(R,)``."""
+        return replace(self, label=_rows_of(self.label, image_of_row, 0),
+                       box=_rows_of(self.box, image_of_row, 1))
+
+
+def _box_score(found: Mapping, box: torch.Tensor, label: int, threshold: float) -> torch.Tensor:
+    """``IoU + score`` of the detection in ``found`` that best overlaps ``box``, or a zero
+    that stays in the graph (so that a row without a match gives a zero map, not an error)."""
+    zero = found["scores"].sum() * 0
+    if len(found["boxes"]) == 0:
+        return zero
+    ious = box_iou(box[None].to(found["boxes"]), found["boxes"])[0]
+    best = ious.argmax()
+    if ious[best] > threshold and int(found["labels"][best]) == label:
+        return ious[best] + found["scores"][best]
+    return zero

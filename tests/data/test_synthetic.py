@@ -107,12 +107,66 @@ def test_each_visible_badge_shows_its_class_code():
     assert checked > 24 * 9
 
 
+def test_badge_masks_are_the_visible_parts_of_the_badge_squares():
+    scenes = render_scenes(24, 96, seed=11)
+    y, x = torch.meshgrid(torch.arange(96) + 0.5, torch.arange(96) + 0.5, indexing="ij")
+    expected = torch.zeros_like(scenes.badge_masks)
+    for i in range(24):
+        for j, cls in enumerate(scenes.object_classes[i].tolist()):
+            if cls < 0:
+                continue
+            x0, y0, x1, y1 = scenes.badges[i, j].tolist()
+            square = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+            expected[i] |= square & (scenes.instances[i] == j)
+    assert torch.equal(scenes.badge_masks, expected)
+    assert bool(scenes.badge_masks.any())
+    assert bool((scenes.masks[scenes.badge_masks] > 0).all())
+    # every badge pixel is black or white, whatever the body colour around it
+    values = scenes.images.permute(0, 2, 3, 1)[scenes.badge_masks].float()  # (P, 3)
+    nearest = torch.where(values.mean(1, keepdim=True) > 127, 242.0, 13.0)
+    assert float((values - nearest).abs().max()) < 40
+
+
+def test_shared_bodies_do_not_depend_on_the_class():
+    def render(classes: int, shared: bool):
+        config = SyntheticConfig(num_classes=classes, shared_bodies=shared)
+        return render_scenes(16, 64, seed=4, config=config)
+
+    five, three = render(5, True), render(3, True)
+    assert torch.equal(five.badge_masks, three.badge_masks)
+    assert torch.equal(five.masks > 0, three.masks > 0)
+    outside = ~five.badge_masks[:, None].expand_as(five.images)
+    assert torch.equal(five.images[outside], three.images[outside])  # only badges differ
+    assert not torch.equal(five.images, three.images)
+    five, three = render(5, False), render(3, False)
+    outside = ~five.badge_masks[:, None].expand_as(five.images)
+    assert not torch.equal(five.images[outside], three.images[outside])
+
+
+def test_distractors_are_background_bodies_and_scenes_are_seeded():
+    config = SyntheticConfig(distractors=(1, 2), shared_bodies=True)
+    a, b = render_scenes(16, 64, 5, config), render_scenes(16, 64, 5, config)
+    for field in ("images", "masks", "badge_masks", "distractor_masks", "object_classes"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert not torch.equal(a.images, render_scenes(16, 64, 6, config).images)
+    assert bool((a.masks[a.distractor_masks] == 0).all())
+    visible = a.distractor_masks.flatten(1).sum(1)
+    assert int((visible > 0).sum()) >= 12, "most images show a distractor"
+    assert float(visible.float().mean()) > 0.05 * 64 * 64, "distractors are body-sized"
+    plain = render_scenes(4, 64, 5, SyntheticConfig(distractors=(0, 0)))
+    assert not bool(plain.distractor_masks.any())
+    data = make_synthetic(4, 64, 5, config)
+    assert torch.equal(data.badge_mask(2), data.badge_masks[2])
+    assert torch.equal(data.distractor_masks, render_scenes(4, 64, 5, config).distractor_masks)
+
+
 def test_badges_are_small_and_bodies_large(data):
-    badge_area = 0.12**2
-    object_fraction = (data.masks > 0).float().mean((1, 2))
-    objects = data.labels.sum(1)
-    # each object covers at least the smallest body, much more than its badge
-    assert float((object_fraction / objects).median()) > 5 * badge_area
+    # the design's promise (docs/synthetic-data.md): a badge covers at most 15% of its object
+    pairs = [(data.masks[i] == c, data.badge_masks[i] & (data.masks[i] == c))
+             for i in range(len(data)) for c in torch.nonzero(data.labels[i]).flatten().tolist()]
+    shares = torch.tensor([float(badge.sum()) / float(obj.sum()) for obj, badge in pairs])
+    assert 0.08 < float(shares.mean()) <= 0.15
+    assert float((shares > 0).float().mean()) > 0.9, "almost every object shows its badge"
 
 
 def test_hsv_to_rgb_matches_colorsys():
@@ -142,6 +196,7 @@ def test_options_change_the_scenes():
         (SyntheticConfig(body_radius=(0.3, 0.2)), "body_radius"),
         (SyntheticConfig(badge_size=0.5), "badge_size"),
         (SyntheticConfig(clutter=(-1, 2)), "clutter"),
+        (SyntheticConfig(distractors=(2, 1)), "distractors"),
         (SyntheticConfig(noise=-0.1), "noise"),
     ],
 )

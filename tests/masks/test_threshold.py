@@ -90,6 +90,7 @@ def test_errors_are_clear():
         confident_masks(maps, torch.tensor([1, 2]), fg=0.2, bg=0.5)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_stays_on_device():
     maps = torch.rand(2, 4, 4, device="cuda")

@@ -10,9 +10,9 @@ import torchvision.models as tvm
 from torch import nn
 
 from loupe import explain, find_target_layer
-from loupe.heads import HeadError, find_cam_head
 from loupe.hooks import hooked
 from loupe.layers import LayerError, find_module
+from loupe.methods.heads import HeadError, find_cam_head
 from tests.conftest import count_hooks
 
 

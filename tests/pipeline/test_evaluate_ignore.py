@@ -16,11 +16,11 @@ import torch
 
 from loupe.cli import main
 from loupe.data.synthetic import make_synthetic
+from loupe.evaluation.sources import ignored_class_indices
 from loupe.io import save_npz
+from loupe.mapsets.files import map_file_arrays
 from loupe.masks import masks_from_maps, save_mask_png
 from loupe.masks.palette import load_mask_png
-from loupe.pipeline.evaluate import ignored_class_indices
-from loupe.pipeline.generate import map_file_arrays
 
 from .conftest import FOLDER_SIZES, SYNTHETIC, read_npz, write_folder_dataset
 
@@ -294,12 +294,12 @@ COCO_WITHOUT_IMAGENET = {  # the 23 classes coco_to_imagenet.json documents as u
 
 
 def test_real_coco128_through_the_shipped_table(assets: Path, tmp_path: Path) -> None:
-    from loupe.pipeline.datasets import DatasetSpec, open_pipeline_dataset
+    from loupe.data.spec import DatasetSpec, open_spec
 
     root = assets / "coco128-seg"
     spec = DatasetSpec(kind="yolo", root=str(root), split="train2017", class_names="coco",
                        limit=8)
-    dataset = open_pipeline_dataset(spec, images=False)
+    dataset = open_spec(spec, images=False)
     names = list(dataset.class_names)
     unmapped = torch.tensor([name in COCO_WITHOUT_IMAGENET for name in names])
     pred = tmp_path / "shifted"

@@ -11,8 +11,8 @@ from PIL import Image
 
 from loupe.cli import main
 from loupe.io import save_npz
+from loupe.mapsets.files import map_file_arrays
 from loupe.masks import confident_masks, crf_refine_mask, masks_from_maps, voc_palette
-from loupe.pipeline.generate import map_file_arrays
 
 from .conftest import SYNTHETIC, read_npz, tree_bytes
 

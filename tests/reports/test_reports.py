@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from loupe.io import write_json
 from loupe.metrics import sweep_summary
 from loupe.reports import (
     markdown_table,
@@ -17,7 +18,6 @@ from loupe.reports import (
     plot_overlay_grid,
     write_html_report,
     write_report_md,
-    write_results_json,
 )
 
 
@@ -36,7 +36,7 @@ def strict_json(path):
 
 def test_results_json_round_trip(tmp_path):
     path = tmp_path / "run" / "results.json"
-    write_results_json(path, {
+    write_json(path, {
         "summary": summary(),
         "curve": torch.tensor([0.5, float("nan")]),
         "count": 3,
@@ -52,9 +52,9 @@ def test_results_json_round_trip(tmp_path):
 
 def test_failed_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "results.json"
-    write_results_json(path, {"a": 1})
+    write_json(path, {"a": 1})
     with pytest.raises(TypeError, match="cannot write 'object' to JSON"):
-        write_results_json(path, {"a": object()})
+        write_json(path, {"a": object()})
     assert strict_json(path) == {"a": 1}
     assert len(list(tmp_path.iterdir())) == 1
 
@@ -72,7 +72,7 @@ def test_markdown_table_values():
 
 
 def test_report_from_json_equals_report_from_summaries(tmp_path):
-    write_results_json(tmp_path / "results.json", {"cam": summary(), "gradcam": summary()})
+    write_json(tmp_path / "results.json", {"cam": summary(), "gradcam": summary()})
     loaded = strict_json(tmp_path / "results.json")
     assert markdown_table(loaded) == markdown_table({"cam": summary(), "gradcam": summary()})
     write_report_md(tmp_path / "report.md", loaded, title="Demo", notes="Shared machine.")

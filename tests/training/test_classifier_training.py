@@ -11,14 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import loupe.training.classifier as classifier_module
+import loupe.training.loop as loop_module
 from loupe.cli import main
+from loupe.data import SyntheticSplits
 from loupe.data.synthetic import make_synthetic
-from loupe.training.checkpoints import load_model, load_torch
-from loupe.training.classifier import ClassifierConfig, build_classifier, train_classifier
-from loupe.training.common import EpochResult, SyntheticSplits, train_epoch
+from loupe.io import load_torch
+from loupe.models import Preprocessing, build_classifier, load_model
+from loupe.training.classifier import ClassifierConfig, train_classifier
+from loupe.training.loop import EpochResult, train_epoch
 from loupe.training.schedules import poly_schedule, sgd_with_head_lr, split_parameters
-from loupe.training.transforms import Preprocessing
 
 
 def tiny_config(out, **changes) -> ClassifierConfig:
@@ -101,7 +102,7 @@ def test_resume_continues_from_the_saved_epoch_with_the_same_optimizer_state(
 ):
     out, _ = trained
     calls = []
-    real_epoch = classifier_module.train_epoch
+    real_epoch = loop_module.train_epoch
 
     def crash_in_second_epoch(*args, **kwargs):
         calls.append(kwargs["description"])
@@ -109,14 +110,14 @@ def test_resume_continues_from_the_saved_epoch_with_the_same_optimizer_state(
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(classifier_module, "train_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(loop_module, "train_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_classifier(tiny_config(tmp_path))
     saved = load_torch(tmp_path / "checkpoint.pt")
     assert saved["epoch"] == 1
 
     resumed_state = {}
-    real_resume = classifier_module.resume_run
+    real_resume = loop_module.resume_run
 
     def spy(out_dir, spec, model, optimizer, scheduler, scaler):
         result = real_resume(out_dir, spec, model, optimizer, scheduler, scaler)
@@ -125,8 +126,8 @@ def test_resume_continues_from_the_saved_epoch_with_the_same_optimizer_state(
         return result
 
     calls.clear()
-    monkeypatch.setattr(classifier_module, "train_epoch", real_epoch)
-    monkeypatch.setattr(classifier_module, "resume_run", spy)
+    monkeypatch.setattr(loop_module, "train_epoch", real_epoch)
+    monkeypatch.setattr(loop_module, "resume_run", spy)
     train_classifier(tiny_config(tmp_path, resume=True))
     # the optimizer came back exactly as saved after epoch 1 (momentum buffers, step count)
     for key, value in saved["optimizer"]["state"].items():
@@ -173,7 +174,8 @@ def test_cli_trains_on_the_synthetic_set(tmp_path, capsys):
          "--scale and --mean/--std are alternatives"),
         (["--dataset", "synthetic", "--mean", "0", "0", "0"], "--mean and --std go together"),
         (["--dataset", "synthetic", "--init", "no/such.pt"], "--init no/such.pt: file not found"),
-        (["--dataset", "synthetic", "--epochs", "0"], "--epochs must be >= 1"),
+        (["--dataset", "synthetic", "--epochs", "0"],
+         "argument --epochs: expected an integer >= 1"),
         (["--dataset", "synthetic", "--resume"], "--resume: no checkpoint at"),
         (["--dataset", "synthetic", "--backbone", "nonet", "--pretrained", "none"],
          "unknown backbone 'nonet'"),

@@ -6,14 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from loupe.training.common import (
-    SyntheticSplits,
-    has_background,
-    open_split,
-    recompute_bn_statistics,
-    resolve_device,
-    set_train_mode,
-)
+from loupe.data import SyntheticSplits, has_background, open_split
+from loupe.distributed import resolve_device
+from loupe.training.loop import recompute_bn_statistics, set_train_mode
 
 
 def test_precise_bn_is_the_average_of_batch_statistics():

@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader
 
 from loupe.cli import main
 from loupe.data.synthetic import make_synthetic
+from loupe.io import load_torch
 from loupe.masks.palette import save_mask_png
+from loupe.metrics import mean_average_precision
 from loupe.metrics.segmentation import confusion_matrix, mean_iou
-from loupe.training.checkpoints import load_model, load_torch
-from loupe.training.classifier import build_classifier, mean_average_precision
+from loupe.models import Preprocessing, build_classifier, load_model
 from loupe.training.parallel import (
     RankShuffleSampler,
     epoch_permutation,
@@ -30,7 +31,7 @@ from loupe.training.parallel import (
     train_loader,
 )
 from loupe.training.segmentation import predict_masks
-from loupe.training.transforms import Preprocessing, resize_and_pad
+from loupe.training.transforms import resize_and_pad
 
 N_TRAIN, N_VAL, SIZE = 16, 5, 32  # 5 validation images: shards of 3 and 2
 SYNTHETIC = ["--dataset", "synthetic", "--synthetic-train", str(N_TRAIN), "--synthetic-val",
@@ -54,10 +55,9 @@ DRIVER = textwrap.dedent("""
     from pathlib import Path
 
     import torch
-    import loupe.training.classifier as classifier
-    import loupe.training.segmentation as segmentation
+    import loupe.training.loop as loop
     from loupe.cli import main
-    from loupe.pipeline import distributed
+    from loupe import distributed
 
     plan = json.loads(Path(sys.argv[1]).read_text())
     rank = int(os.environ["RANK"])
@@ -82,8 +82,7 @@ DRIVER = textwrap.dedent("""
 
         module.train_epoch, module.save_run = train_epoch, save_run
 
-    spy(classifier)
-    spy(segmentation)
+    spy(loop)  # the one training loop of classifier and segmentation
     # with "outer": one process group for all commands (PyTorch cannot reliably re-create a
     # destroyed group); without, the command sets up and destroys its own, as `torchrun -m loupe`
     session = distributed.distributed_session("cpu") if plan["outer"] else contextlib.nullcontext()

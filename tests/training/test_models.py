@@ -10,16 +10,17 @@ import torchvision
 from torch import nn
 
 from loupe import explain
-from loupe.heads import find_cam_head
-from loupe.training.checkpoints import load_model, save_model
-from loupe.training.classifier import (
-    OFFLINE_MESSAGE,
+from loupe.methods.heads import find_cam_head
+from loupe.models import (
     SmallGAPNet,
     build_classifier,
+    build_segmenter,
     classifier_head,
-    freeze_stem,
+    load_model,
+    save_model,
 )
-from loupe.training.segmentation import build_segmenter
+from loupe.models.networks import OFFLINE_MESSAGE
+from loupe.training.classifier import freeze_stem
 
 
 def _seeded(builder, *args, **kwargs):

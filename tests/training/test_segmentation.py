@@ -10,20 +10,19 @@ import torch
 from PIL import Image
 
 from loupe.cli import main
+from loupe.data import SyntheticSplits
 from loupe.data.synthetic import SyntheticConfig, make_synthetic
-from loupe.io import save_image
+from loupe.io import load_torch, save_image, save_torch
 from loupe.masks.palette import save_mask_png
 from loupe.metrics.segmentation import confusion_matrix, mean_iou
-from loupe.training.checkpoints import load_model, load_torch, save_torch
-from loupe.training.classifier import build_classifier
-from loupe.training.common import SyntheticSplits
+from loupe.models import Preprocessing, build_classifier, load_model
 from loupe.training.segmentation import (
     PseudoMaskDataset,
     SegmentationConfig,
     predict_masks,
     train_segmenter,
 )
-from loupe.training.transforms import Preprocessing, image_tensor
+from loupe.training.transforms import image_tensor
 
 # One object class and no background clutter: a DeepLabV3 trained from scratch for 80 steps
 # learns where objects are but not which of 5 classes they are (telling classes, and objects

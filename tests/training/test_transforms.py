@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from loupe.models import Preprocessing
 from loupe.training.transforms import (
     IGNORE_INDEX,
     Augmentation,
-    Preprocessing,
     Transformed,
     augment,
     image_tensor,

@@ -1,29 +1,44 @@
-"""``loupe evaluate``: map (or mask) folders against a data set's ground truth.
-
-Per method: the mIoU at every background threshold 0.00..0.95 (one pass), the best mIoU and
-its threshold, the mIoU at fixed thresholds and its spread over a range (AMN's robustness
-figures), per-class IoU, precision and recall; with several folders, paired bootstrap
-intervals of each method's mIoU difference to the best one (and to baselines).
-``--ignore-classes`` and ``--class-map`` leave data-set classes out of these scores (e.g. the
-COCO classes without an ImageNet counterpart when the maps come through a class map). ``--boxes``
-adds localization (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP). Writes ``results.json``,
-``report.md``, ``miou_vs_threshold.png`` and ``overlays.png`` into ``--out``. Under
-``torchrun`` the images are sharded and the matrices all-reduced; rank 0 writes.
-"""
+"""``loupe evaluate``: map (or mask) folders against a data set's ground truth (see
+:data:`DESCRIPTION`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from loupe.cli import UserError
-from loupe.cli.maps import add_dataset_arguments, dataset_spec
+from loupe.cli.args import (
+    add_command,
+    add_dataset_arguments,
+    add_evaluation_options,
+    add_run_arguments,
+    dataset_spec,
+)
+from loupe.cli.values import SWEPT_THRESHOLDS, fraction, non_negative_int
+
+DESCRIPTION = """\
+Map (or mask) folders against a data set's ground truth. Per method: the mIoU at every
+background threshold 0.00..0.95 (one pass), the best mIoU and its threshold, the mIoU at fixed
+thresholds and its spread over a range (AMN's robustness figures), per-class IoU, precision and
+recall; with several folders, paired bootstrap intervals of each method's mIoU difference to
+the best one (and to baselines). --ignore-classes and --class-map leave data-set classes out
+of these scores. --boxes adds localization (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP).
+Writes results.json, report.md, miou_vs_threshold.png and overlays.png into --out. Under
+torchrun the images are sharded and the matrices all-reduced; rank 0 writes."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="mIoU sweeps, bootstrap comparisons, WSOL "
-                              "metrics of map or mask folders", description=__doc__.splitlines()[0])
+    p = add_command(
+        subparsers, "evaluate", help="mIoU sweeps, bootstrap comparisons, WSOL metrics of map "
+        "or mask folders", description=DESCRIPTION,
+        examples=[
+            "loupe evaluate --maps runs/maps-gradcam runs/maps-shuffle --dataset voc --root "
+            "VOCdevkit --split train --out runs/eval",
+            "loupe evaluate --masks runs/masks --dataset voc --root VOCdevkit --split train "
+            "--bootstrap 0 --out runs/eval-masks",
+            "loupe evaluate --maps runs/maps-r50 --dataset yolo --root coco128-seg "
+            "--class-names coco --class-map coco_to_imagenet --out runs/eval-r50",
+        ],
+    )
     group = p.add_argument_group("what to evaluate")
     group.add_argument("--maps", nargs="+", action="extend", default=[], type=Path,
                        metavar="DIR", help="map folders written by loupe maps (one per method)")
@@ -32,113 +47,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--names", nargs="+", help="method names in the reports (default: the "
                        "folder names), --maps first then --masks")
     add_dataset_arguments(p)
-    group = p.add_argument_group("evaluation")
-    group.add_argument("--fixed", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.3],
-                       help="thresholds whose mIoU is reported (default 0.1 0.15 0.2 0.3)")
-    group.add_argument("--spread-range", type=float, nargs=2, default=[0.1, 0.6],
-                       metavar=("LO", "HI"), help="threshold range of the spread (0.1 0.6)")
-    group.add_argument("--bootstrap", type=int, default=1000,
-                       help="bootstrap resamples of the images (0: none; default 1000)")
-    group.add_argument("--bootstrap-seed", type=int, default=0)
-    group.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
-    group.add_argument("--ignore-classes", nargs="+", action="extend", default=[],
-                       metavar="NAME", help="data-set classes left out of the segmentation "
-                       "scores (sweep, per-class table, mean, bootstrap): their ground-truth "
-                       "pixels are not counted (as 255), their maps are not used and their "
-                       "labels in --masks files count as background; box metrics are unaffected")
-    group.add_argument("--class-map", metavar="FILE",
-                       help="also ignore every class without a counterpart in this class map "
-                       "(as loupe maps --class-map: 'coco_to_imagenet' or a JSON file "
-                       "{name: [indices]}); combines with --ignore-classes")
+    group = add_evaluation_options(p)
     group.add_argument("--boxes", action="store_true",
                        help="also localization: top-1 loc, GT-known loc, MaxBoxAccV2, PxAP")
-    group.add_argument("--box-threshold", type=float, default=0.2,
+    group.add_argument("--box-threshold", type=fraction, default=0.2,
                        help="CAM box rule for top-1/GT-known loc (fraction of the map's range)")
-    group.add_argument("--iou", type=float, default=0.5, help="IoU of top-1/GT-known loc")
-    group.add_argument("--overlays", type=int, default=6,
+    group.add_argument("--iou", type=fraction, default=0.5,
+                       help="IoU of top-1/GT-known loc")
+    group.add_argument("--overlays", type=non_negative_int, default=6,
                        help="images in overlays.png (0: none; needs images)")
-    group = p.add_argument_group("run")
-    group.add_argument("--out", required=True, type=Path, help="run folder for the results")
-    group.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    group.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    group.add_argument("--no-progress", action="store_true")
+    add_run_arguments(p, out_help="run folder for the results")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from loupe.metrics import default_thresholds
-    from loupe.pipeline import distributed
-    from loupe.pipeline.evaluate import EvaluationConfig, evaluate_sources, make_sources
+    from loupe import distributed
+    from loupe.evaluation import (
+        EvaluationConfig,
+        ResultOptions,
+        build_results,
+        check_evaluation_folder,
+        evaluate_sources,
+        make_sources,
+        write_evaluation,
+    )
 
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
-    if not 0 < args.level < 1:
-        raise UserError(f"--level must lie in (0, 1), got {args.level}")
-    thresholds = tuple(round(float(t), 6) for t in default_thresholds().tolist())
-    for value in args.fixed:
-        if not any(abs(value - t) < 1e-6 for t in thresholds):
-            raise UserError(f"--fixed {value:g} is not one of the swept thresholds 0.00, 0.05, "
-                            "..., 0.95")
+    thresholds = SWEPT_THRESHOLDS
     spec = dataset_spec(args)
+    check_evaluation_folder(args.out)  # before the pass, not after it
     sources = make_sources(args.maps, args.masks, args.names)
     config = EvaluationConfig(dataset=spec, sources=sources, thresholds=thresholds,
                               boxes=args.boxes, box_threshold=args.box_threshold,
                               workers=args.workers, progress=not args.no_progress,
                               ignore_classes=tuple(args.ignore_classes),
                               class_map=args.class_map)
+    options = ResultOptions(fixed=tuple(args.fixed), spread_range=tuple(args.spread_range),
+                            bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
+                            level=args.level, boxes=args.boxes, iou=args.iou,
+                            class_map=args.class_map)
     with distributed.distributed_session(args.device) as device:
         tally = evaluate_sources(config, device)
         if tally is not None:
-            results = build_results(tally, args, spec.describe(), sources, thresholds)
-            write_outputs(args, results, sources, spec)
+            results = build_results(tally, sources, thresholds, spec.describe(), options)
+            write_evaluation(args.out, results, sources, spec, args.overlays)
         distributed.barrier()
     if tally is not None:
         best = max(results["methods"].items(), key=lambda kv: kv[1]["miou"], default=None)
         summary = f"; best {best[0]} mIoU {100 * best[1]['miou']:.1f}" if best else ""
         print(f"evaluated {len(tally.ids)} images{summary}; results in {args.out}")
     return 0
-
-
-def build_results(tally: Any, args: argparse.Namespace, dataset: dict[str, Any],
-                  sources: Any, thresholds: tuple[float, ...]) -> dict[str, Any]:
-    """The ``results.json`` content."""
-    from loupe.pipeline.results import localization_results, method_results
-
-    results: dict[str, Any] = {
-        "dataset": dataset, "images": len(tally.ids), "num_classes": tally.num_classes,
-        "class_names": list(tally.class_names), "thresholds": list(thresholds),
-        "has_masks": tally.has_masks,
-        "ignored_classes": [tally.class_names[c] for c in tally.ignored],
-        "class_map": args.class_map,
-        "bootstrap": {"n": args.bootstrap, "seed": args.bootstrap_seed, "level": args.level},
-        "methods": {}, "comparisons": [],
-    }
-    if tally.has_masks:
-        results["methods"], results["comparisons"] = method_results(
-            tally, sources, thresholds, fixed=args.fixed, spread_range=tuple(args.spread_range),
-            bootstrap=args.bootstrap, seed=args.bootstrap_seed, level=args.level,
-        )
-    if args.boxes:
-        results["localization"] = localization_results(tally, sources, args.iou)
-    return results
-
-
-def write_outputs(args: argparse.Namespace, results: dict[str, Any], sources: Any,
-                  spec: Any) -> None:
-    """Rank 0: the run folder's files, and overlays when the data set has images."""
-    import logging
-
-    from loupe.pipeline.datasets import open_pipeline_dataset
-    from loupe.pipeline.results import write_overlays, write_run
-
-    write_run(args.out, results)
-    if args.overlays and results["has_masks"]:
-        try:
-            dataset = open_pipeline_dataset(spec, images=True)
-            thresholds = {name: m["threshold"] for name, m in results["methods"].items()}
-            ids = list(dataset.ids[: results["images"]])
-            write_overlays(args.out, dataset, ids, sources, thresholds, args.overlays)
-        except (FileNotFoundError, ValueError) as error:
-            logging.getLogger(__name__).warning("no overlays.png: %s", error)

@@ -172,3 +172,67 @@ def load_class_map(
         if not table:
             raise ValueError(f"{class_map}: no class of the data set has an entry")
     return class_mapping(class_names, table, num_model_classes)
+
+
+def has_background(class_names: Sequence[str]) -> bool:
+    """True when class 0 of a data set is its background (segmentation sets): named
+    ``background`` or ``bg``, in any case, with or without surrounding underscores and spaces
+    (``"__background__"``, ``"_background_"``). A background is never an image-level label."""
+    first = next(iter(class_names), "")
+    return first.strip().strip("_").lower() in ("background", "bg")
+
+
+def offset_mapping(num_dataset_classes: int, num_outputs: int, offset: int) -> ClassMapping:
+    """Data-set class ``c`` <-> classifier output ``c - offset`` where that output exists."""
+    return tuple(
+        (c - offset,) if 0 <= c - offset < num_outputs else () for c in range(num_dataset_classes)
+    )
+
+
+def class_correspondence(
+    class_names: Sequence[str],
+    num_outputs: int | None,
+    *,
+    model_offset: int | None = None,
+    class_map: str | None = None,
+    label_offset: int | None = None,
+) -> tuple[ClassMapping, dict[str, object]]:
+    """The mapping from data-set classes to the outputs of a classifier, and how it was chosen.
+
+    In order: ``class_map`` (:func:`load_class_map`); ``label_offset`` (output ``k`` is
+    data-set class ``k + offset``); the offset the model records (``model_offset``, a loupe
+    run's ``label_offset``); else inferred from the counts: 1 when the model has one output
+    per non-background class, 0 when one per class. Errors name the option."""
+    if num_outputs is None:
+        raise ValueError("cannot tell how many outputs the model has (no classifier weight)")
+    if class_map is not None and label_offset is not None:
+        raise ValueError("give --class-map or --label-offset, not both")
+    if class_map is not None:
+        mapping = load_class_map(class_map, class_names, num_outputs)
+        if not any(mapping):
+            raise ValueError(f"--class-map {class_map}: no data-set class has a counterpart")
+        return mapping, {"class_map": class_map}
+    offset = label_offset if label_offset is not None else model_offset
+    if offset is None:
+        offset = _inferred_offset(class_names, num_outputs)
+    if offset < 0:
+        raise ValueError(f"--label-offset must be >= 0, got {offset}")
+    mapping = offset_mapping(len(class_names), num_outputs, offset)
+    if not any(mapping):
+        raise ValueError(f"--label-offset {offset} leaves no data-set class a classifier "
+                         f"output ({num_outputs} outputs, {len(class_names)} classes)")
+    return mapping, {"label_offset": offset}
+
+
+def _inferred_offset(class_names: Sequence[str], num_outputs: int) -> int:
+    n = len(class_names)
+    background = has_background(class_names)
+    if background and num_outputs == n - 1:
+        return 1
+    if num_outputs == n:
+        return 0
+    raise ValueError(
+        f"the model has {num_outputs} outputs and the data set {n} classes "
+        f"({'with' if background else 'without'} background); say how they correspond with "
+        "--class-map (e.g. coco_to_imagenet) or --label-offset"
+    )

@@ -1,21 +1,26 @@
-"""A seeded synthetic multi-label segmentation set in which CAMs are expected to be partial.
+"""A seeded synthetic multi-label segmentation set with a small discriminative part per object.
 
-Every image is a cluttered, textured background with one or more objects. Each object has
+Every image is a cluttered, textured background with one or two objects and one or two
+distractors. Each object has
 
-* a **body**: a rotated ellipse with a striped texture whose hue and stripe angle depend on
-  the class, but only weakly: each class draws them from an interval twice as wide as the
-  spacing between classes, so neighbouring classes overlap, and background clutter draws the
-  same kind of textures from the whole range. A body alone is weak, ambiguous evidence.
-* a **badge**: a small square inside the body showing a class-specific 3x3 black-and-white
-  code. Nothing else in the scene is black and white at that contrast, so the badge alone
-  identifies the class.
+* a **body**: a rotated ellipse with a striped texture whose hue and stripe angle are drawn
+  from the whole range whatever the class (``shared_bodies``): bodies carry no class
+  evidence, and background clutter and **distractors** (badge-less bodies of the same shape,
+  size and texture, background in the mask) look the same.
+* a **badge**: a small square inside the body (about 13% of the object) showing a
+  class-specific 3x3 black-and-white code. Nothing else in the scene is black and white at
+  that contrast, so the badge alone identifies the class.
 
-This is the situation in which a classifier can reach high accuracy from the badge alone and
-its class activation map covers only a small part of the object, while the ground-truth mask
-covers the whole body. Masks are exact (``0`` background, ``c + 1`` for class ``c``), and the
-image-level labels are derived from the masks, so a label is present exactly when its class
-has at least one visible pixel. The design and every parameter are documented in
-``docs/synthetic-data.md``; no map method's result was used to choose them.
+A classifier can only learn the classes from the badges, while the ground-truth mask covers
+the whole body: the situation WSSS is about. The generator renders a badge mask with every
+scene (``badge_masks``), so how much of a map lies on the badge is measured, not assumed
+(``loupe.demo.badge_statistic``). Masks are exact (``0`` background, ``c + 1`` for class
+``c``), and the image-level labels are derived from the masks, so a label is present exactly
+when its class has at least one visible pixel. The design, the statistic that chose it and
+every parameter are documented in ``docs/synthetic-data.md``; no map method's mIoU was used
+to choose them. The older design (class-dependent bodies, no distractors, smaller badges) is
+``SyntheticConfig(shared_bodies=False, distractors=(0, 0), badge_size=0.12,
+body_radius=(0.15, 0.27), objects=(1, 3))``.
 
 Everything is drawn from one ``torch.Generator`` seeded by ``seed`` and rendered for all images
 at once (tensors ``(N, H, W)`` per object slot), so a few hundred 96x96 images take well under
@@ -58,6 +63,11 @@ class SyntheticConfig:
     hue_width, angle_width: width of a class's body hue / stripe-angle interval in units of
         the spacing between class centres (``1/C`` of the hue circle, ``pi/C`` of angles);
         values above 1 make neighbouring classes overlap, 0 makes the body unambiguous.
+    shared_bodies: when True, every body draws its hue and stripe angle from the whole range
+        whatever its class (``hue_width`` and ``angle_width`` are then unused): bodies carry
+        no class evidence and only the badge tells classes apart.
+    distractors: (min, max) badge-less bodies per image, drawn like object bodies (shape,
+        size, texture from the whole range) and placed with them; background in the mask.
     clutter: (min, max) background shapes (rectangles and ellipses with textures drawn from
         the whole hue and angle range, i.e. body-like but of no class).
     min_separation: object centres are at least this times the sum of their larger
@@ -66,11 +76,13 @@ class SyntheticConfig:
     """
 
     num_classes: int = 5
-    objects: tuple[int, int] = (1, 3)
-    body_radius: tuple[float, float] = (0.15, 0.27)
-    badge_size: float = 0.12
+    objects: tuple[int, int] = (1, 2)
+    body_radius: tuple[float, float] = (0.22, 0.32)
+    badge_size: float = 0.17
     hue_width: float = 2.0
     angle_width: float = 2.0
+    shared_bodies: bool = True
+    distractors: tuple[int, int] = (1, 2)
     clutter: tuple[int, int] = (4, 8)
     min_separation: float = 0.8
     noise: float = 0.03
@@ -89,6 +101,9 @@ class SyntheticConfig:
                              f"fits in the body, got {self.badge_size}")
         if not 0 <= self.clutter[0] <= self.clutter[1]:
             raise ValueError(f"clutter must be (min, max) with 0 <= min <= max, got {self.clutter}")
+        if not 0 <= self.distractors[0] <= self.distractors[1]:
+            raise ValueError(f"distractors must be (min, max) with 0 <= min <= max, got "
+                             f"{self.distractors}")
         if self.hue_width < 0 or self.angle_width < 0 or self.noise < 0:
             raise ValueError("hue_width, angle_width and noise must be >= 0")
 
@@ -124,13 +139,17 @@ class Scenes:
     ``instances`` (N, H, W) int8 object slot or -1, ``object_classes`` (N, S) long class index
     ``0..C-1`` of each object slot or -1 when the slot is empty, ``badges`` (N, S, 4) float
     xyxy of each slot's badge square in pixels (meaningless for empty slots; parts may be
-    hidden by later objects)."""
+    hidden by later objects), ``badge_masks`` (N, H, W) bool the visible badge pixels (inside
+    the object mask, occlusion applied), ``distractor_masks`` (N, H, W) bool the visible
+    pixels of badge-less distractor bodies (background in ``masks``)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     instances: torch.Tensor
     object_classes: torch.Tensor
     badges: torch.Tensor
+    badge_masks: torch.Tensor
+    distractor_masks: torch.Tensor
 
 
 def _uniform(g: torch.Generator, shape: tuple[int, ...], low: float, high: float) -> torch.Tensor:
@@ -190,12 +209,13 @@ def _background(g: torch.Generator, n: int, h: int, w: int) -> torch.Tensor:
 
 
 def _place_objects(
-    g: torch.Generator, n: int, slots: int, counts: torch.Tensor, radius: torch.Tensor,
-    separation: float, tries: int = 24,
+    g: torch.Generator, active: torch.Tensor, radius: torch.Tensor, separation: float,
+    tries: int = 24,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Object centres ``(N, S, 2)`` in [0.15, 0.85] (fractions) and ``present`` (N, S): each
-    slot takes the first of ``tries`` candidates far enough from the earlier objects, or is
-    left empty. ``radius`` (N, S) is each object's larger semi-axis."""
+    """Centres ``(N, S, 2)`` in [0.15, 0.85] (fractions) and ``present`` (N, S) of the slots
+    ``active`` (N, S): each slot takes the first of ``tries`` candidates far enough from the
+    earlier slots' objects, or is left empty. ``radius`` (N, S) is each larger semi-axis."""
+    n, slots = active.shape
     candidates = _uniform(g, (n, slots, tries, 2), 0.15, 0.85)
     centres = torch.zeros(n, slots, 2)
     present = torch.zeros(n, slots, dtype=torch.bool)
@@ -207,7 +227,7 @@ def _place_objects(
             ok &= (dist >= needed) | ~present[:, i, None]
         first = ok.float().argmax(1)
         centres[:, j] = candidates[torch.arange(n), j, first]
-        present[:, j] = ok.any(1) & (j < counts)
+        present[:, j] = ok.any(1) & active[:, j]
     return centres, present
 
 
@@ -219,11 +239,39 @@ def render_scenes(n: int, size: int | tuple[int, int], seed: int,
     h, w = (size, size) if isinstance(size, int) else size
     if n < 1 or h < 16 or w < 16:
         raise ValueError(f"need n >= 1 and images of at least 16x16, got n={n}, size={size}")
-    side = min(h, w)
     g = torch.Generator().manual_seed(seed)
     y, x = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-    canvas = _background(g, n, h, w)
+    canvas = _paint_clutter(g, _background(g, n, h, w), x, y, config)
+    c, slots = config.num_classes, config.objects[1]
+    counts = _counts(g, n, config.objects)
+    classes = torch.randint(0, c, (n, slots), generator=g)
+    side = min(h, w)
+    radii = _uniform(g, (n, slots, 2), *config.body_radius) * side
+    active = torch.arange(slots) < counts[:, None]
+    extra = config.distractors[1]
+    if extra:  # distractor slots after the object slots (no draws when there are none)
+        spare = torch.arange(extra) < _counts(g, n, config.distractors)[:, None]
+        active = torch.cat([active, spare], 1)
+        radii = torch.cat([radii, _uniform(g, (n, extra, 2), *config.body_radius) * side], 1)
+    centres, present = _place_objects(g, active, radii.amax(-1) / side, config.min_separation)
+    centres = centres * torch.tensor([w, h])
+    distractors = torch.zeros(n, h, w, dtype=torch.bool)
+    if extra:
+        canvas, distractors = _paint_distractors(g, canvas, x, y, centres[:, slots:],
+                                                 radii[:, slots:], present[:, slots:])
+    scenes = _paint_objects(g, canvas, x, y, classes, centres[:, :slots], radii[:, :slots],
+                            present[:, :slots], config)
+    images = scenes.images + config.noise * torch.randn(scenes.images.shape, generator=g)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return Scenes(images, scenes.masks, scenes.instances, scenes.object_classes,
+                  scenes.badges, scenes.badge_masks, distractors & (scenes.masks == 0))
 
+
+def _paint_clutter(g: torch.Generator, canvas: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                   config: SyntheticConfig) -> torch.Tensor:
+    """``canvas`` ``(N, 3, H, W)`` with ``config.clutter`` textured rectangles and ellipses."""
+    n, h, w = canvas.shape[0], *canvas.shape[-2:]
+    side = min(h, w)
     clutter_counts = _counts(g, n, config.clutter)
     for k in range(config.clutter[1]):
         on = k < clutter_counts
@@ -238,28 +286,65 @@ def render_scenes(n: int, size: int | tuple[int, int], seed: int,
         colour = _textured(g, x, y, _uniform(g, (n,), 0, 1), _uniform(g, (n,), 0, math.pi),
                            side, (0.0, 0.3))
         canvas = torch.where(inside[:, None], colour, canvas)
+    return canvas
 
-    c, slots = config.num_classes, config.objects[1]
-    counts = _counts(g, n, config.objects)
-    classes = torch.randint(0, c, (n, slots), generator=g)
-    radii = _uniform(g, (n, slots, 2), *config.body_radius) * side
-    centres, present = _place_objects(g, n, slots, counts, radii.amax(-1) / side,
-                                      config.min_separation)
-    codes = class_codes(c)
+
+def _paint_distractors(g: torch.Generator, canvas: torch.Tensor, x: torch.Tensor,
+                       y: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+                       present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Badge-less bodies (centres ``(N, D, 2)`` pixels, semi-axes ``(N, D, 2)``, ``present``
+    ``(N, D)``) with hue and stripe angle from the whole range, painted on ``canvas``;
+    returns the canvas and the bodies' pixels ``(N, H, W)`` bool."""
+    n, side = canvas.shape[0], min(canvas.shape[-2:])
+    painted = torch.zeros(n, *canvas.shape[-2:], dtype=torch.bool)
+    for j in range(centres.shape[1]):
+        angle = _uniform(g, (n,), 0, math.pi)
+        body = _ellipse(x, y, centres[:, j, 0], centres[:, j, 1], radii[:, j, 0],
+                        radii[:, j, 1], angle) & present[:, j, None, None]
+        colour = _textured(g, x, y, _uniform(g, (n,), 0, 1), _uniform(g, (n,), 0, math.pi),
+                           side, (0.15, 0.3))
+        canvas = torch.where(body[:, None], colour, canvas)
+        painted |= body
+    return canvas, painted
+
+
+def _body_colour(g: torch.Generator, x: torch.Tensor, y: torch.Tensor, cls: torch.Tensor,
+                 side: int, config: SyntheticConfig) -> torch.Tensor:
+    """Striped body colour ``(N, 3, H, W)`` of objects of class ``cls`` (N,): hue and stripe
+    angle around the class centres (see :class:`SyntheticConfig`), or from the whole range
+    with ``shared_bodies``."""
+    c = config.num_classes
+    hue_jitter = torch.rand(cls.shape, generator=g)
+    angle_jitter = torch.rand(cls.shape, generator=g)
+    if config.shared_bodies:
+        hue, stripe_angle = hue_jitter, angle_jitter * math.pi
+    else:
+        hue = (cls + 0.5) / c + (hue_jitter - 0.5) * config.hue_width / c
+        stripe_angle = (cls + 0.5) * math.pi / c + (
+            angle_jitter - 0.5) * config.angle_width * math.pi / c
+    return _textured(g, x, y, hue, stripe_angle, side, (0.15, 0.3))
+
+
+def _paint_objects(g: torch.Generator, canvas: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                   classes: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+                   present: torch.Tensor, config: SyntheticConfig) -> Scenes:
+    """Objects (body + badge) slot by slot on ``canvas``; later slots occlude earlier ones.
+    Returns noiseless float ``images`` in [0, 1] and the masks (see :class:`Scenes`)."""
+    n, h, w = canvas.shape[0], *canvas.shape[-2:]
+    slots, side = classes.shape[1], min(h, w)
+    codes = class_codes(config.num_classes)
     masks = torch.zeros(n, h, w, dtype=torch.uint8)
     instances = torch.full((n, h, w), -1, dtype=torch.int8)
+    badge_masks = torch.zeros(n, h, w, dtype=torch.bool)
     badge = config.badge_size * side
     badges = torch.zeros(n, slots, 4)
     for j in range(slots):
         cls, on = classes[:, j], present[:, j]
-        cx, cy = centres[:, j, 0] * w, centres[:, j, 1] * h
+        cx, cy = centres[:, j, 0], centres[:, j, 1]
         ra, rb = radii[:, j, 0], radii[:, j, 1]
         angle = _uniform(g, (n,), 0, math.pi)
         body = _ellipse(x, y, cx, cy, ra, rb, angle) & on[:, None, None]
-        hue = (cls + 0.5) / c + (torch.rand((n,), generator=g) - 0.5) * config.hue_width / c
-        stripe_angle = (cls + 0.5) * math.pi / c + (
-            torch.rand((n,), generator=g) - 0.5) * config.angle_width * math.pi / c
-        colour = _textured(g, x, y, hue, stripe_angle, side, (0.15, 0.3))
+        colour = _body_colour(g, x, y, cls, side, config)
         # Badge: axis-aligned square inside the body (its half-diagonal plus the offset stays
         # within the smaller semi-axis), cells coloured by the class code.
         reach = (torch.minimum(ra, rb) - badge / math.sqrt(2)).clamp(min=0)
@@ -270,20 +355,18 @@ def render_scenes(n: int, size: int | tuple[int, int], seed: int,
         u = (x - bx[:, None, None] + badge / 2) / badge
         v = (y - by[:, None, None] + badge / 2) / badge
         in_badge = (u >= 0) & (u < 1) & (v >= 0) & (v < 1) & on[:, None, None]
-        col = (u.clamp(0, 0.999) * 3).long()
-        row = (v.clamp(0, 0.999) * 3).long()
-        white = codes[cls[:, None, None], row, col]
+        white = codes[cls[:, None, None], (v.clamp(0, 0.999) * 3).long(),
+                      (u.clamp(0, 0.999) * 3).long()]
         code_colour = torch.where(white, 0.95, 0.05)[:, None].expand(-1, 3, -1, -1)
         canvas = torch.where(body[:, None], colour, canvas)
         canvas = torch.where(in_badge[:, None], code_colour, canvas)
         painted = body | in_badge
         masks[painted] = (cls[:, None, None] + 1).expand(-1, h, w)[painted].to(torch.uint8)
         instances[painted] = j
-
-    canvas = canvas + config.noise * torch.randn(canvas.shape, generator=g)
-    images = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
+        badge_masks[painted] = in_badge[painted]
     object_classes = torch.where(present, classes, -1)
-    return Scenes(images, masks, instances, object_classes, badges)
+    return Scenes(canvas, masks, instances, object_classes, badges, badge_masks,
+                  torch.zeros_like(badge_masks))
 
 
 class SyntheticDataset(Dataset):
@@ -295,7 +378,10 @@ class SyntheticDataset(Dataset):
     Attributes:
         images: ``(N, 3, H, W)`` uint8; masks: ``(N, H, W)`` long (0 = background, ``c`` =
         class ``c``); labels: ``(N, C + 1)`` float multi-hot with ``labels[:, 0] == 0``;
-        class_names: ``C + 1`` names, index 0 = ``"background"``; ids: ``N`` strings.
+        class_names: ``C + 1`` names, index 0 = ``"background"``; ids: ``N`` strings;
+        badge_masks: ``(N, H, W)`` bool, the visible badge pixels (a part of the object in
+        ``masks``); distractor_masks: ``(N, H, W)`` bool, visible badge-less bodies
+        (background in ``masks``); instances, object_classes, badges: see :class:`Scenes`.
     """
 
     def __init__(self, scenes: Scenes, seed: int, object_classes: int,
@@ -305,6 +391,8 @@ class SyntheticDataset(Dataset):
         self.instances = scenes.instances
         self.object_classes = scenes.object_classes
         self.badges = scenes.badges
+        self.badge_masks = scenes.badge_masks
+        self.distractor_masks = scenes.distractor_masks
         present = F.one_hot(self.masks.flatten(1), object_classes + 1).amax(1).float()
         present[:, 0] = 0.0
         self.labels = present
@@ -323,6 +411,10 @@ class SyntheticDataset(Dataset):
     def mask(self, index: int) -> torch.Tensor:
         """The ground-truth mask ``(H, W)`` long of item ``index``."""
         return self.masks[index]
+
+    def badge_mask(self, index: int) -> torch.Tensor:
+        """The visible badge pixels ``(H, W)`` bool of item ``index``."""
+        return self.badge_masks[index]
 
     def boxes(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes ``(M, 4)`` float xyxy (pixel edges) of the visible part of each object and

@@ -1,6 +1,8 @@
-"""Pseudo-masks from class maps: background threshold, confident masks, CRF, VOC palette."""
+"""Pseudo-masks from class maps: min-max normalisation, background threshold, confident masks,
+CRF, VOC palette."""
 
 from loupe.masks.crf import crf_refine_mask
+from loupe.masks.normalize import normalize
 from loupe.masks.palette import colorize_mask, load_mask_png, save_mask_png, voc_palette
 from loupe.masks.threshold import (
     BACKGROUND,
@@ -20,6 +22,7 @@ __all__ = [
     "confident_masks",
     "load_mask_png",
     "masks_from_maps",
+    "normalize",
     "normalize_by_max",
     "save_mask_png",
     "voc_palette",

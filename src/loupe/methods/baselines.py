@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from loupe.api import MapContext
+from loupe.context import MapContext
 from loupe.registry import register
 
 

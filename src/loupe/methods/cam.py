@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from loupe.api import MapContext
-from loupe.heads import CAMHead, find_cam_head
+from loupe.context import MapContext
+from loupe.methods.augment import aug_smoothable
+from loupe.methods.heads import CAMHead, find_cam_head
 from loupe.registry import register
 
 
@@ -51,12 +52,13 @@ def class_activation_maps(
     uses_layer=True,
     paper="Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016",
 )
+@aug_smoothable
 def cam(ctx: MapContext, head: str | None = None) -> torch.Tensor:
     """CAM: ``sum_c W_kc A_c`` at the layer feeding the global-average-pooling + linear head.
 
     Options:
         head: module name of the final linear layer (``"fc"``); found automatically when None
-            (see :mod:`loupe.heads`). The head is always checked on this forward: it must
+            (see :mod:`loupe.methods.heads`). The head is always checked on this forward: it must
             reproduce the logits from the spatial mean of the target layer (or of its ReLU),
             otherwise a ``HeadError`` (a ``ValueError``) explains what was found.
 

@@ -17,14 +17,15 @@ on the batch size or the chunk size.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Real
 
 import numpy as np
 import torch
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK, grads_per_target
-from loupe.api import MapContext
+from loupe._autograd import gradient_chunk_size, grads_per_target
+from loupe.context import MapContext
 from loupe.methods._scores import check_score, check_smooth, class_scores, smooth_maps
 from loupe.registry import register
 from loupe.targets import Targets
@@ -203,7 +204,8 @@ def smoothgrad_maps(
     sigma: torch.Tensor,
     *,
     reduce: str = "abs-max",
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
     score: str = "logit",
 ) -> torch.Tensor:
     """SmoothGrad maps ``(B, K, H, W)``: ``1/N sum_s reduce_c(dS_k/dx_c at x + sigma_b z_s)``.
@@ -214,11 +216,15 @@ def smoothgrad_maps(
         noise: ``(N, C, H, W)`` standard normal samples ``z_s``, the same for every image.
         sigma: ``(B,)`` noise standard deviation of each image.
         reduce: channel reduction of each sample's gradient (see :func:`reduce_channels`).
-        chunk_size: noisy copies (of any images) per forward.
+        chunk_size: noisy copies (of any images) per forward; None:
+            :func:`loupe._autograd.gradient_chunk_size` (16 off CUDA, from free memory on CUDA).
+        progress: called after each chunk with (noisy copies done, ``B * N``).
         score: what ``S_k`` is (see :func:`input_gradients`).
     """
     _check_reduce(reduce)
     check_score(score)
+    if chunk_size is None:
+        chunk_size = gradient_chunk_size(images.device, images[0].numel(), targets.count)
     _check_count("chunk_size", chunk_size)
     n = noise.shape[0]
     if noise.shape[1:] != images.shape[1:] or sigma.shape != images.shape[:1]:
@@ -228,12 +234,14 @@ def smoothgrad_maps(
         )
     targets = targets.ensure_bound(model, images)
     total = images.new_zeros((images.shape[0], targets.count, *images.shape[2:]))
-    for rows in _chunks(images.shape[0] * n, chunk_size, images.device):
+    for chunk, rows in enumerate(_chunks(images.shape[0] * n, chunk_size, images.device)):
         image_of_row, sample = rows // n, rows % n
         noisy = torch.addcmul(images[image_of_row], sigma[image_of_row, None, None, None],
                               noise[sample])
         grads = input_gradients(model, noisy, targets.of_rows(image_of_row), score)
         total.index_add_(0, image_of_row, reduce_channels(grads, reduce).transpose(0, 1))
+        if progress is not None:
+            progress(min((chunk + 1) * chunk_size, images.shape[0] * n), images.shape[0] * n)
     return total / n
 
 
@@ -248,7 +256,7 @@ def smoothgrad(
     noise_level: float = 0.15,
     stdev: float | None = None,
     reduce: str = "abs-max",
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
     score: str = "logit",
@@ -259,8 +267,9 @@ def smoothgrad(
 
     Options: ``n_samples`` (n, 32); ``noise_level`` (0.15: ``sigma = noise_level * (max(x) -
     min(x))`` per image, the paper's parametrisation) or an absolute ``stdev``; ``reduce`` of
-    each sample's gradient (``"abs-max"``, see :func:`saliency`); ``chunk_size`` (16 noisy
-    copies per forward); ``seed`` (0) or a ``generator`` (used instead of the seed). One noise
+    each sample's gradient (``"abs-max"``, see :func:`saliency`); ``chunk_size`` (noisy
+    copies per forward; None: :func:`loupe._autograd.gradient_chunk_size`, 16 off CUDA, from
+    free memory on CUDA); ``seed`` (0) or a ``generator`` (used instead of the seed). One noise
     tensor ``(n, C, H, W)`` is drawn (on the CPU for a seed, see :func:`standard_noise`) and
     shared by all images, so the same seed gives the same maps for any batch size, chunk size
     and device. ``score`` and ``smooth`` as for :func:`saliency`. Returns ``(B, K, H, W)``.
@@ -275,7 +284,7 @@ def smoothgrad(
     )
     maps = smoothgrad_maps(
         ctx.model, images, ctx.targets, noise, sigma, reduce=reduce, chunk_size=chunk_size,
-        score=score,
+        progress=ctx.report_rows, score=score,
     )
     return smooth_maps(maps, smooth)
 
@@ -351,7 +360,8 @@ def integrated_gradients_maps(
     weights: torch.Tensor,
     *,
     reduce: str = "sum",
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Integrated Gradients maps ``(B, K, H, W)``:
     ``reduce_c((x - x')_c * sum_i w_i dS_k/dx_c at x' + alpha_i (x - x'))``.
@@ -361,21 +371,28 @@ def integrated_gradients_maps(
         alphas, weights: ``(S,)`` quadrature nodes and weights (see :func:`quadrature`).
         reduce: channel reduction of the attributions; ``"sum"`` keeps completeness
             (each map sums to about ``S_k(x) - S_k(x')``).
-        chunk_size: path points (of any images) per forward.
+        chunk_size: path points (of any images) per forward; None:
+            :func:`loupe._autograd.gradient_chunk_size` (16 off CUDA, from free memory on CUDA).
+        progress: called after each chunk with (path points done, ``B * S``).
     """
     _check_reduce(reduce)
+    if chunk_size is None:
+        chunk_size = gradient_chunk_size(images.device, images[0].numel(), targets.count)
     _check_count("chunk_size", chunk_size)
     steps = alphas.shape[0]
     targets = targets.ensure_bound(model, images)
     delta = images - baselines
     total = images.new_zeros((images.shape[0], targets.count, *images.shape[1:]))
-    for rows in _chunks(images.shape[0] * steps, chunk_size, images.device):
+    rows_total = images.shape[0] * steps
+    for chunk, rows in enumerate(_chunks(rows_total, chunk_size, images.device)):
         image_of_row, step = rows // steps, rows % steps
         path = torch.addcmul(baselines[image_of_row], alphas[step, None, None, None],
                              delta[image_of_row])
         grads = input_gradients(model, path, targets.of_rows(image_of_row))
         weighted = grads * weights[step, None, None, None]
         total.index_add_(0, image_of_row, weighted.transpose(0, 1))
+        if progress is not None:
+            progress(min((chunk + 1) * chunk_size, rows_total), rows_total)
     return reduce_channels(total * delta[:, None], reduce)
 
 
@@ -390,7 +407,7 @@ def integrated_gradients(
     steps: int = 32,
     rule: str = "gausslegendre",
     reduce: str = "sum",
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Integrated Gradients: ``IG_c(x) = (x_c - x'_c) int_0^1 dS/dx_c(x' + a (x - x')) da``,
     summed over channels (Sundararajan et al. 2017).
@@ -400,11 +417,12 @@ def integrated_gradients(
     default, ``"riemann_trapezoid"``, ``"riemann_left"``, ``"riemann_right"``,
     ``"riemann_middle"``) of the path integral; ``reduce`` (``"sum"``, which keeps
     completeness: each map sums to ``S_k(x) - S_k(x')`` up to the quadrature error);
-    ``chunk_size`` (16 path points per forward). Returns ``(B, K, H, W)``.
+    ``chunk_size`` (path points per forward; None: :func:`loupe._autograd.gradient_chunk_size`,
+    16 off CUDA, from free memory on CUDA). Returns ``(B, K, H, W)``.
     """
     images = ctx.images
     alphas, weights = quadrature(rule, steps, device=images.device, dtype=images.dtype)
     return integrated_gradients_maps(
         ctx.model, images, ctx.targets, baselines_for(images, baseline), alphas, weights,
-        reduce=reduce, chunk_size=chunk_size,
+        reduce=reduce, chunk_size=chunk_size, progress=ctx.report_rows,
     )

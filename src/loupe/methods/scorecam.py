@@ -8,12 +8,15 @@ input ``X * H_c``; those scores, normalised over channels, weight the channels.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from loupe.api import MapContext
+from loupe.context import MapContext
+from loupe.methods._perturb import check_positive_int, perturbed_scores, zero_padding
+from loupe.methods.augment import aug_smoothable
+from loupe.methods.projection import channel_maps
 from loupe.registry import register
 from loupe.targets import Targets
 
@@ -38,41 +41,71 @@ def masked_scores(
     activation: torch.Tensor,
     targets: Targets,
     chunk_size: int,
+    *,
+    masks: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] = channel_masks,
+    scales: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """``(B, C, K)``: the K target scores of each image masked by each of its C channel masks.
 
-    The masked inputs are built and run ``chunk_size`` at a time, across images and channels;
-    one forward of a masked input serves all K targets of its image. A channel that is zero
-    everywhere (common after a ReLU: about a fifth of MobileNetV2's last layer on photos) has
-    an all-zero mask, so its masked input is the zero image whatever the image: it is scored
-    once, by one forward of a zero image, not once per channel. Call under
-    ``torch.no_grad``."""
+    ``masks`` turns ``(n, h, w)`` activation channels into ``(n, 1, H, W)`` masks
+    (:func:`channel_masks` by default). With ``scales`` ``(S,)``, each image is scored masked
+    by ``s * H_c`` for every scale ``s`` and the S scores are averaged (IS-CAM's integration);
+    without, ``S = 1`` and ``s = 1``.
+
+    The masked inputs are built and run ``chunk_size`` at a time, across scales, images and
+    channels; one forward of a masked input serves all K targets of its image. A channel that
+    is zero everywhere (common after a ReLU: about a fifth of MobileNetV2's last layer on
+    photos) has an all-zero mask, so its masked input is the zero image whatever the image
+    and the scale: it is scored once, by one forward of a zero image, not once per channel.
+    Call under ``torch.no_grad``. ``progress(done, total)`` is called after each chunk with
+    the masked inputs scored so far and their number."""
     batch, channels = activation.shape[:2]
     flat = activation.flatten(0, 1)  # (B*C, h, w), image-major
     owner = torch.arange(batch, device=images.device).repeat_interleave(channels)
-    live = flat.flatten(1).ne(0).any(1)  # (B*C,): False for all-zero channels
+    live = flat.flatten(1).ne(0).any(1).nonzero().flatten()  # channels not zero everywhere
+    factors = images.new_ones(1) if scales is None else scales.to(images)
+    size = images.shape[-2:]
+
+    def build(rows: torch.Tensor) -> torch.Tensor:  # rows: (scale, live channel), scale-major
+        index = live[rows % live.numel()]
+        scaled = masks(flat[index], size) * factors[rows // live.numel(), None, None, None]
+        return images[owner[index]] * scaled.to(images.dtype)
+
     scores = torch.empty(batch * channels, targets.count, device=images.device)
-    for rows in live.nonzero().flatten().split(chunk_size):
-        masks = channel_masks(flat[rows], images.shape[-2:])
-        output = model(images[owner[rows]] * masks.to(images.dtype))
-        scores[rows] = _chunk_targets(targets, owner[rows]).scores(output).float()
-    dead = (~live).nonzero().flatten()
+    if live.numel():
+        per_scale = perturbed_scores(
+            model, targets, owner[live].repeat(factors.numel()), build, chunk_size,
+            progress=progress,
+        )
+        scores[live] = per_scale.view(factors.numel(), live.numel(), -1).mean(0)
+    dead = flat.flatten(1).eq(0).all(1).nonzero().flatten()
     if dead.numel():
         blank = model(torch.zeros_like(images[:1]))  # the masked input of every dead channel
         output = blank.expand(dead.numel(), *blank.shape[1:])
-        scores[dead] = _chunk_targets(targets, owner[dead]).scores(output).float()
+        scores[dead] = targets.of_rows(owner[dead]).scores(output).float()
     return scores.view(batch, channels, -1)
 
 
-def _chunk_targets(targets: Targets, owner: torch.Tensor) -> Targets:
-    """The targets of a chunk whose row ``i`` is a copy of image ``owner[i]``."""
-    if targets.classes is None:
-        return replace(targets, batch_size=owner.numel())
-    return replace(targets, batch_size=owner.numel(), classes=targets.classes[owner])
+def score_weighted_maps(
+    scores: torch.Tensor, activation: torch.Tensor, targets: Targets, eigen_smooth: bool = False
+) -> torch.Tensor:
+    """``L_k = ReLU(sum_c softmax_c(scores_ck) A_c)``: ``(B, K, h, w)`` maps from the
+    ``(B, C, K)`` scores of the channel masks and the activation ``(B, C, h, w)``; padding
+    targets get zero maps. ``eigen_smooth``: the first principal component of the weighted
+    activations instead of their sum (:func:`loupe.methods.projection.channel_maps`)."""
+    weights = scores.softmax(dim=1)  # over channels: (B, C, K)
+    if eigen_smooth:
+        weighted = weights.transpose(1, 2)[..., None, None] * activation.float()[:, None]
+        maps = channel_maps(weighted, eigen_smooth)
+    else:
+        maps = torch.einsum("bck,bchw->bkhw", weights, activation.float()).clamp(min=0)
+    return zero_padding(maps, targets)
 
 
 @register("scorecam", uses_layer=True, paper="Wang et al., Score-CAM, CVPR-W 2020")
-def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
+@aug_smoothable
+def scorecam(ctx: MapContext, chunk_size: int = 32, eigen_smooth: bool = False) -> torch.Tensor:
     """Score-CAM as pytorch-grad-cam computes it (its ``ScoreCAM``, matched to float precision):
 
     ``L_k = ReLU(sum_c softmax_c(S_k(X * H_c)) A_c)``, ``H_c = minmax(Up(A_c))``,
@@ -92,21 +125,18 @@ def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
     Options:
         chunk_size: masked inputs per forward pass (default 32); maps do not depend on it
             (up to float rounding).
+        eigen_smooth: see :func:`loupe.methods.projection.channel_maps`.
 
     Returns ``(B, K, h, w)`` at the target layer's resolution; padding targets give zero maps.
     Cost: ``1 + ceil(B * C' / chunk_size)`` forwards of the model, all under ``torch.no_grad``,
     with ``C'`` the channels that are not zero everywhere (plus one forward of a zero image,
     which scores all the others; see :func:`masked_scores`).
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    check_positive_int("chunk_size", chunk_size)
     with torch.no_grad():
         output = ctx.model(ctx.images)
         targets = ctx.targets.bind(output)
         activation = ctx.activation()
-        scores = masked_scores(ctx.model, ctx.images, activation, targets, chunk_size)
-        weights = scores.softmax(dim=1)  # over channels: (B, C, K)
-        maps = torch.einsum("bck,bchw->bkhw", weights, activation.float()).clamp(min=0)
-    if targets.valid is not None:
-        maps = maps * targets.valid[..., None, None].to(maps.dtype)
-    return maps
+        scores = masked_scores(ctx.model, ctx.images, activation, targets, chunk_size,
+                               progress=ctx.report_rows)
+    return score_weighted_maps(scores, activation, targets, eigen_smooth)

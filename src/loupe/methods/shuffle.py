@@ -45,10 +45,11 @@ Options (defaults and why)
         colour reduction of the gradient ``g``: ``"abs-max"`` ``max_c |g_c|`` (Simonyan et
         al.), ``"l2"`` ``||g||_2`` over channels, ``"grad-x-input"`` ``sum_c g_c x_c`` (signed).
         Only for ``base="gradient"``.
-    chunk_size=16
+    chunk_size=None
         shuffled copies per forward/backward (all K targets share one batched backward);
-        results do not change. 16 because CPUs get slower per image in larger batches (see
-        ``loupe._autograd.GRADIENT_CHUNK``); raise it on a GPU, lower it to save memory.
+        results do not change. None: ``loupe._autograd.gradient_chunk_size``, 16 off CUDA
+        (CPUs get slower per image in larger batches) and as many as fit in half the free
+        memory on CUDA; lower it to save memory.
     seed=0, generator=None
         the rounds are drawn once from ``torch.Generator().manual_seed(seed)`` (or from
         ``generator`` when given) and applied to every image, so the maps do not depend on
@@ -90,8 +91,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK
-from loupe.api import MapContext, explain
+from loupe._autograd import gradient_chunk_size
+from loupe.api import explain
+from loupe.context import MapContext
 from loupe.layers import find_target_layer
 from loupe.methods._rounds import RoundSums
 from loupe.methods._scores import check_score, check_smooth, smooth_maps
@@ -125,7 +127,7 @@ def shuffle_saliency(
     offset: str = "cyclic",
     include_original: bool = True,
     reduce: str = "abs-max",
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
     smooth: float = 0.0,
@@ -143,6 +145,8 @@ def shuffle_saliency(
     """
     images = ctx.images
     height, width = images.shape[-2:]
+    if chunk_size is None:
+        chunk_size = gradient_chunk_size(images.device, images[0].numel(), ctx.targets.count)
     _check_options(n_shuffles, offset, reduce, chunk_size, seed, generator, base)
     smooth = check_smooth(smooth)
     check_score(score)
@@ -161,7 +165,8 @@ def shuffle_saliency(
     canvas_maps = _canvas_maps_function(
         ctx, base, base_options, target_layer, reduce=reduce, score=score, weight=weight
     )
-    accumulate_rounds(sums, ctx.model, images, targets, rounds, canvas_maps, chunk_size)
+    accumulate_rounds(sums, ctx.model, images, targets, rounds, canvas_maps, chunk_size,
+                      ctx.report_rows)
     maps = sums.result().unflatten(-1, (height, width))
     return smooth_maps(maps, smooth)
 
@@ -277,14 +282,17 @@ def accumulate_rounds(
     rounds: list[Round],
     canvas_maps: CanvasMaps,
     chunk_size: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Add the un-shuffled maps of every round of ``rounds`` of every image ``(B, C, H, W)``
     to ``sums`` (anything with :meth:`RoundSums.add`). Rounds of one canvas size batch
     together; rows are (image, round) pairs, image-major; each chunk of rows is built with one
-    gather, goes through the model once and is un-shuffled with one gather."""
+    gather, goes through the model once and is un-shuffled with one gather; ``progress`` gets
+    (rows done, ``B * len(rounds)``) after each chunk."""
     batch, channels = images.shape[:2]
     flat = images.flatten(2)  # (B, C, H*W)
     channel = torch.arange(channels, device=images.device)[None, :, None]
+    done, total = 0, batch * len(rounds)
     for group in _rounds_by_canvas(rounds):
         sources = torch.stack([r.source for r in group])  # (R, P)
         placements = torch.stack([r.placement for r in group])  # (R, H*W)
@@ -299,3 +307,6 @@ def accumulate_rounds(
             maps = maps.float()
             index = placements[round_of][:, None, :].expand(-1, maps.shape[1], -1)
             sums.add(image_of, maps.flatten(2).gather(2, index), logits, chunk_targets)
+            done += chunk.numel()
+            if progress is not None:
+                progress(done, total)

@@ -103,3 +103,20 @@ def bootstrap_miou_difference(
     low, high = _interval(values, level)
     observed = float(mean_iou(conf_a.sum(0)) - mean_iou(conf_b.sum(0)))
     return BootstrapInterval(observed, low, high, level, n)
+
+
+def bootstrap_mean_ci(
+    values: torch.Tensor, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> BootstrapInterval:
+    """Percentile bootstrap interval of the mean of per-image ``values`` ``(I,)`` (finite).
+    The resamples depend only on ``I`` and ``seed``, so two methods scored on the same images
+    with the same seed are resampled in pairs."""
+    if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() == 0:
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(f"values must be per-image values (I,) with I >= 1, got {shape}")
+    if not torch.isfinite(values).all():
+        raise ValueError("values must be finite; drop the images without a value first")
+    values = values.double()
+    weights = _resample_weights(values.shape[0], n, seed, values.device)
+    low, high = _interval(weights @ values / values.shape[0], level)
+    return BootstrapInterval(float(values.mean()), low, high, level, n)

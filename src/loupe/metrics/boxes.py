@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from loupe.api import normalize
+from loupe.masks.normalize import normalize
 
 EMPTY_BOX = (0, 0, -1, -1)
 
@@ -87,6 +87,15 @@ def boxes_from_map(
             boxes = boxes[int(np.argmax(sizes))][None]
         result.append(torch.as_tensor(boxes, dtype=torch.long, device=scoremap.device))
     return result
+
+
+def inclusive_boxes(edge_boxes: torch.Tensor) -> torch.Tensor:
+    """Data-set boxes in edge coordinates (``x1`` one past the last pixel, see
+    :mod:`loupe.data.base`) -> the inclusive int64 pixel boxes of :mod:`loupe.metrics.boxes`."""
+    boxes = edge_boxes.reshape(-1, 4).double()
+    start = boxes[:, :2].floor()
+    end = boxes[:, 2:].ceil() - 1
+    return torch.cat([start, torch.maximum(end, start)], dim=1).long()
 
 
 def _binary(scoremap: torch.Tensor, threshold: float) -> np.ndarray:

@@ -55,25 +55,8 @@ def sweep_confusions(
     """
     if maps.dim() == 3:
         maps, classes, gt = maps[None], classes[None], gt[None]
-    if maps.dim() != 4 or gt.dim() != 3:
-        raise ValueError(
-            f"maps must be (K, H, W) or (B, K, H, W) with gt (H, W) or (B, H, W), got "
-            f"maps {tuple(maps.shape)} and gt {tuple(gt.shape)}"
-        )
-    if gt.shape[0] != maps.shape[0] or gt.shape[-2:] != maps.shape[-2:]:
-        raise ValueError(
-            f"gt {tuple(gt.shape)} does not match maps {tuple(maps.shape)}: give one "
-            "ground-truth mask per image at the maps' size"
-        )
-    if gt.is_floating_point():
-        raise ValueError(f"gt must hold integer labels, got {gt.dtype}")
+    _check_inputs(maps, classes, gt, num_classes)
     device = maps.device
-    real = classes[classes >= 0]
-    if real.numel() and (int(real.min()) < 1 or int(real.max()) >= num_classes):
-        raise ValueError(
-            f"map classes must lie in 1..{num_classes - 1} (0 is background), got "
-            f"{int(real.min())}..{int(real.max())}"
-        )
     scores, labels = best_class_scores(maps, classes, label_dtype=torch.int32)
     bounds = _check_thresholds(thresholds, scores.dtype, device)
     t = bounds.numel()
@@ -95,6 +78,30 @@ def sweep_confusions(
     confusions = counts.flip(1).cumsum(1).flip(1)[:, 1:].contiguous()
     confusions[..., 0] += counts.sum(-1).cumsum(1)[:, :t]
     return confusions if per_image else confusions[0]
+
+
+def _check_inputs(maps: torch.Tensor, classes: torch.Tensor, gt: torch.Tensor,
+                  num_classes: int) -> None:
+    """A ValueError unless ``maps`` ``(B, K, H, W)``, ``classes`` ``(B, K)`` in
+    ``1..num_classes-1`` (-1 = padding) and integer ``gt`` ``(B, H, W)`` agree."""
+    if maps.dim() != 4 or gt.dim() != 3:
+        raise ValueError(
+            f"maps must be (K, H, W) or (B, K, H, W) with gt (H, W) or (B, H, W), got "
+            f"maps {tuple(maps.shape)} and gt {tuple(gt.shape)}"
+        )
+    if gt.shape[0] != maps.shape[0] or gt.shape[-2:] != maps.shape[-2:]:
+        raise ValueError(
+            f"gt {tuple(gt.shape)} does not match maps {tuple(maps.shape)}: give one "
+            "ground-truth mask per image at the maps' size"
+        )
+    if gt.is_floating_point():
+        raise ValueError(f"gt must hold integer labels, got {gt.dtype}")
+    real = classes[classes >= 0]
+    if real.numel() and (int(real.min()) < 1 or int(real.max()) >= num_classes):
+        raise ValueError(
+            f"map classes must lie in 1..{num_classes - 1} (0 is background), got "
+            f"{int(real.min())}..{int(real.max())}"
+        )
 
 
 def count_below(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,13 @@ CVPR 2020 (clovaai/wsolevaluation): top-1 and GT-known localization at a fixed b
 MaxBoxAccV2 (the best CAM threshold, at IoU 0.3/0.5/0.7, all contours) and PxAP (pixel
 average precision against masks). Accuracies are fractions in [0, 1] (wsolevaluation prints
 percentages). Box conventions are those of :mod:`loupe.metrics.boxes`.
+
+The same figures can be accumulated one map at a time, so that a data set never has to fit in
+memory and ``torchrun`` ranks can add up their parts: :func:`pair_record` and
+:func:`summarize_localization` (top-1, GT-known, MaxBoxAccV2), :func:`pxap_counts` and
+:func:`pxap_from_counts` (PxAP). A *pair* is one (image, ground-truth class) with boxes of that
+class; its map is that class's map. For single-label sets (CUB) a pair is an image, as in the
+paper; for multi-label sets every class of an image counts once.
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from loupe.api import normalize
-from loupe.metrics.boxes import box_iou, boxes_from_map
+from loupe.masks.normalize import normalize
+from loupe.metrics.boxes import box_from_map, box_iou, boxes_from_map
 
 
 def default_cam_thresholds() -> torch.Tensor:
@@ -121,12 +128,22 @@ def max_box_accuracy(
         ],
         dtype=torch.float64,
     )  # (I, T)
+    return box_accuracy(best, thresholds, iou_thresholds)
+
+
+def box_accuracy(
+    best_ious: torch.Tensor, cam_thresholds: torch.Tensor,
+    iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7),
+) -> BoxAccuracy:
+    """MaxBoxAcc from ``(I, T)`` best box IoUs of ``I`` maps at ``T`` CAM thresholds: per IoU
+    threshold ``delta``, the best over CAM thresholds of the fraction of maps with IoU >=
+    ``delta`` (and the first CAM threshold reaching it); the value is their mean."""
     per_iou, best_threshold, curves = {}, {}, {}
     for delta in iou_thresholds:
-        accuracy = (best >= delta).double().mean(0)
+        accuracy = (best_ious >= delta).double().mean(0)
         index = int(accuracy.argmax())
         per_iou[float(delta)] = float(accuracy[index])
-        best_threshold[float(delta)] = round(float(thresholds[index]), 6)
+        best_threshold[float(delta)] = round(float(cam_thresholds[index]), 6)
         curves[float(delta)] = tuple(accuracy.tolist())
     value = sum(per_iou.values()) / len(per_iou)
     return BoxAccuracy(value, per_iou, best_threshold, curves)
@@ -167,31 +184,55 @@ def pxap(
     if edges.numel() > 1 and not bool((edges[1:] > edges[:-1]).all()):
         raise ValueError("thresholds must be strictly increasing")
     edges = torch.cat([edges, edges.new_ones(1)])
-    bins = edges.numel() + 1
     histogram = None
     for scoremap, mask in zip(maps, masks, strict=True):
-        if scoremap.shape != mask.shape:
-            raise ValueError(
-                f"a map of size {tuple(scoremap.shape)} has a mask of size {tuple(mask.shape)}"
-            )
-        scores = scoremap.float() if normalized else normalize(scoremap.float())
-        mask = mask.to(scores.device).long()
+        mask = torch.as_tensor(mask)
         bad = (mask != ignore) & (mask != 0) & (mask != 1)
         if bool(bad.any()):
             raise ValueError(f"masks must hold 0, 1 or {ignore}, found {int(mask[bad][0])}")
-        index = torch.bucketize(scores, edges.to(scores.device), right=True)  # edges <= score
-        index = index + bins * (mask == 1).long()
-        index = torch.where(mask == ignore, 2 * bins, index)
-        counts = torch.bincount(index.flatten(), minlength=2 * bins + 1)[: 2 * bins].cpu()
+        counts = pxap_counts(scoremap, mask, edges, ignore, normalized=normalized)
         histogram = counts if histogram is None else histogram + counts
     assert histogram is not None
-    negatives, positives = histogram.view(2, bins).double()
-    # at_least[j] = pixels scoring >= edges[j], for j = 0..E-1 (bin b holds edges[b-1] <= s).
-    tp = positives.flip(0).cumsum(0).flip(0)[1:]
-    fp = negatives.flip(0).cumsum(0).flip(0)[1:]
+    return pxap_from_counts(histogram)
+
+
+def pxap_edges(cam_thresholds: torch.Tensor) -> torch.Tensor:
+    """The score edges of PxAP's histogram: the thresholds and 1.0."""
+    return torch.cat([cam_thresholds.float(), torch.ones(1)])
+
+
+def pxap_counts(
+    scoremap: torch.Tensor, mask: torch.Tensor, edges: torch.Tensor, ignore: int = 255, *,
+    normalized: bool = False,
+) -> torch.Tensor:
+    """``(2, E + 1)`` int64 pixel counts of a map (min-max normalised unless ``normalized``)
+    by score bin (bin ``b`` holds ``edges[b-1] <= score < edges[b]``), row 0 background and
+    row 1 object pixels of ``mask`` (1 object, 0 background, ``ignore`` left out); on the CPU.
+    Sums over maps give the pooled histogram of :func:`pxap`, so a data set can be scored one
+    map at a time (and ranks can add up their parts)."""
+    if scoremap.shape != mask.shape:
+        raise ValueError(f"a map of size {tuple(scoremap.shape)} has a mask of size "
+                         f"{tuple(mask.shape)}")
+    scores = scoremap.float() if normalized else normalize(scoremap.float())
+    mask = mask.to(scores.device).long()
+    bins = edges.numel() + 1
+    index = torch.bucketize(scores, edges.to(scores.device), right=True)  # edges <= score
+    index = index + bins * (mask == 1).long()
+    index = torch.where(mask == ignore, 2 * bins, index)
+    counts = torch.bincount(index.flatten(), minlength=2 * bins + 1)[: 2 * bins]
+    return counts.view(2, bins).cpu()
+
+
+def pxap_from_counts(counts: torch.Tensor) -> float:
+    """PxAP from summed :func:`pxap_counts`: ``sum_t precision(t) * (recall(t) -
+    recall(t_prev))`` over decreasing thresholds (a ValueError without object pixels)."""
+    negatives, positives = counts.double()
     if float(positives.sum()) == 0:
         raise ValueError("the masks have no object pixel; PxAP is undefined")
-    tp, fp = tp.flip(0), fp.flip(0)  # decreasing thresholds: 1.0, t_{n-1}, ..., t_0
+    # at_least[j] = pixels scoring >= edges[j], for j = 0..E-1 (bin b holds edges[b-1] <= s);
+    # flipped: decreasing thresholds 1.0, t_{n-1}, ..., t_0
+    tp = positives.flip(0).cumsum(0).flip(0)[1:].flip(0)
+    fp = negatives.flip(0).cumsum(0).flip(0)[1:].flip(0)
     recall = tp / positives.sum()
     predicted = tp + fp
     precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
@@ -210,3 +251,68 @@ def _hits(
     return torch.tensor(
         [best_box_iou(b, g) >= iou_threshold for b, g in zip(boxes, gt_boxes, strict=True)]
     )
+
+
+# --- streamed: one (image, class) pair at a time -------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One pair's localization facts.
+
+    curve: ``(T,)`` float64, the best IoU of the map's boxes (all contours) with a
+        ground-truth box at each CAM threshold (for MaxBoxAccV2).
+    cam_iou: the IoU of CAM's box (largest component at ``box_threshold``) with the best
+        matching ground-truth box (for top-1 and GT-known localization).
+    correct: whether the classifier's top-1 class is the pair's class.
+    """
+
+    curve: torch.Tensor
+    cam_iou: float
+    correct: bool
+
+
+def pair_record(
+    scoremap: torch.Tensor | None,
+    gt_boxes: torch.Tensor,
+    cam_thresholds: torch.Tensor,
+    *,
+    box_threshold: float = 0.2,
+    correct: bool,
+) -> PairRecord:
+    """The :class:`PairRecord` of a ``(H, W)`` map against inclusive ``(G, 4)`` ground-truth
+    boxes; ``scoremap=None`` (no map for the class) scores IoU 0 everywhere."""
+    if scoremap is None:
+        return PairRecord(torch.zeros(cam_thresholds.numel(), dtype=torch.float64), 0.0, correct)
+    curve = torch.tensor([best_box_iou(boxes, gt_boxes)
+                          for boxes in boxes_from_map(scoremap, cam_thresholds)],
+                         dtype=torch.float64)
+    cam_box = box_from_map(scoremap, box_threshold)
+    return PairRecord(curve, best_box_iou(cam_box[None], gt_boxes), correct)
+
+
+def summarize_localization(
+    records: Sequence[PairRecord],
+    cam_thresholds: torch.Tensor,
+    *,
+    iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7),
+    iou: float = 0.5,
+) -> dict[str, object]:
+    """Top-1 loc, GT-known loc (at IoU ``iou``, CAM's box rule) and MaxBoxAccV2 (best CAM
+    threshold per IoU threshold in ``iou_thresholds``, then their mean) over ``records``."""
+    if not records:
+        raise ValueError("no (image, class) pair with ground-truth boxes to localize")
+    curves = torch.stack([r.curve for r in records])  # (P, T)
+    cam = torch.tensor([r.cam_iou for r in records], dtype=torch.float64)
+    correct = torch.tensor([r.correct for r in records])
+    accuracy = box_accuracy(curves, cam_thresholds, iou_thresholds)
+    hits = cam >= iou
+    return {
+        "pairs": len(records),
+        "top1_loc": float((hits & correct).double().mean()),
+        "gt_known_loc": float(hits.double().mean()),
+        "iou": iou,
+        "max_box_acc_v2": accuracy.value,
+        "max_box_acc_per_iou": accuracy.per_iou,
+        "max_box_acc_best_threshold": accuracy.best_threshold,
+    }

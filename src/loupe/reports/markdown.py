@@ -1,61 +1,16 @@
-"""Results as JSON and as a Markdown table."""
+"""Results as a Markdown table and report (JSON is :func:`loupe.io.write_json`)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from loupe.io import atomic_path
+from loupe.io import atomic_path, json_key
 from loupe.metrics.sweep import SweepSummary
 
 Summary = SweepSummary | Mapping[str, object]
-
-
-def to_jsonable(value: object) -> object:
-    """Plain JSON data from results: dataclasses, mappings, sequences, tensors and numpy
-    arrays become dicts and lists; NaN and infinities become ``None`` (strict JSON);
-    paths become strings; mapping keys become strings."""
-    if isinstance(value, SweepSummary):
-        return to_jsonable(value.as_dict())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {_key(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, torch.Tensor):
-        return to_jsonable(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return to_jsonable(value.item())
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (str, int, bool)) or value is None:
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"cannot write {type(value).__name__!r} to JSON")
-
-
-def _key(key: object) -> str:
-    if isinstance(key, float):
-        return f"{key:g}"
-    return str(key)
-
-
-def write_results_json(path: str | os.PathLike[str], results: object) -> None:
-    """Write ``results`` (see :func:`to_jsonable`) as indented strict JSON, atomically."""
-    text = json.dumps(to_jsonable(results), indent=2, allow_nan=False)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text + "\n", encoding="utf-8")
 
 
 def _summary_dict(name: str, summary: Summary) -> Mapping[str, object]:
@@ -84,8 +39,8 @@ def markdown_table(table: Mapping[str, Summary]) -> str:
     fixed_keys: list[str] = []
     for data in rows.values():
         for key in data["fixed"]:  # type: ignore[union-attr]
-            if _key(key) not in fixed_keys:
-                fixed_keys.append(_key(key))
+            if json_key(key) not in fixed_keys:
+                fixed_keys.append(json_key(key))
     fixed_keys.sort(key=float)
     spread_range = next(iter(rows.values())).get("spread_range")
     spread_label = "spread"
@@ -99,7 +54,7 @@ def markdown_table(table: Mapping[str, Summary]) -> str:
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for name, data in rows.items():
-        fixed = {_key(k): v for k, v in data["fixed"].items()}  # type: ignore[union-attr]
+        fixed = {json_key(k): v for k, v in data["fixed"].items()}  # type: ignore[union-attr]
         cells = (
             [name, _percent(data["best_miou"]), f"{float(data['best_threshold']):.2f}"]
             + [_percent(fixed.get(k)) for k in fixed_keys]

@@ -1,38 +1,31 @@
-"""Training: multi-label classifiers for WSSS (:func:`train_classifier`), DeepLabV3 from
-pseudo-masks (:func:`train_segmenter`), and loading what they write (:func:`load_model`)."""
+"""Training: multi-label classifiers for WSSS (:func:`train_classifier`) and DeepLabV3 from
+pseudo-masks (:func:`train_segmenter`), both tasks of the one loop (:func:`train`) with the
+shared :class:`Recipe`. The models and their files are in :mod:`loupe.models`."""
 
-from loupe.training.checkpoints import load_model, preprocessing_of
-from loupe.training.classifier import (
-    ClassifierConfig,
-    average_precision,
-    build_classifier,
-    mean_average_precision,
-    train_classifier,
-)
-from loupe.training.common import SyntheticSplits
+from loupe.training.classifier import ClassifierConfig, classifier_task, train_classifier
+from loupe.training.loop import Task, fit, train
+from loupe.training.recipe import Recipe
 from loupe.training.segmentation import (
     SegmentationConfig,
-    build_segmenter,
     evaluate_segmenter,
     predict_masks,
+    segmentation_task,
     train_segmenter,
 )
-from loupe.training.transforms import Augmentation, Preprocessing
+from loupe.training.transforms import Augmentation
 
 __all__ = [
     "Augmentation",
     "ClassifierConfig",
-    "Preprocessing",
+    "Recipe",
     "SegmentationConfig",
-    "SyntheticSplits",
-    "average_precision",
-    "build_classifier",
-    "build_segmenter",
+    "Task",
+    "classifier_task",
     "evaluate_segmenter",
-    "load_model",
-    "mean_average_precision",
+    "fit",
     "predict_masks",
-    "preprocessing_of",
+    "segmentation_task",
+    "train",
     "train_classifier",
     "train_segmenter",
 ]

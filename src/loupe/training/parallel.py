@@ -4,7 +4,7 @@ validation results the same on every rank.
 
 ``loupe train`` and ``loupe train-seg`` run unchanged with one process (no ``torchrun``) or
 with ``torchrun --nproc_per_node N``. The process group is set up by
-:func:`loupe.pipeline.distributed.distributed_session` (NCCL on CUDA, gloo on the CPU).
+:func:`loupe.distributed.distributed_session` (NCCL on CUDA, gloo on the CPU).
 
 The rules, for ``W`` processes:
 
@@ -30,16 +30,14 @@ The rules, for ``W`` processes:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, Subset
 
-from loupe.pipeline import distributed
-from loupe.training.checkpoints import CHECKPOINT_FILE
+from loupe import distributed
 
 
 def per_rank_batch_size(batch_size: int, world: int) -> int:
@@ -50,20 +48,6 @@ def per_rank_batch_size(batch_size: int, world: int) -> int:
             f"{world} torchrun processes (each takes batch_size / {world} images per step)"
         )
     return batch_size // world
-
-
-def launch_training(config: Any, train: Callable[[Any, torch.device, int], None]) -> Path:
-    """What classifier and segmentation training share around their loop: ``--resume`` needs
-    a checkpoint in ``config.out``, the global ``config.batch_size`` is split over the
-    ``torchrun`` processes, and ``train(config, device, per_rank_batch)`` runs inside a
-    distributed session on ``config.device``. Returns ``out/model.pt``."""
-    per_rank_batch = per_rank_batch_size(config.batch_size, distributed.launched_world_size())
-    out = Path(config.out)
-    if config.resume and not (out / CHECKPOINT_FILE).is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_FILE}")
-    with distributed.distributed_session(config.device) as device:
-        train(config, device, per_rank_batch)
-    return out / "model.pt"
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -105,7 +89,7 @@ def train_loader(dataset: Any, per_rank_batch: int, *, seed: int, epoch: int, wo
                  drop_last: bool) -> DataLoader:
     """This rank's DataLoader of epoch ``epoch`` (a :class:`RankShuffleSampler`); in one
     process the same order and batches as ``loader(..., shuffle=True)`` of
-    :mod:`loupe.training.common`. The loader's own generator only seeds workers."""
+    :mod:`loupe.training.loop`. The loader's own generator only seeds workers."""
     sampler = RankShuffleSampler(len(dataset), seed, epoch, distributed.rank(),
                                  distributed.world_size(), drop_last)
     return DataLoader(

@@ -3,7 +3,8 @@
 Every random draw comes from a ``torch.Generator`` seeded by ``(seed, epoch, index)``, so an
 epoch's augmented samples are the same whatever the number of DataLoader workers, and a resumed
 run sees the same data as an uninterrupted one. Images are tensors ``(3, H, W)`` in [0, 1]
-until :class:`Preprocessing` normalises them; masks are ``(H, W)`` long with 255 = ignore.
+until :class:`~loupe.models.Preprocessing` normalises them; masks are ``(H, W)`` long with
+255 = ignore.
 """
 
 from __future__ import annotations
@@ -18,42 +19,9 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
-IGNORE_INDEX = 255
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Input normalisation ``(x - mean) / std`` of RGB in [0, 1]. ``x*2-1`` (TF-slim models)
-    is ``mean = std = 0.5``; torchvision's ImageNet models use :meth:`imagenet`."""
-
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-    @classmethod
-    def imagenet(cls) -> Preprocessing:
-        return cls()
-
-    @classmethod
-    def from_scale(cls, rule: str) -> Preprocessing:
-        """Named rules: ``"x*2-1"`` (RGB in [0, 1] then x*2-1) and ``"x"`` (no change)."""
-        rules = {"x*2-1": cls((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "x": cls((0, 0, 0), (1, 1, 1))}
-        key = rule.replace(" ", "")
-        if key not in rules:
-            raise ValueError(f"unknown scale rule {rule!r}; choose one of: {', '.join(rules)}")
-        return rules[key]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalise ``(..., 3, H, W)`` images in [0, 1], on their device."""
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device)[:, None, None]
-        return (images - mean) / std
-
-    def to_json(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(tuple(data["mean"]), tuple(data["std"]))
+from loupe.data.base import IGNORE_INDEX, rgb_tensor
+from loupe.methods._tiles import draw_rounds, shuffle_images
+from loupe.models.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -67,18 +35,22 @@ class Augmentation:
         meaning: factors drawn from ``[1 - s, 1 + s]``, hue shift from ``[-h, h]``); zeros: off.
     crop: side of the random square crop; smaller images are padded (image with 0 after
         normalisation, i.e. the mean colour; mask with 255). None: no crop.
+    shuffle: probability of tile-shuffling the augmented image (and its mask alike) as shuffle
+        saliency does (:func:`tile_shuffle`), so that a classifier sees shuffled images in
+        training. 0: off (and no random draw is made, so the other draws are unchanged).
     """
 
     resize_long: tuple[int, int] | None = (320, 640)
     flip: bool = True
     jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
     crop: int | None = 512
+    shuffle: float = 0.0
 
 
 def image_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
     """A PIL image or a uint8/float tensor as ``(3, H, W)`` float32 in [0, 1]."""
     if isinstance(image, Image.Image):
-        image = TF.pil_to_tensor(image.convert("RGB"))
+        image = rgb_tensor(image)
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
         raise ValueError(f"expected a PIL image or a (3, H, W) tensor, got {type(image).__name__}")
     if image.dtype == torch.uint8:
@@ -146,11 +118,31 @@ def random_crop(
     return image, mask
 
 
+#: The grids of the training shuffle: those of shuffle saliency's default.
+SHUFFLE_GRIDS = (2, 3, 4)
+
+
+def tile_shuffle(
+    image: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator,
+    grids: tuple[int, ...] = SHUFFLE_GRIDS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One shuffle round of shuffle saliency (:func:`loupe.methods._tiles.draw_rounds`: a grid
+    from ``grids``, a tile permutation and a cyclic offset, drawn from ``g``) applied to a
+    ``(C, H, W)`` image and, with the same permutation of the pixels, its ``(H, W)`` mask."""
+    height, width = image.shape[-2:]
+    usable = tuple(grid for grid in grids if grid <= min(height, width)) or (1,)
+    (round_,) = draw_rounds(height, width, 1, usable, jitter=True, offset="cyclic",
+                            generator=g, device=image.device)
+    image = shuffle_images(image, round_)
+    return image, None if mask is None else shuffle_images(mask, round_)
+
+
 def augment(
     image: torch.Tensor, mask: torch.Tensor | None, augmentation: Augmentation,
     preprocessing: Preprocessing, g: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rescale, flip, jitter, normalise, crop a ``(3, H, W)`` [0, 1] image and its mask."""
+    """Rescale, flip, jitter, normalise, crop a ``(3, H, W)`` [0, 1] image and its mask; then,
+    with probability ``augmentation.shuffle``, tile-shuffle both (:func:`tile_shuffle`)."""
     if augmentation.resize_long is not None:
         image, mask = random_resize(image, mask, augmentation.resize_long, g)
     if augmentation.flip and bool(torch.rand((), generator=g) < 0.5):
@@ -161,6 +153,8 @@ def augment(
     image = preprocessing(image)
     if augmentation.crop is not None:
         image, mask = random_crop(image, mask, augmentation.crop, g)
+    if augmentation.shuffle > 0 and bool(torch.rand((), generator=g) < augmentation.shuffle):
+        image, mask = tile_shuffle(image, mask, g)
     return image, mask
 
 

@@ -1,0 +1,69 @@
+"""Load-robust A/B timing of loupe against its peer, for rows of speed.py's CASES.
+
+speed.py times wall clock; on a shared, overloaded CPU its slow rows (one call each) are
+noise. This script alternates loupe and peer calls (after one untimed call of each) and
+reports CPU time (``time.process_time``) per call and the median of the per-pair ratios.
+
+    python bench/perturb_ab.py SIZE BATCH REPEATS METHOD...   # resnet18, layer4, chunk 16
+    THREADS=2 WALL=1 python bench/perturb_ab.py 64 2 5 occlusion   # wall clock, 2 threads
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+import loupe
+from loupe.models import random_model
+
+sys.path.insert(0, os.path.dirname(__file__))
+import cases_perturb  # noqa: E402
+import speed  # noqa: E402
+
+CLOCK = time.perf_counter if os.environ.get("WALL") else time.process_time
+
+
+def seconds(fn) -> float:
+    start = CLOCK()
+    fn()
+    return CLOCK() - start
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(int(os.environ.get("THREADS", "1")))
+    size, batch, reps, names = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+    model = random_model("resnet18", seed=0)
+    setup = speed.Setup(model, "layer4", size, 16, 32)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    classes = torch.randint(0, 1000, (batch,), generator=g)
+    cases = {c.method: c for c in speed.CASES + cases_perturb.CASES}
+    for name in names:
+        case, spec = cases[name], loupe.get_method(name)
+        options = case.options(setup)
+        layer = "layer4" if spec.uses_layer else None
+
+        def ours(options=options, layer=layer, name=name) -> object:
+            return loupe.explain(model, x, classes, method=name, target_layer=layer, **options)
+
+        for peer, factory in case.peers.items():
+            with factory(setup) as run:
+                ours(), run(x, classes)
+                pairs = [(seconds(ours), seconds(lambda run=run: run(x, classes)))
+                         for _ in range(reps)]
+            ratios = [p / o for o, p in pairs]
+            print(f"{name} vs {peer}, batch {batch}, {size}x{size}: loupe "
+                  f"{statistics.median(o for o, _ in pairs):.3f} s, peer "
+                  f"{statistics.median(p for _, p in pairs):.3f} s per call; peer / loupe "
+                  f"{statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)})",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

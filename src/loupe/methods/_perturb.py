@@ -1,0 +1,84 @@
+"""The shared loop of the perturbation methods: score many perturbed copies of the images.
+
+Score-CAM and its variants (copies masked by activation channels), RISE (copies masked by
+random masks) and Occlusion (copies with one window replaced by a baseline) all run the model
+on copies of the images and read the target scores of each copy. Copies of any images go
+through the model ``chunk_size`` at a time, under ``torch.no_grad``; one forward of a copy
+serves all K targets of its image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from loupe.targets import Targets
+
+# Perturbed copies per forward of the gradient-free methods (no autograd graph is kept, so
+# larger than the gradient methods' 16). Maps never depend on it.
+PERTURB_CHUNK = 32
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` if it is an int >= 1; a ValueError naming the option otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def perturbed_scores(
+    model: nn.Module,
+    targets: Targets,
+    owner: torch.Tensor,
+    build: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int,
+    *,
+    softmax: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """``(R, K)`` float32 target scores of R perturbed copies of the images.
+
+    Args:
+        targets: bound targets of the B images.
+        owner: ``(R,)`` long, the image each copy is a copy of.
+        build: ``rows (r,) -> (r, C, H, W)``, the perturbed inputs of those rows (copy indices
+            into ``owner``); called once per chunk, in row order.
+        chunk_size: rows per forward.
+        softmax: score class probabilities (softmax of the output over classes) instead of
+            the raw outputs; applies to class targets only (score functions get the raw
+            output).
+    """
+    check_positive_int("chunk_size", chunk_size)
+    scores = torch.empty(owner.numel(), targets.count, device=owner.device)
+    with torch.no_grad():
+        for rows in torch.arange(owner.numel(), device=owner.device).split(chunk_size):
+            output = model(build(rows))
+            if softmax and targets.functions is None:
+                output = output.float().softmax(dim=1)
+            scores[rows] = targets.of_rows(owner[rows]).scores(output).float()
+            if progress is not None:
+                progress(int(rows[-1]) + 1, owner.numel())
+    return scores
+
+
+def zero_padding(maps: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """``maps`` ``(B, K, ...)`` with the maps of padding targets (class -1) set to zero."""
+    valid = targets.valid
+    if valid is None:
+        return maps
+    shape = (*valid.shape, *([1] * (maps.dim() - 2)))
+    return maps * valid.to(device=maps.device, dtype=maps.dtype).view(shape)
+
+
+def seeded_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+    """``generator`` if given, else a CPU generator seeded with ``seed`` (so a seed gives the
+    same draws on every device); a ValueError naming the option otherwise."""
+    if generator is None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int (or pass generator=), got {seed!r}")
+        return torch.Generator().manual_seed(seed)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    return generator

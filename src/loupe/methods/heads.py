@@ -1,0 +1,272 @@
+"""The classifier head that CAM needs: global average pooling followed by one linear layer.
+
+CAM (Zhou et al., CVPR 2016) is only defined for networks whose logits are
+``logits = W · GAP(A) + b``: then ``CAM_k = sum_c W_kc A_c`` and the spatial mean of
+``CAM_k`` is ``logit_k - b_k``. This module finds that head (the final linear layer and what
+sits between it and the pooling) and *checks the premise on the real forward*: the head
+applied to the spatial mean of the target layer's activation must reproduce the logits.
+
+Supported heads, all found automatically:
+
+- ``GAP -> [Flatten | Dropout | Identity]* -> Linear`` (ResNet, VGG-GAP, MobileNetV2,
+  EfficientNet, timm ``ClassifierHead``);
+- ``GAP(ReLU(A)) -> Linear`` (DenseNet, whose forward applies ``F.relu`` to ``features``);
+- ``GAP -> LayerNorm -> Flatten -> Linear`` (ConvNeXt, timm ``NormMlpClassifierHead`` without
+  a hidden layer): the per-image normalisation and the LayerNorm's affine are folded into the
+  map, so that the spatial mean of ``CAM_k`` is ``logit_k - (W beta + b)_k``;
+- timm models through ``model.get_classifier()``; any model whose final linear layer is named
+  with ``head=`` (a ``Linear`` or a 1x1 ``Conv2d``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from loupe.layers import find_module
+
+_PREFIX = "CAM needs a global-average-pooling + linear head: "
+
+
+class HeadError(ValueError):
+    """A model (or target layer) without the global-average-pooling + linear head CAM needs."""
+
+
+@dataclass(frozen=True)
+class CAMHead:
+    """A head ``logits = W · LN(GAP(f(A))) + b`` read off a model and checked on a forward.
+
+    name: module name of the final linear layer (``"fc"``, ``"classifier.1"``).
+    weight: ``(N, C)`` its weight (a 1x1 convolution's, flattened).
+    bias: ``(N,)`` its bias (zeros when it has none).
+    relu: True when the head pools ``ReLU(A)`` rather than ``A`` (DenseNet).
+    norm_name: module name of the LayerNorm between pooling and linear (ConvNeXt), or None.
+    norm_weight, norm_bias: ``(C,)`` that LayerNorm's affine (None without one).
+    norm_eps: that LayerNorm's epsilon.
+    """
+
+    name: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+    relu: bool = False
+    norm_name: str | None = None
+    norm_weight: torch.Tensor | None = None
+    norm_bias: torch.Tensor | None = None
+    norm_eps: float = 1e-5
+
+    @property
+    def constant(self) -> torch.Tensor:
+        """``(N,)`` the part of each logit that no map position explains:
+        ``b`` or, with a LayerNorm, ``W beta + b``. Spatial mean of ``CAM_k`` = logit_k - this."""
+        if self.norm_bias is None:
+            return self.bias
+        return self.bias + self.weight @ self.norm_bias
+
+    def pooled_features(self, activation: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` activation -> ``(B, C)`` the vector the linear layer reads."""
+        features = activation.float()
+        if self.relu:
+            features = features.clamp(min=0)
+        pooled = features.mean((-2, -1))
+        if self.norm_name is not None:
+            pooled = nn.functional.layer_norm(
+                pooled, pooled.shape[-1:], self.norm_weight, self.norm_bias, self.norm_eps
+            )
+        return pooled
+
+    def logits(self, activation: torch.Tensor) -> torch.Tensor:
+        """``(B, N)`` logits this head gives for ``activation`` ``(B, C, h, w)``."""
+        return self.pooled_features(activation) @ self.weight.float().T + self.bias.float()
+
+
+def find_cam_head(
+    model: nn.Module,
+    activation: torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    layer: str | None = None,
+    head: str | None = None,
+) -> CAMHead:
+    """The global-average-pooling + linear head of ``model``, checked against a real forward.
+
+    Args:
+        model: the classifier.
+        activation: ``(B, C, h, w)`` the target layer's output for some images.
+        logits: ``(B, N)`` the model's output for the same images.
+        layer: the target layer's name, used in error messages only.
+        head: name of the final linear layer; found automatically when None (timm's
+            ``get_classifier()``, else the last ``nn.Linear`` with ``N`` outputs).
+
+    Returns:
+        The head, with ``relu=True`` when only ``GAP(ReLU(A))`` reproduces the logits.
+
+    Raises:
+        HeadError: no such head, or the head applied to ``GAP(A)`` and to ``GAP(ReLU(A))``
+            does not reproduce ``logits``. A ``LayerError`` when ``head`` names no module.
+    """
+    where = f"target layer {layer!r}" if layer else "the target layer"
+    model_name = type(model).__name__
+    if activation.dim() != 4:
+        raise HeadError(
+            f"{_PREFIX}{where} of {model_name} gives a {activation.dim()}D activation "
+            f"{tuple(activation.shape)}, not a (B, C, h, w) map"
+        )
+    num_logits = logits.shape[-1]
+    name = head if head is not None else _final_linear_name(model, num_logits)
+    if name is None:
+        raise HeadError(
+            f"{_PREFIX}{model_name} has no nn.Linear with {num_logits} outputs (one per logit); "
+            "name the final linear layer with head=..."
+        )
+    weight, bias = _linear_parameters(model, name)
+    norm_name, blocker = _modules_before(model, name)
+    channels = activation.shape[1]
+    between = f"; {blocker} sits between the pooling and {name!r}" if blocker else ""
+    _check_linear(weight, num_logits, channels, model_name, name, where, between)
+    norm = _layer_norm_parameters(model, norm_name, channels)
+    candidates = [CAMHead(name, weight, bias, relu, norm_name, *norm) for relu in (False, True)]
+    if norm_name is not None:  # a LayerNorm sibling that the forward does not use
+        candidates += [CAMHead(name, weight, bias, relu) for relu in (False, True)]
+    found, error = _first_reproducing(candidates, activation, logits)
+    if found is not None:
+        return found
+    raise HeadError(
+        f"{_PREFIX}{name!r} applied to the spatial mean of {where} (or of its ReLU) does not "
+        f"reproduce {model_name}'s logits (largest difference {error:.3g}){between}. "
+        "The model does not end in global average pooling + one linear layer at this layer; "
+        "use a gradient method such as gradcam"
+    )
+
+
+def _check_linear(weight: torch.Tensor, num_logits: int, channels: int, model_name: str,
+                  name: str, where: str, between: str) -> None:
+    """A HeadError unless the linear layer ``name`` maps ``channels`` features to the
+    ``num_logits`` logits."""
+    if weight.shape[0] != num_logits:
+        raise HeadError(
+            f"{_PREFIX}layer {name!r} of {model_name} has {weight.shape[0]} outputs but the "
+            f"model gives {num_logits} logits"
+        )
+    if weight.shape[1] != channels:
+        raise HeadError(
+            f"{_PREFIX}{model_name}'s final linear layer {name!r} reads {weight.shape[1]} "
+            f"features but {where} has {channels} channels{between}. Use a gradient method "
+            "such as gradcam, or the layer whose pooled output feeds the linear layer"
+        )
+
+
+def _first_reproducing(
+    candidates: list[CAMHead], activation: torch.Tensor, logits: torch.Tensor
+) -> tuple[CAMHead | None, float]:
+    """The first candidate head whose logits of ``activation`` match ``logits``, or None and
+    the smallest largest difference."""
+    # Relative to the logits' range: float32 sums over C channels agree to ~1e-6 relative.
+    scale = float(logits.float().abs().max()) * _tolerance(activation, logits)
+    errors = []
+    for candidate in candidates:
+        error = float((candidate.logits(activation) - logits.float()).abs().max())
+        if error <= scale:
+            return candidate, error
+        errors.append(error)
+    return None, min(errors)
+
+
+def _tolerance(activation: torch.Tensor, logits: torch.Tensor) -> float:
+    low_precision = (torch.float16, torch.bfloat16)
+    return 5e-2 if activation.dtype in low_precision or logits.dtype in low_precision else 1e-3
+
+
+def _final_linear_name(model: nn.Module, num_logits: int) -> str | None:
+    """timm's ``get_classifier()`` when it is a linear layer, else the last ``nn.Linear``
+    (in module order) with ``num_logits`` outputs."""
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        classifier = get_classifier()
+        if _is_linear(classifier):
+            for name, module in model.named_modules():
+                if module is classifier:
+                    return name
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module.out_features == num_logits
+    ]
+    return names[-1] if names else None
+
+
+def _is_linear(module: object) -> bool:
+    return isinstance(module, nn.Linear) or (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.groups == 1
+        and module.stride == (1, 1)
+    )
+
+
+def _linear_parameters(model: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    module = find_module(model, name)
+    if not _is_linear(module):
+        raise HeadError(
+            f"{_PREFIX}head {name!r} of {type(model).__name__} is a {type(module).__name__}, "
+            "not an nn.Linear (or 1x1 nn.Conv2d); name the final linear layer"
+        )
+    weight = module.weight.detach().flatten(1)
+    bias = module.bias.detach() if module.bias is not None else weight.new_zeros(weight.shape[0])
+    return weight, bias
+
+
+def _passes_pooled_vector(module: nn.Module) -> bool:
+    """Modules that leave a pooled ``(B, C)`` / ``(B, C, 1, 1)`` vector unchanged in eval mode
+    (pooling modules are checked by the forward, since a max pool would pass here too)."""
+    kind = type(module).__name__
+    return isinstance(module, (nn.Identity, nn.Flatten, nn.modules.dropout._DropoutNd)) or any(
+        word in kind for word in ("Pool", "Dropout", "DropPath", "Flatten", "Identity")
+    )
+
+
+def _modules_before(model: nn.Module, name: str) -> tuple[str | None, str | None]:
+    """Walk back from the linear layer through its earlier siblings (its parent's children in
+    registration order) while they are pass-through modules or one LayerNorm.
+
+    Returns the LayerNorm's name (or None) and a description of the first module that stops the
+    walk if it is not the pooling's producer: a hidden layer or an activation (or None)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    children = list(parent.named_children())
+    keys = [key for key, _ in children]
+    if child not in keys:
+        return None, None
+    norm_name = None
+    for key, module in reversed(children[: keys.index(child)]):
+        full = f"{parent_name}.{key}" if parent_name else key
+        if isinstance(module, nn.LayerNorm) and norm_name is None:
+            norm_name = full
+        elif not _passes_pooled_vector(module):
+            blocker = None if _is_feature_extractor(module) else f"{type(module).__name__} {full!r}"
+            return norm_name, blocker
+    return norm_name, None
+
+
+def _is_feature_extractor(module: nn.Module) -> bool:
+    """True for a module with convolutions (the backbone, where the walk back ends normally);
+    False for a hidden linear layer or an activation between the pooling and the classifier."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+
+
+def _layer_norm_parameters(
+    model: nn.Module, norm_name: str | None, channels: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+    if norm_name is None:
+        return None, None, 1e-5
+    norm = find_module(model, norm_name)
+    assert isinstance(norm, nn.LayerNorm)
+    if tuple(norm.normalized_shape) != (channels,):
+        raise HeadError(
+            f"{_PREFIX}LayerNorm {norm_name!r} normalises over {tuple(norm.normalized_shape)}, "
+            f"not over the {channels} pooled channels"
+        )
+    weight = norm.weight.detach() if norm.weight is not None else None
+    bias = norm.bias.detach() if norm.bias is not None else None
+    return weight, bias, float(norm.eps)
