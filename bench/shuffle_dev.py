@@ -44,7 +44,7 @@ from shuffle_dev_variants import Variant, variants  # noqa: E402
 from shuffle_tee import SUMS_OPTIONS, write_tee_maps  # noqa: E402
 from study import Runner, _keep_freed_memory  # noqa: E402
 
-from loupe.pipeline.datasets import DatasetSpec  # noqa: E402
+from loupe.data.spec import DatasetSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("shuffle_dev")

@@ -28,13 +28,14 @@ from study_eval import (
     save_stats,
 )
 
+from loupe.data.base import rgb_tensor
+from loupe.data.spec import DatasetSpec, open_spec
+from loupe.evaluation.sources import ignored_class_indices, relabel
 from loupe.io import atomic_path
+from loupe.mapsets.files import load_map_file
+from loupe.mapsets.pseudo_masks import pseudo_mask
 from loupe.methods.shuffle import gaussian_blur
 from loupe.metrics import confusion_matrix, default_thresholds, sweep_confusions
-from loupe.pipeline.datasets import DatasetSpec, open_pipeline_dataset
-from loupe.pipeline.evaluate import ignored_class_indices, relabel
-from loupe.pipeline.files import load_map_file
-from loupe.pipeline.pseudo_masks import pseudo_mask
 
 logger = logging.getLogger("shuffle_dev")
 FRACTIONS = (0.0, 0.02, 0.04, 0.08)  # smoothing sigma / shorter side, offered to every method
@@ -63,8 +64,7 @@ class DevSet:
     def check_sorted(self) -> None:
         """The protocol's dev half is the first half of the sorted ids; ``--limit`` takes the
         first images in data-set order, so that order must be sorted."""
-        full = open_pipeline_dataset(DatasetSpec(**{**self.spec.__dict__, "limit": 0}),
-                                     images=False)
+        full = open_spec(DatasetSpec(**{**self.spec.__dict__, "limit": 0}), images=False)
         ids = list(full.ids)
         if ids != sorted(ids) or len(ids) != self.total or self.dev != len(ids) // 2:
             raise SystemExit(f"{self.name}: ids not sorted or not {self.total}; the protocol's "
@@ -72,7 +72,7 @@ class DevSet:
 
     def ground_truth(self, *, images: bool = False) -> tuple[Any, torch.Tensor, int]:
         """The dev data set, the ignored class indices, and N (background included)."""
-        dataset = open_pipeline_dataset(self.spec, images=images)
+        dataset = open_spec(self.spec, images=images)
         ignored = ignored_class_indices(dataset.class_names, (), self.class_map)
         return dataset, torch.tensor(ignored, dtype=torch.long), dataset.num_classes
 
@@ -117,17 +117,13 @@ def folder_stats(folder: Path, truth: Truth, fraction: float) -> VariantStats:
 
 def crf_stats(dev_set: DevSet, cam_folder: Path) -> VariantStats:
     """CAM + dense CRF: at every threshold the mask ``loupe masks --crf --threshold t`` writes
-    (:func:`loupe.pipeline.pseudo_masks.pseudo_mask` with the image), scored against the
+    (:func:`loupe.mapsets.pseudo_masks.pseudo_mask` with the image), scored against the
     ground truth as ``loupe evaluate --masks`` does (predicted ignored classes -> 0)."""
     dataset, ignored, n = dev_set.ground_truth(images=True)
     rows, summed = [], None
     for index in range(dev_set.dev):
         sample = dataset[index]
-        image = sample.image
-        if not isinstance(image, torch.Tensor):
-            from torchvision.transforms.functional import pil_to_tensor
-
-            image = pil_to_tensor(image.convert("RGB"))
+        image = rgb_tensor(sample.image)  # as loupe masks --crf reads it
         gt = relabel(sample.mask, ignored, 255)
         maps, classes = load_map_file(cam_folder / f"{sample.id}.npz")
         maps_t, classes_t = torch.from_numpy(maps).float(), torch.from_numpy(classes).long()

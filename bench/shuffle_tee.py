@@ -6,7 +6,7 @@ seed) and the same per-round gradients and logits; only the running sums differ
 (:func:`loupe.methods.shuffle.accumulate_rounds`, the library's own loop) and feeds every
 variant's sums; :func:`write_tee_maps` writes one ``loupe maps``-format folder per variant,
 image by image as ``loupe maps`` does (the same target choice, resizing and file format:
-:mod:`loupe.pipeline.generate`'s functions).
+:mod:`loupe.mapsets.generate`'s functions).
 
 Before the first image is written, :func:`check_against_explain` computes every variant both
 ways on that image at T = 2 and stops if any differs from ``loupe.explain(method="shuffle")``
@@ -21,17 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import loupe
+from loupe.data.base import rgb_tensor
+from loupe.data.mapping import class_correspondence
+from loupe.data.spec import open_spec
 from loupe.hooks import hooked
 from loupe.io import save_npz
+from loupe.mapsets.files import map_file_arrays
+from loupe.mapsets.generate import _resize, batch_targets
 from loupe.methods._rounds import RoundSums
 from loupe.methods._tiles import check_grids, draw_rounds, identity_round
 from loupe.methods.shuffle import accumulate_rounds, gradient_maps
-from loupe.pipeline.classifiers import class_correspondence, load_pipeline_classifier
-from loupe.pipeline.datasets import open_pipeline_dataset
-from loupe.pipeline.generate import _input_image, _resize, batch_targets, map_file_arrays
+from loupe.models import PreprocessingOptions, load_classifier
 from loupe.targets import resolve_targets
 
 logger = logging.getLogger("shuffle_dev")
@@ -96,16 +100,19 @@ def write_tee_maps(dev_set: Any, out: Mapping[str, Path], shared: Mapping[str, A
     """One folder ``out[name]`` of ``<id>.npz`` map files per variant for the dev half of
     ``dev_set`` (its ``model_args`` read as ``loupe maps`` reads them); resumable."""
     margs = dev_set.model_args
-    dataset = open_pipeline_dataset(dev_set.spec, images=True)
-    classifier = load_pipeline_classifier(_option(margs, "--model"), _option(margs, "--weights"),
-                                          scale=_option(margs, "--scale"),
-                                          patch=_option(margs, "--patch"))
-    mapping, _ = class_correspondence(dataset.class_names, classifier,
+    dataset = open_spec(dev_set.spec, images=True)
+    classifier = load_classifier(
+        _option(margs, "--model"), _option(margs, "--weights"),
+        options=PreprocessingOptions(scale=_option(margs, "--scale")),
+        patch=_option(margs, "--patch"),
+    )
+    mapping, _ = class_correspondence(dataset.class_names, classifier.num_outputs,
+                                      model_offset=classifier.label_offset,
                                       class_map=_option(margs, "--class-map"))
     size = int(_option(margs, "--size"))
     model = classifier.model
-    mean = torch.tensor(classifier.mean).view(1, 3, 1, 1)
-    std = torch.tensor(classifier.std).view(1, 3, 1, 1)
+    mean = torch.tensor(classifier.preprocessing.mean).view(1, 3, 1, 1)
+    std = torch.tensor(classifier.preprocessing.std).view(1, 3, 1, 1)
     for folder in out.values():
         folder.mkdir(parents=True, exist_ok=True)
     checked = False
@@ -114,7 +121,7 @@ def write_tee_maps(dev_set: Any, out: Mapping[str, Path], shared: Mapping[str, A
         if all((out[n] / f"{i}.npz").is_file() for n in out for i in ids):
             continue
         samples = [dataset[start + j] for j in range(len(ids))]
-        images = [_uint8(s.image) for s in samples]
+        images = [rgb_tensor(s.image) for s in samples]
         x = (torch.stack([_input_image(im, size) for im in images]) - mean) / std
         with torch.no_grad():
             logits = model(x)
@@ -136,9 +143,11 @@ def write_tee_maps(dev_set: Any, out: Mapping[str, Path], shared: Mapping[str, A
         logger.info("tee %s: %d/%d images", dev_set.name, start + len(ids), dev_set.dev)
 
 
-def _uint8(image: Any) -> torch.Tensor:
-    if isinstance(image, torch.Tensor):
-        return image
-    from torchvision.transforms.functional import pil_to_tensor
-
-    return pil_to_tensor(image.convert("RGB"))
+def _input_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``(3, H, W)`` uint8 -> float in [0, 1] at ``size x size``, as ``loupe maps --size``
+    makes its model input (:func:`loupe.mapsets.generate._input_image`)."""
+    pixels = image.float() / 255
+    if tuple(pixels.shape[-2:]) == (size, size):
+        return pixels
+    return F.interpolate(pixels[None], size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)[0]
