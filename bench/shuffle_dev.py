@@ -31,18 +31,15 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shuffle_dev_eval import DevSet, write_crf_stats, write_tables  # noqa: E402
 from shuffle_dev_variants import Variant, variants  # noqa: E402
 from shuffle_tee import SUMS_OPTIONS, write_tee_maps  # noqa: E402
-from study import Runner, _keep_freed_memory  # noqa: E402
+from study import Runner, start_runner  # noqa: E402
 
 from loupe.data.spec import DatasetSpec  # noqa: E402
 
@@ -145,14 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    _keep_freed_memory()
-    if REPO in args.work.resolve().parents:
-        raise SystemExit(f"--work {args.work} is inside the repository; choose a folder outside")
-    args.work.mkdir(parents=True, exist_ok=True)
-    runner = Runner(args.work)
+    runner = start_runner(args)
     runner.timings_path = args.work / f"timings-{args.job}.json"
     runner.timings = (json.loads(runner.timings_path.read_text())
                       if runner.timings_path.is_file() else {})
