@@ -193,3 +193,22 @@ def test_top1_target_with_class_scores_is_the_clean_images_top1():
         given = loupe.explain(model, x, model(x).argmax(1).tolist(), method="shuffle",
                               n_shuffles=2, score=score)
         assert torch.equal(auto, given)
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple", "huggingface"])
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("shuffle", {"n_shuffles": 2, "score": "log-softmax", "weight": "softmax",
+                  "accumulate": "var"}),
+     ("shuffle", {"n_shuffles": 2, "weight": "top-k", "top_k": 2}),
+     ("saliency", {"score": "logit-minus-mean"}),
+     ("smoothgrad", {"n_samples": 2, "score": "log-softmax"})],
+)
+def test_scores_and_weights_read_the_logits_out_of_any_output(kind, method, options):
+    from tests.test_targets import Wrapped
+
+    wrapped = Wrapped(kind)
+    images = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    expected = loupe.explain(wrapped.net, images, [[1, 3], [4, 0]], method=method, **options)
+    maps = loupe.explain(wrapped, images, [[1, 3], [4, 0]], method=method, **options)
+    torch.testing.assert_close(maps, expected, rtol=0, atol=0)

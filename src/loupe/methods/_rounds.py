@@ -100,6 +100,8 @@ class RoundSums:
             self.plain.add(image_of, maps, None, targets)
         weights = None
         if self.weight != "none":
+            if targets.classes is None:
+                raise ValueError(f"weight={self.weight!r} needs class targets")
             if logits is None:
                 raise ValueError(f"weight={self.weight!r} needs the logits of each round")
             weights = round_weights(logits, targets, self.weight, self.top_k)

@@ -28,7 +28,7 @@ from loupe._autograd import gradient_chunk_size, grads_per_target
 from loupe.context import MapContext
 from loupe.methods._scores import check_score, check_smooth, class_scores, smooth_maps
 from loupe.registry import register
-from loupe.targets import Targets
+from loupe.targets import Targets, output_tensor
 
 REDUCTIONS = ("abs-max", "abs-sum", "l2", "sum")
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -70,9 +70,10 @@ def input_gradients(
 
 def input_gradients_and_output(
     model: nn.Module, inputs: torch.Tensor, targets: Targets, score: str = "logit"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`input_gradients` and the output of its forward, detached (shuffle saliency's
-    round weights come from it)."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`input_gradients` and the logits ``(R, N)`` of its forward, detached (shuffle
+    saliency's round weights come from them; :func:`loupe.targets.output_tensor` of any model
+    output); None for score-function targets, whose output may hold no logits."""
     check_score(score)
     if score != "logit" and targets.functions is not None:
         raise ValueError(f"score={score!r} needs class targets; score functions get the raw output")
@@ -80,8 +81,11 @@ def input_gradients_and_output(
         leaf = inputs.detach().requires_grad_(True)
         output = model(leaf)
         bound = targets.bind(output)
-        grads = grads_per_target(bound.scores(class_scores(output, score)), leaf).detach()
-    return grads, output.detach()
+        if targets.functions is not None:
+            return grads_per_target(bound.scores(output), leaf).detach(), None
+        logits = output_tensor(output)
+        grads = grads_per_target(bound.scores(class_scores(logits, score)), leaf).detach()
+    return grads, logits.detach()
 
 
 def _check_count(name: str, value: object, minimum: int = 1) -> int:

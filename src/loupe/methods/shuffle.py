@@ -250,12 +250,12 @@ def gradient_maps(
     reduce: str = "abs-max",
     *,
     score: str = "logit",
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Colour-reduced input gradients ``(n, K, Hc, Wc)`` of the target scores (``score`` of
     the logits, :mod:`loupe.methods._scores`) of ``canvases`` ``(n, C, Hc, Wc)`` (one
     forward, one batched backward for the K targets:
-    :func:`loupe.methods.gradients.input_gradients_and_output`), and that forward's output
-    ``(n, N)``, detached."""
+    :func:`loupe.methods.gradients.input_gradients_and_output`), and that forward's logits
+    ``(n, N)``, detached (None for score-function targets)."""
     grads, output = input_gradients_and_output(model, canvases, targets, score)
     grads = grads.transpose(0, 1).float()  # (n, K, C, Hc, Wc)
     if reduce == "abs-max":
