@@ -67,6 +67,11 @@ class Case:
     options: Callable[[Setup], dict[str, object]]
     peers: dict[str, PeerFactory] = field(default_factory=dict)
     slow: bool = False
+    name: str | None = None  # the row's label when one method has several cases
+
+    @property
+    def label(self) -> str:
+        return self.name or self.method
 
 
 # -- peers -----------------------------------------------------------------------------------
@@ -210,6 +215,7 @@ CASES = [
 CASES += __import__("cases_guided").cases(Case)  # guided-backprop, guided-gradcam
 CASES += __import__("cases_perturb").CASES if __name__ == "__main__" else []  # no cycle
 CASES += __import__("cases_methods").CASES if __name__ == "__main__" else []  # no cycle
+CASES += __import__("cases_shuffle").CASES if __name__ == "__main__" else []  # shuffle options
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -329,7 +335,7 @@ def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, ba
         except Exception as error:  # a peer that cannot run is reported, not fatal
             results[peer] = None
             failed.add(peer)
-            notes.append(f"{peer} {case.method} failed: {type(error).__name__}: {error}")
+            notes.append(f"{peer} {case.label} failed: {type(error).__name__}: {error}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return row_of(case, batch, b, results, failed, backward_rates[b])
@@ -352,7 +358,7 @@ def row_of(case: Case, batch: int, b: int, results: dict[str, tuple[float, float
     shown = f"{b}" if b == batch else f"{b} (of {batch})"
     marker = "*" if case.slow else ""
     cells = ["failed" if k in failed else rate(ips[k]) for k in ("loupe", *PEERS)]
-    row = (f"| {case.method}{marker} | {shown} | " + " | ".join(cells)
+    row = (f"| {case.label}{marker} | {shown} | " + " | ".join(cells)
            + f" | {ratio} | {own} | " + " | ".join(cpu_cells) + " |")
     return row, ips["loupe"]
 
@@ -364,14 +370,14 @@ def timed(make: Callable[[], Callable[[], object]], repeats: int, warmup: bool,
         return seconds_per_call(make(), repeats, warmup, device)
     except torch.cuda.OutOfMemoryError as error:
         torch.cuda.empty_cache()
-        notes.append(f"{who} {case.method}: out of memory ({str(error).splitlines()[0]})")
+        notes.append(f"{who} {case.label}: out of memory ({str(error).splitlines()[0]})")
         return None
 
 
 # -- main ------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    names = [c.method for c in CASES]
+    names = [c.label for c in CASES]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-sizes", type=int, nargs="+")
@@ -409,10 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     registered = set(loupe.list_methods())
-    cases = [c for c in CASES if (args.methods is None or c.method in args.methods)
+    cases = [c for c in CASES if (args.methods is None or c.label in args.methods)
              and c.method in registered]
-    skipped = [c.method for c in CASES if c.method not in registered
-               and (args.methods is None or c.method in args.methods)]
+    skipped = [c.label for c in CASES if c.method not in registered
+               and (args.methods is None or c.label in args.methods)]
 
     start_times, start_load, start_wall = os.times(), os.getloadavg(), time.perf_counter()
     model = random_model(args.model, seed=args.seed).to(device)
@@ -434,10 +440,10 @@ def main(argv: list[str] | None = None) -> int:
                                       backward_rates)
             rows.append(row)
             if loupe_rate is None:
-                untimed.append(f"{case.method} at batch {batch}")
+                untimed.append(f"{case.label} at batch {batch}")
             print(row, file=sys.stderr, flush=True)
             if case.method in SAMPLING and loupe_rate:
-                pass_rows.append(sampling_row(case.method, row, loupe_rate * args.samples,
+                pass_rows.append(sampling_row(case.label, row, loupe_rate * args.samples,
                                               backward_rates[args.chunk]))
     end = os.times()
     usage = (f"The whole run: {time.perf_counter() - start_wall:.0f} s wall, CPU user "

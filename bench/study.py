@@ -284,8 +284,10 @@ def _keep_freed_memory() -> None:
     libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD (glibc's maximum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def start_runner(args: argparse.Namespace) -> Runner:
+    """What a study script does first: logging, ``args.threads`` torch threads, exit on
+    SIGTERM, glibc keeping freed memory, ``args.work`` (outside the repository) created, and
+    the :class:`Runner` on it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -293,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     if REPO in args.work.resolve().parents:
         raise SystemExit(f"--work {args.work} is inside the repository; choose a folder outside")
     args.work.mkdir(parents=True, exist_ok=True)
-    runner = Runner(args.work)
+    return Runner(args.work)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runner = start_runner(args)
     sets = study_sets(args)
     if "prepare" in args.stages:
         stage_prepare(args, runner)

@@ -152,3 +152,12 @@ def test_shipped_table_matches_the_imagenet_labels(assets) -> None:
     assert labels[79] == "centipede" and labels[101] == "tusker"
     assert labels[126].startswith("isopod") and labels[147].startswith("grey whale")
     assert not any("giraffe" in label for label in labels)
+
+
+def test_shipped_table_serves_a_data_set_with_some_coco_classes() -> None:
+    from loupe.data.mapping import load_class_map
+
+    mapping = load_class_map("coco_to_imagenet", ["background", "cat"], 1000)
+    assert mapping == ((), (281, 282, 283, 284, 285))
+    with pytest.raises(ValueError, match="coco_to_imagenet: no class of the data set"):
+        load_class_map("coco_to_imagenet", ["background", "widget"], 1000)

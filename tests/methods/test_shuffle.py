@@ -374,7 +374,7 @@ def test_score_function_targets():
 def test_all_zero_image_gives_finite_maps(reduce, offset):
     maps = loupe.explain(
         TinyNet(), torch.zeros(2, 3, 20, 20), [1, 2], method="shuffle", n_shuffles=3,
-        reduce=reduce, offset=offset, smooth=1.0,
+        reduce=reduce, offset=offset, smooth=0.05,
     )
     assert maps.shape == (2, 1, 20, 20) and torch.isfinite(maps).all()
 
@@ -382,9 +382,10 @@ def test_all_zero_image_gives_finite_maps(reduce, offset):
 def test_smooth_is_a_gaussian_blur_like_torchvision():
     from torchvision.transforms.v2.functional import gaussian_blur as tv_blur
 
-    model, x = TinyNet(), torch.randn(2, 3, 24, 24)
+    model, x = TinyNet(), torch.randn(2, 3, 24, 30)
     raw = loupe.explain(model, x, [1, 2], method="shuffle", n_shuffles=3)
-    smoothed = loupe.explain(model, x, [1, 2], method="shuffle", n_shuffles=3, smooth=1.5)
+    # sigma is a fraction of the shorter side: 0.0625 * 24 = 1.5 pixels
+    smoothed = loupe.explain(model, x, [1, 2], method="shuffle", n_shuffles=3, smooth=0.0625)
     expected = tv_blur(raw, kernel_size=[11, 11], sigma=[1.5, 1.5])
     torch.testing.assert_close(smoothed, expected, rtol=1e-5, atol=1e-8)
     tiny = gaussian_blur(torch.rand(1, 1, 3, 4), 2.0)  # radius > image: replicate border
@@ -508,7 +509,14 @@ def test_nothing_left_behind_after_an_error_in_a_shuffled_forward():
         ({"chunk_size": 0}, "chunk_size must be an int >= 1"),
         ({"seed": "a"}, "seed must be an int"),
         ({"generator": 3}, "generator must be a torch.Generator"),
-        ({"smooth": -1.0}, "smooth must be a Gaussian sigma >= 0"),
+        ({"smooth": -1.0}, "smooth must be a Gaussian sigma as a fraction"),
+        ({"smooth": 9}, "in [0, 0.5] (e.g. 0.04); got 9"),
+        ({"score": "logits"}, "score must be one of logit, log-softmax, logit-minus-mean"),
+        ({"weight": "prob"}, "weight must be one of none, softmax, sigmoid, top-k"),
+        ({"top_k": 0}, "top_k must be an int >= 1"),
+        ({"accumulate": "max"}, "accumulate must be one of mean, square, var"),
+        ({"base": "gradcam", "score": "log-softmax"}, "score='log-softmax' applies to base="),
+        ({"base": "gradcam", "weight": "softmax"}, "weight='softmax' applies to base="),
         ({"base": "nope"}, "base must be 'gradient' or a registered method: unknown method"),
         ({"base": "shuffle"}, "base='shuffle' would shuffle shuffled images"),
         ({"base": "gradcam", "reduce": "l2"}, "reduce='l2' applies to base='gradient' only"),

@@ -161,8 +161,16 @@ def load_class_map(
     class_map: str, class_names: Sequence[str], num_model_classes: int | None = None
 ) -> ClassMapping:
     """What ``--class-map`` names (:data:`SHIPPED_CLASS_MAP` or a JSON file ``{data-set class
-    name: [classifier indices]}``), aligned with ``class_names`` by :func:`class_mapping`."""
+    name: [classifier indices]}``), aligned with ``class_names`` by :func:`class_mapping`.
+
+    The shipped table covers all 80 COCO classes, so a data set with some of them (feral-cats:
+    ``cat``) uses the entries it has; a ValueError when it has none. A user's file must name
+    only data-set classes (a typo check)."""
     table = load_name_table(None if class_map == SHIPPED_CLASS_MAP else class_map)
+    if class_map == SHIPPED_CLASS_MAP:
+        table = {name: indices for name, indices in table.items() if name in class_names}
+        if not table:
+            raise ValueError(f"{class_map}: no class of the data set has an entry")
     return class_mapping(class_names, table, num_model_classes)
 
 

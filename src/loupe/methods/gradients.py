@@ -26,8 +26,9 @@ from torch import nn
 
 from loupe._autograd import gradient_chunk_size, grads_per_target
 from loupe.context import MapContext
+from loupe.methods._scores import check_score, check_smooth, class_scores, smooth_maps
 from loupe.registry import register
-from loupe.targets import Targets
+from loupe.targets import Targets, output_tensor
 
 REDUCTIONS = ("abs-max", "abs-sum", "l2", "sum")
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -54,17 +55,37 @@ def _check_reduce(reduce: object) -> None:
         raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {reduce!r}")
 
 
-def input_gradients(model: nn.Module, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
+def input_gradients(
+    model: nn.Module, inputs: torch.Tensor, targets: Targets, score: str = "logit"
+) -> torch.Tensor:
     """``d S_k / d x`` of every target k for ``inputs`` ``(R, C, H, W)``, as ``(K, R, C, H, W)``.
 
     One forward, one batched backward. ``targets`` are bound on this forward's output (top-1
-    classes come from it, given classes are range-checked). ``inputs`` is not modified.
+    classes come from it, given classes are range-checked). ``score`` transforms the logits
+    first (``"logit"``, ``"log-softmax"``, ``"logit-minus-mean"``: see
+    :mod:`loupe.methods._scores`). ``inputs`` is not modified.
     """
+    return input_gradients_and_output(model, inputs, targets, score)[0]
+
+
+def input_gradients_and_output(
+    model: nn.Module, inputs: torch.Tensor, targets: Targets, score: str = "logit"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`input_gradients` and the logits ``(R, N)`` of its forward, detached (shuffle
+    saliency's round weights come from them; :func:`loupe.targets.output_tensor` of any model
+    output); None for score-function targets, whose output may hold no logits."""
+    check_score(score)
+    if score != "logit" and targets.functions is not None:
+        raise ValueError(f"score={score!r} needs class targets; score functions get the raw output")
     with torch.enable_grad():
         leaf = inputs.detach().requires_grad_(True)
         output = model(leaf)
         bound = targets.bind(output)
-        return grads_per_target(bound.scores(output), leaf).detach()
+        if targets.functions is not None:
+            return grads_per_target(bound.scores(output), leaf).detach(), None
+        logits = output_tensor(output)
+        grads = grads_per_target(bound.scores(class_scores(logits, score)), leaf).detach()
+    return grads, logits.detach()
 
 
 def _check_count(name: str, value: object, minimum: int = 1) -> int:
@@ -82,11 +103,13 @@ def _chunks(total: int, chunk_size: int, device: torch.device) -> list[torch.Ten
 
 
 def saliency_maps(
-    model: nn.Module, images: torch.Tensor, targets: Targets, reduce: str = "abs-max"
+    model: nn.Module, images: torch.Tensor, targets: Targets, reduce: str = "abs-max",
+    score: str = "logit",
 ) -> torch.Tensor:
-    """Saliency maps ``(B, K, H, W)``: ``reduce_c(dS_k/dx_c)``, by default ``max_c |dS_k/dx_c|``."""
+    """Saliency maps ``(B, K, H, W)``: ``reduce_c(dS_k/dx_c)``, by default ``max_c |dS_k/dx_c|``,
+    of the ``score`` (see :func:`input_gradients`)."""
     _check_reduce(reduce)
-    grads = input_gradients(model, images, targets)
+    grads = input_gradients(model, images, targets, score)
     return reduce_channels(grads, reduce).transpose(0, 1)
 
 
@@ -104,13 +127,18 @@ def gradient_x_input_maps(
     "saliency", uses_layer=False,
     paper="Simonyan et al., Deep Inside Convolutional Networks, ICLR Workshop 2014",
 )
-def saliency(ctx: MapContext, *, reduce: str = "abs-max") -> torch.Tensor:
+def saliency(
+    ctx: MapContext, *, reduce: str = "abs-max", score: str = "logit", smooth: float = 0.0
+) -> torch.Tensor:
     """Gradient saliency: ``M_k = max_c |dS_k / dx_c|`` (Simonyan et al. 2014).
 
-    Options: ``reduce`` (``"abs-max"`` as in the paper, ``"abs-sum"``, ``"l2"``, ``"sum"``).
-    Returns ``(B, K, H, W)``.
+    Options: ``reduce`` (``"abs-max"`` as in the paper, ``"abs-sum"``, ``"l2"``, ``"sum"``);
+    ``score`` (``"logit"``, ``"log-softmax"``, ``"logit-minus-mean"``: what ``S_k`` is, see
+    :mod:`loupe.methods._scores`); ``smooth`` (Gaussian blur, sigma as a fraction of the
+    input's shorter side; 0 = off). Returns ``(B, K, H, W)``.
     """
-    return saliency_maps(ctx.model, ctx.images, ctx.targets, reduce)
+    smooth = check_smooth(smooth)
+    return smooth_maps(saliency_maps(ctx.model, ctx.images, ctx.targets, reduce, score), smooth)
 
 
 @register(
@@ -182,6 +210,7 @@ def smoothgrad_maps(
     reduce: str = "abs-max",
     chunk_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    score: str = "logit",
 ) -> torch.Tensor:
     """SmoothGrad maps ``(B, K, H, W)``: ``1/N sum_s reduce_c(dS_k/dx_c at x + sigma_b z_s)``.
 
@@ -194,8 +223,10 @@ def smoothgrad_maps(
         chunk_size: noisy copies (of any images) per forward; None:
             :func:`loupe._autograd.gradient_chunk_size` (16 off CUDA, from free memory on CUDA).
         progress: called after each chunk with (noisy copies done, ``B * N``).
+        score: what ``S_k`` is (see :func:`input_gradients`).
     """
     _check_reduce(reduce)
+    check_score(score)
     if chunk_size is None:
         chunk_size = gradient_chunk_size(images.device, images[0].numel(), targets.count)
     _check_count("chunk_size", chunk_size)
@@ -211,7 +242,7 @@ def smoothgrad_maps(
         image_of_row, sample = rows // n, rows % n
         noisy = torch.addcmul(images[image_of_row], sigma[image_of_row, None, None, None],
                               noise[sample])
-        grads = input_gradients(model, noisy, targets.of_rows(image_of_row))
+        grads = input_gradients(model, noisy, targets.of_rows(image_of_row), score)
         total.index_add_(0, image_of_row, reduce_channels(grads, reduce).transpose(0, 1))
         if progress is not None:
             progress(min((chunk + 1) * chunk_size, images.shape[0] * n), images.shape[0] * n)
@@ -232,6 +263,8 @@ def smoothgrad(
     chunk_size: int | None = None,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
+    score: str = "logit",
+    smooth: float = 0.0,
 ) -> torch.Tensor:
     """SmoothGrad: ``M_k(x) = 1/n sum_s M'_k(x + N(0, sigma^2))`` with ``M'`` the saliency map
     (Smilkov et al. 2017).
@@ -243,19 +276,21 @@ def smoothgrad(
     free memory on CUDA); ``seed`` (0) or a ``generator`` (used instead of the seed). One noise
     tensor ``(n, C, H, W)`` is drawn (on the CPU for a seed, see :func:`standard_noise`) and
     shared by all images, so the same seed gives the same maps for any batch size, chunk size
-    and device. Returns ``(B, K, H, W)``.
+    and device. ``score`` and ``smooth`` as for :func:`saliency`. Returns ``(B, K, H, W)``.
     """
     _check_count("n_samples", n_samples)
+    smooth = check_smooth(smooth)
     images = ctx.images
     sigma = noise_scales(images, noise_level, stdev)
     noise = standard_noise(
         n_samples, images.shape[1:], seed=seed, generator=generator,
         device=images.device, dtype=images.dtype,
     )
-    return smoothgrad_maps(
+    maps = smoothgrad_maps(
         ctx.model, images, ctx.targets, noise, sigma, reduce=reduce, chunk_size=chunk_size,
-        progress=ctx.report_rows,
+        progress=ctx.report_rows, score=score,
     )
+    return smooth_maps(maps, smooth)
 
 
 # --- Integrated Gradients --------------------------------------------------------------------

@@ -10,7 +10,9 @@ What
         M_k(x) = 1/T sum_t  P_t^-1( reduce_c( dS_k / dz |_{z = P_t x} ) )
 
     where ``P_t`` is round ``t``'s pixel permutation (see :mod:`loupe.methods._tiles` for the
-    exact index maps, also for image sizes that are not multiples of ``g``).
+    exact index maps, also for image sizes that are not multiples of ``g``). With ``weight``
+    and ``accumulate`` the mean becomes a weighted mean, a mean of squares or a variance over
+    the rounds (:mod:`loupe.methods._rounds`).
 
 Why
     CAMs light up only the most discriminative part of an object; raw gradient saliency covers
@@ -53,7 +55,24 @@ Options (defaults and why)
         ``generator`` when given) and applied to every image, so the maps do not depend on
         the batch size or chunk size, and a batch's maps equal each image's maps alone.
     smooth=0.0
-        sigma in pixels of a Gaussian blur of the result (reflect border); 0 = off.
+        a Gaussian blur of the result, sigma as a fraction of the input's shorter side
+        (``0.04`` at 224x224 is 8.96 pixels; reflect border); 0 = off. Relative, so one value
+        means the same at every input size (:mod:`loupe.methods._scores`). The same option,
+        with the same blur, is offered to saliency and SmoothGrad.
+    score="logit"
+        what is differentiated: the raw logit, ``"log-softmax"`` or ``"logit-minus-mean"``
+        (class-discriminative: in a multi-label image one class's map should not light up
+        another class's object); see :mod:`loupe.methods._scores`. Also offered to saliency
+        and SmoothGrad. Only for ``base="gradient"``.
+    weight="none", top_k=5
+        per-round weights from the shuffled image's own logits: ``"softmax"`` (the target's
+        probability), ``"sigmoid"`` (multi-label classifiers) or ``"top-k"`` (keep only the
+        rounds in which the target is still among the ``top_k`` classes); see
+        :mod:`loupe.methods._rounds`. Only for ``base="gradient"`` (the logits come from the
+        gradient's own forward).
+    accumulate="mean"
+        ``"mean"`` of the round maps, ``"square"`` (mean of squares, SmoothGrad-squared) or
+        ``"var"`` (variance over rounds, VarGrad); weighted by ``weight``.
     base="gradient"
         ``"gradient"`` as above, or the name of a registered map method (``"gradcam"``,
         ``"cam"``, ...) computed on each shuffled canvas, upsampled to it and un-shuffled the
@@ -67,19 +86,20 @@ the unshuffled image. Paper: none; this is loupe's own method.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from loupe._autograd import gradient_chunk_size
 from loupe.api import explain
 from loupe.context import MapContext
 from loupe.layers import find_target_layer
+from loupe.methods._rounds import RoundSums
+from loupe.methods._scores import check_score, check_smooth, smooth_maps
+from loupe.methods._scores import gaussian_blur as gaussian_blur  # re-exported
 from loupe.methods._tiles import OFFSETS, Round, check_grids, draw_rounds, identity_round
-from loupe.methods.gradients import input_gradients
+from loupe.methods.gradients import input_gradients_and_output
 from loupe.registry import get_method, register
 from loupe.targets import Targets
 
@@ -87,8 +107,9 @@ logger = logging.getLogger(__name__)
 
 REDUCTIONS = ("abs-max", "l2", "grad-x-input")
 
-# (model, canvases (n, C, Hc, Wc), targets of the n rows) -> maps (n, K, Hc, Wc)
-CanvasMaps = Callable[[nn.Module, torch.Tensor, Targets], torch.Tensor]
+# (model, canvases (n, C, Hc, Wc), targets of the n rows) -> maps (n, K, Hc, Wc) and the
+# rows' logits (n, N) (None where the base method does not give them)
+CanvasMaps = Callable[[nn.Module, torch.Tensor, Targets], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @register(
@@ -110,6 +131,10 @@ def shuffle_saliency(
     seed: int = 0,
     generator: torch.Generator | None = None,
     smooth: float = 0.0,
+    score: str = "logit",
+    weight: str = "none",
+    top_k: int = 5,
+    accumulate: str = "mean",
     base: str = "gradient",
     base_options: Mapping[str, object] | None = None,
     target_layer: str | None = None,
@@ -122,7 +147,9 @@ def shuffle_saliency(
     height, width = images.shape[-2:]
     if chunk_size is None:
         chunk_size = gradient_chunk_size(images.device, images[0].numel(), ctx.targets.count)
-    _check_options(n_shuffles, offset, reduce, chunk_size, seed, generator, smooth, base)
+    _check_options(n_shuffles, offset, reduce, chunk_size, seed, generator, base)
+    smooth = check_smooth(smooth)
+    check_score(score)
     grids = check_grids(grids, height, width)
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
@@ -133,17 +160,15 @@ def shuffle_saliency(
     if include_original:
         rounds.insert(0, identity_round(height, width, images.device))
     targets = ctx.targets.ensure_bound(ctx.model, images)
-    canvas_maps = _canvas_maps_function(ctx, base, reduce, base_options, target_layer)
-    sums = torch.zeros(
-        images.shape[0], targets.count, height * width, dtype=torch.float32, device=images.device
+    sums = RoundSums(images.shape[0], targets.count, height * width, accumulate=accumulate,
+                     weight=weight, top_k=top_k, device=images.device)
+    canvas_maps = _canvas_maps_function(
+        ctx, base, base_options, target_layer, reduce=reduce, score=score, weight=weight
     )
-    done, total = 0, images.shape[0] * len(rounds)
-    for group in _rounds_by_canvas(rounds):
-        _accumulate(sums, ctx.model, images, targets, group, canvas_maps, chunk_size,
-                    lambda rows, before=done: ctx.report_rows(before + rows, total))
-        done += images.shape[0] * len(group)
-    maps = (sums / len(rounds)).unflatten(-1, (height, width))
-    return gaussian_blur(maps, smooth) if smooth > 0 else maps
+    accumulate_rounds(sums, ctx.model, images, targets, rounds, canvas_maps, chunk_size,
+                      ctx.report_rows)
+    maps = sums.result().unflatten(-1, (height, width))
+    return smooth_maps(maps, smooth)
 
 
 def _check_options(
@@ -153,7 +178,6 @@ def _check_options(
     chunk_size: object,
     seed: object,
     generator: object,
-    smooth: object,
     base: object,
 ) -> None:
     def is_int(value: object) -> bool:
@@ -171,8 +195,6 @@ def _check_options(
         raise ValueError(f"seed must be an int, got {seed!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if not isinstance(smooth, (int, float)) or isinstance(smooth, bool) or not smooth >= 0:
-        raise ValueError(f"smooth must be a Gaussian sigma >= 0 in pixels, got {smooth!r}")
     if not isinstance(base, str):
         raise ValueError(f"base must be 'gradient' or a method name, got {base!r}")
     if base == "shuffle":
@@ -182,48 +204,65 @@ def _check_options(
 def _canvas_maps_function(
     ctx: MapContext,
     base: str,
-    reduce: str,
     base_options: Mapping[str, object] | None,
     target_layer: str | None,
+    *,
+    reduce: str,
+    score: str,
+    weight: str,
 ) -> CanvasMaps:
-    """How one chunk of canvases becomes maps: the reduced input gradient, or a map method."""
+    """How one chunk of canvases becomes maps (and logits): the reduced input gradient, or a
+    map method."""
     if base == "gradient":
         if base_options:
             raise ValueError("base_options are for a map method base, not base='gradient'")
-        return lambda model, canvases, targets: gradient_maps(model, canvases, targets, reduce)
+        return lambda model, canvases, targets: gradient_maps(
+            model, canvases, targets, reduce, score=score
+        )
     try:
         spec = get_method(base)
     except ValueError as error:
         raise ValueError(f"base must be 'gradient' or a registered method: {error}") from None
-    if reduce != "abs-max":
-        raise ValueError(f"reduce={reduce!r} applies to base='gradient' only, not base={base!r}")
+    for name, value, default in (("reduce", reduce, "abs-max"), ("score", score, "logit"),
+                                 ("weight", weight, "none")):
+        if value != default:
+            raise ValueError(f"{name}={value!r} applies to base='gradient' only, not base={base!r}")
     layer = None
     if spec.uses_layer:
         layer = target_layer or find_target_layer(ctx.model, ctx.images)
     options = dict(base_options or {})
 
-    def method_maps(model: nn.Module, canvases: torch.Tensor, targets: Targets) -> torch.Tensor:
+    def method_maps(model: nn.Module, canvases: torch.Tensor, targets: Targets) -> tuple:
         given = list(targets.functions) if targets.functions is not None else targets.classes
-        return explain(
+        maps = explain(
             model, canvases, given, method=base, target_layer=layer, reshape=ctx.reshape,
             **options,
         )
+        return maps, None
 
     return method_maps
 
 
 def gradient_maps(
-    model: nn.Module, canvases: torch.Tensor, targets: Targets, reduce: str = "abs-max"
-) -> torch.Tensor:
-    """Colour-reduced input gradients ``(n, K, Hc, Wc)`` of the target scores of ``canvases``
-    ``(n, C, Hc, Wc)``: one forward, one batched backward for the K targets
-    (:func:`loupe.methods.gradients.input_gradients`)."""
-    grads = input_gradients(model, canvases, targets).transpose(0, 1).float()  # (n, K, C, ..)
+    model: nn.Module,
+    canvases: torch.Tensor,
+    targets: Targets,
+    reduce: str = "abs-max",
+    *,
+    score: str = "logit",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Colour-reduced input gradients ``(n, K, Hc, Wc)`` of the target scores (``score`` of
+    the logits, :mod:`loupe.methods._scores`) of ``canvases`` ``(n, C, Hc, Wc)`` (one
+    forward, one batched backward for the K targets:
+    :func:`loupe.methods.gradients.input_gradients_and_output`), and that forward's logits
+    ``(n, N)``, detached (None for score-function targets)."""
+    grads, output = input_gradients_and_output(model, canvases, targets, score)
+    grads = grads.transpose(0, 1).float()  # (n, K, C, Hc, Wc)
     if reduce == "abs-max":
-        return grads.abs().amax(2)
+        return grads.abs().amax(2), output
     if reduce == "l2":
-        return torch.linalg.vector_norm(grads, dim=2)
-    return (grads * canvases.detach()[:, None].float()).sum(2)
+        return torch.linalg.vector_norm(grads, dim=2), output
+    return (grads * canvases.detach()[:, None].float()).sum(2), output
 
 
 def _rounds_by_canvas(rounds: list[Round]) -> list[list[Round]]:
@@ -235,51 +274,39 @@ def _rounds_by_canvas(rounds: list[Round]) -> list[list[Round]]:
     return list(groups.values())
 
 
-def _accumulate(
-    sums: torch.Tensor,
+def accumulate_rounds(
+    sums: RoundSums,
     model: nn.Module,
     images: torch.Tensor,
     targets: Targets,
     rounds: list[Round],
     canvas_maps: CanvasMaps,
     chunk_size: int,
-    report: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Add the un-shuffled maps of ``rounds`` (same canvas) of every image to ``sums``
-    ``(B, K, H*W)``. Rows are (image, round) pairs, image-major; each chunk of rows is built
-    with one gather, goes through the model once and is un-shuffled with one gather;
-    ``report`` gets the rows done after each chunk."""
+    """Add the un-shuffled maps of every round of ``rounds`` of every image ``(B, C, H, W)``
+    to ``sums`` (anything with :meth:`RoundSums.add`). Rounds of one canvas size batch
+    together; rows are (image, round) pairs, image-major; each chunk of rows is built with one
+    gather, goes through the model once and is un-shuffled with one gather; ``progress`` gets
+    (rows done, ``B * len(rounds)``) after each chunk."""
     batch, channels = images.shape[:2]
-    sources = torch.stack([r.source for r in rounds])  # (R, P)
-    placements = torch.stack([r.placement for r in rounds])  # (R, H*W)
     flat = images.flatten(2)  # (B, C, H*W)
     channel = torch.arange(channels, device=images.device)[None, :, None]
-    rows = torch.arange(batch * len(rounds), device=images.device)
-    for index, chunk in enumerate(rows.split(chunk_size)):
-        image_of, round_of = chunk // len(rounds), chunk % len(rounds)
-        # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
-        picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
-        canvases = picked.unflatten(-1, rounds[0].canvas)
-        maps = canvas_maps(model, canvases, targets.of_rows(image_of)).float()
-        k = maps.shape[1]
-        back = maps.flatten(2).gather(2, placements[round_of][:, None, :].expand(-1, k, -1))
-        sums.index_add_(0, image_of, back)
-        if report is not None:
-            report(min((index + 1) * chunk_size, rows.numel()))
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``(..., H, W)`` maps blurred by a normalised Gaussian of ``sigma`` pixels (kernel
-    radius ``ceil(3 sigma)``, reflect border as torchvision, replicate where the image is
-    smaller than the radius), separably, on the maps' device."""
-    radius = math.ceil(3 * sigma)
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    shape = maps.shape
-    planes = maps.reshape(-1, 1, *shape[-2:])
-    mode = "reflect" if radius < min(shape[-2:]) else "replicate"
-    planes = F.pad(planes, (radius, radius, radius, radius), mode=mode)
-    planes = F.conv2d(planes, kernel.view(1, 1, 1, -1))
-    planes = F.conv2d(planes, kernel.view(1, 1, -1, 1))
-    return planes.reshape(shape)
+    done, total = 0, batch * len(rounds)
+    for group in _rounds_by_canvas(rounds):
+        sources = torch.stack([r.source for r in group])  # (R, P)
+        placements = torch.stack([r.placement for r in group])  # (R, H*W)
+        rows = torch.arange(batch * len(group), device=images.device)
+        for chunk in rows.split(chunk_size):
+            image_of, round_of = chunk // len(group), chunk % len(group)
+            # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
+            picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
+            canvases = picked.unflatten(-1, group[0].canvas)
+            chunk_targets = targets.of_rows(image_of)
+            maps, logits = canvas_maps(model, canvases, chunk_targets)
+            maps = maps.float()
+            index = placements[round_of][:, None, :].expand(-1, maps.shape[1], -1)
+            sums.add(image_of, maps.flatten(2).gather(2, index), logits, chunk_targets)
+            done += chunk.numel()
+            if progress is not None:
+                progress(done, total)
