@@ -6,9 +6,11 @@ figures), per-class IoU, precision and recall; with several folders, paired boot
 intervals of each method's mIoU difference to the best one (and to baselines).
 ``--ignore-classes`` and ``--class-map`` leave data-set classes out of these scores (e.g. the
 COCO classes without an ImageNet counterpart when the maps come through a class map). ``--boxes``
-adds localization (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP). Writes ``results.json``,
-``report.md``, ``miou_vs_threshold.png`` and ``overlays.png`` into ``--out``. Under
-``torchrun`` the images are sharded and the matrices all-reduced; rank 0 writes.
+adds localization (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP) and CAM's ILSVRC protocol (top-1
+and top-5 localization error; top-5 needs maps of ``loupe maps --topk 5``). Writes
+``results.json``, ``report.md``, ``miou_vs_threshold.png`` and ``overlays.png`` into
+``--out``. Under ``torchrun`` the images are sharded and the matrices all-reduced; rank 0
+writes.
 """
 
 from __future__ import annotations
@@ -60,10 +62,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        "(as loupe maps --class-map: 'coco_to_imagenet' or a JSON file "
                        "{name: [indices]}); combines with --ignore-classes")
     group.add_argument("--boxes", action="store_true",
-                       help="also localization: top-1 loc, GT-known loc, MaxBoxAccV2, PxAP")
+                       help="also localization: top-1 loc, GT-known loc, MaxBoxAccV2, PxAP, "
+                       "and CAM's top-1/top-5 localization error (top-5: maps of --topk 5)")
     group.add_argument("--box-threshold", type=float, default=0.2,
-                       help="CAM box rule for top-1/GT-known loc (fraction of the map's range)")
-    group.add_argument("--iou", type=float, default=0.5, help="IoU of top-1/GT-known loc")
+                       help="box rule of top-1/GT-known loc (wsolevaluation: fraction of the "
+                       "map's range, default 0.2)")
+    group.add_argument("--loc-threshold", type=float, default=0.2,
+                       help="box rule of CAM's localization error: fraction of the map's "
+                       "maximum (CAM 0.2, the default; Grad-CAM's paper 0.15)")
+    group.add_argument("--iou", type=float, default=0.5, help="IoU a box needs (0.5)")
     group.add_argument("--overlays", type=int, default=6,
                        help="images in overlays.png (0: none; needs images)")
     add_run_arguments(p, out_help="run folder for the results")
@@ -77,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     if not 0 < args.level < 1:
         raise UserError(f"--level must lie in (0, 1), got {args.level}")
+    if not 0 <= args.loc_threshold < 1:
+        raise UserError(f"--loc-threshold must lie in [0, 1), got {args.loc_threshold}")
+    if not 0 < args.iou <= 1:
+        raise UserError(f"--iou must lie in (0, 1], got {args.iou}")
     thresholds = tuple(round(float(t), 6) for t in default_thresholds().tolist())
     for value in args.fixed:
         if not any(abs(value - t) < 1e-6 for t in thresholds):
@@ -86,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     sources = make_sources(args.maps, args.masks, args.names)
     config = EvaluationConfig(dataset=spec, sources=sources, thresholds=thresholds,
                               boxes=args.boxes, box_threshold=args.box_threshold,
+                              loc_threshold=args.loc_threshold,
                               workers=args.workers, progress=not args.no_progress,
                               ignore_classes=tuple(args.ignore_classes),
                               class_map=args.class_map)

@@ -37,6 +37,7 @@ from loupe.evaluation.sources import Source, ignored_class_indices, relabel
 from loupe.mapsets.files import load_map_file, output_path
 from loupe.masks.palette import load_mask_png
 from loupe.metrics import (
+    EMPTY_BOX,
     PairRecord,
     confusion_matrix,
     default_cam_thresholds,
@@ -47,6 +48,7 @@ from loupe.metrics import (
     pxap_edges,
     sweep_confusions,
 )
+from loupe.metrics.localization import GuessRecord, cam_box, guess_ious, heuristic_guesses
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class EvaluationConfig:
     thresholds: tuple[float, ...] = tuple(round(t, 6) for t in default_thresholds().tolist())
     boxes: bool = False
     box_threshold: float = 0.2
+    loc_threshold: float = 0.2
     workers: int = 0
     progress: bool = True
     ignore_classes: tuple[str, ...] = ()
@@ -93,12 +96,14 @@ class Tally:
 @dataclass(frozen=True)
 class SourceFile:
     """One source's file for one image: ``data`` is its maps ``(K, H, W)`` with ``classes``
-    ``(K,)`` and the ``predicted`` class (boxes mode), or its mask ``(H, W)``."""
+    ``(K,)``, the ``predicted`` class and the maps' ``scores`` ``(K,)`` (boxes mode), or its
+    mask ``(H, W)``."""
 
     data: torch.Tensor
     classes: torch.Tensor | None
     path: Path
     predicted: int | None = None
+    scores: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -146,8 +151,9 @@ class _Items(Dataset):
         if source.kind == "masks":
             return SourceFile(load_mask_png(path), None, path)
         maps, classes = load_map_file(path)
-        predicted = _predicted(path) if self.boxes else None
-        return SourceFile(torch.from_numpy(maps), torch.from_numpy(classes), path, predicted)
+        predicted, scores = _ranking(path) if self.boxes else (None, None)
+        return SourceFile(torch.from_numpy(maps), torch.from_numpy(classes), path, predicted,
+                          scores)
 
 
 def _first(items: list[Item]) -> Item:
@@ -218,7 +224,7 @@ def _add_item(
             sums.per_image[k][item.index] = (nonzero.cpu(), flat[nonzero].cpu())
         if config.boxes and source.kind == "maps":
             sums.pairs[k][item.index] = _pair_records(file, item.boxes, item.box_labels,
-                                                      config.box_threshold)
+                                                      config, source.topk)
             if sums.pxap[k] is not None and gt is not None:
                 sums.pxap[k] += _pxap_counts(file, gt, item.box_labels, edges)
 
@@ -259,30 +265,58 @@ def _image_confusions(
 
 def _pair_records(
     file: SourceFile, boxes: torch.Tensor | None, box_labels: torch.Tensor | None,
-    box_threshold: float,
+    config: EvaluationConfig, topk: int | None,
 ) -> list[PairRecord]:
-    """One record per ground-truth class of the image with boxes (its map, or none)."""
+    """One record per ground-truth class of the image with boxes (its map, or none), with
+    the class against the image's guesses (CAM's ILSVRC protocol)."""
     maps, classes, predicted, path = file.data, file.classes, file.predicted, file.path
     cam_thresholds = default_cam_thresholds()
     if boxes is None or box_labels is None:
         raise ValueError(f"{path}: the data set has no boxes for this image; --boxes needs a "
-                         "data set with boxes (voc-boxes, wsol, coco, yolo, synthetic)")
+                         "data set with boxes (voc-boxes, wsol, coco, yolo, ilsvrc, synthetic)")
+    guessed, guess_maps = _guesses(file, topk)
+    guess_boxes = torch.stack([
+        cam_box(m, config.loc_threshold).cpu() if m is not None
+        else torch.tensor(EMPTY_BOX) for m in guess_maps
+    ]) if guess_maps else torch.zeros((0, 4), dtype=torch.long)
+    extra = heuristic_guesses(guessed, guess_maps) if topk and topk >= 3 else None
     records = []
     for label in sorted(set(box_labels.tolist())):
         gt = inclusive_boxes(boxes[box_labels == label])
         where = (classes == label).nonzero().flatten()
         scoremap = maps[int(where[0])] if where.numel() else None
-        records.append(pair_record(scoremap, gt, cam_thresholds, box_threshold=box_threshold,
-                                   correct=predicted == label))
+        match, iou = guess_ious(guessed, guess_boxes, label, gt)
+        heuristic = guess_ious(*extra, label, gt)[1] if extra is not None else None
+        record = pair_record(scoremap, gt, cam_thresholds, box_threshold=config.box_threshold,
+                             correct=predicted == label)
+        records.append(PairRecord(record.curve, record.cam_iou, record.correct, label,
+                                  GuessRecord(match, iou, heuristic)))
     return records
 
 
-def _predicted(path: Path) -> int:
+def _guesses(file: SourceFile, topk: int | None) -> tuple[torch.Tensor, list]:
+    """The image's ranked guesses, at most 5: with top-K maps the K classes by score, each
+    with its map; with maps of the image-level labels the top-1 class alone, with its map when
+    it is one of the labels (None otherwise)."""
+    classes, maps = file.classes, file.data
+    if topk:
+        order = torch.sort(file.scores, descending=True, stable=True).indices[:5]
+        return classes[order], [maps[int(i)] for i in order]
+    if file.predicted is None or file.predicted < 0:
+        return torch.zeros(0, dtype=torch.long), []
+    where = (classes == file.predicted).nonzero().flatten()
+    return (torch.tensor([file.predicted]),
+            [maps[int(where[0])] if where.numel() else None])
+
+
+def _ranking(path: Path) -> tuple[int, torch.Tensor]:
+    """The ``predicted`` class and the maps' ``scores`` ``(K,)`` of a map file."""
     with np.load(path, allow_pickle=False) as data:
-        if "predicted" not in data.files:
-            raise ValueError(f"{path}: no 'predicted' class (top-1 localization needs map files "
-                             "written by loupe maps)")
-        return int(data["predicted"])
+        missing = [k for k in ("predicted", "scores") if k not in data.files]
+        if missing:
+            raise ValueError(f"{path}: no {' or '.join(repr(k) for k in missing)} (top-1 "
+                             "localization needs map files written by loupe maps)")
+        return int(data["predicted"]), torch.from_numpy(data["scores"].astype(np.float32))
 
 
 def _pxap_counts(
