@@ -199,3 +199,30 @@ def test_bad_options_are_one_clear_line(folders, tmp_path, capsys, args, message
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("loupe evaluate: error:") and message in err
+
+
+def test_ilsvrc_xml_boxes_end_to_end(tmp_path):
+    """``loupe maps --dataset ilsvrc --topk 5`` and ``loupe evaluate --boxes`` on hand-written
+    ILSVRC XML files (3 synsets, so at most 3 guesses: top-5 figures are not given)."""
+    from tests.data.test_imagenet import write_ilsvrc
+
+    root = write_ilsvrc(tmp_path / "ilsvrc")
+    data = ["--dataset", "ilsvrc", "--root", str(root), "--no-progress"]
+    assert main(["maps", *data, "--model", "resnet18", "--weights", "random", "--num-classes",
+                 "3", "--method", "gradcam", "--topk", "3", "--out", str(tmp_path / "maps")]) == 0
+    stored = read_npz(tmp_path / "maps" / "ILSVRC2012_val_00000001.npz")
+    assert sorted(stored["classes"].tolist()) == [0, 1, 2]  # the 3 synsets, ranked
+    assert main(["evaluate", *data, "--maps", str(tmp_path / "maps"), "--boxes",
+                 "--bootstrap", "0", "--out", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    ilsvrc = results["localization"]["maps"]["ilsvrc"]
+    assert results["has_masks"] is False and ilsvrc["images"] == 2 and ilsvrc["pairs"] == 2
+    assert ilsvrc["guesses"] == "top-3" and ilsvrc["top5_loc_error"] is None
+    assert ilsvrc["top5_loc_error_heuristic"] is not None  # three maps: the five guesses
+    misses = []  # image 1 shows synset 2, image 2 synset 0
+    for sample_id, label in (("ILSVRC2012_val_00000001", 2), ("ILSVRC2012_val_00000002", 0)):
+        stored = read_npz(tmp_path / "maps" / f"{sample_id}.npz")
+        top1 = int(stored["classes"][np.argmax(stored["scores"])])
+        misses.append(float(top1 != label))
+    assert ilsvrc["top1_cls_error"] == pytest.approx(np.mean(misses))
+    assert ilsvrc["top1_loc_error"] >= ilsvrc["top1_cls_error"]
