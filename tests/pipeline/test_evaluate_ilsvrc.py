@@ -204,7 +204,7 @@ def test_bad_options_are_one_clear_line(folders, tmp_path, capsys, args, message
 def test_ilsvrc_xml_boxes_end_to_end(tmp_path):
     """``loupe maps --dataset ilsvrc --topk 5`` and ``loupe evaluate --boxes`` on hand-written
     ILSVRC XML files (3 synsets, so at most 3 guesses: top-5 figures are not given)."""
-    from tests.data.test_imagenet import write_ilsvrc
+    from tests.data.test_ilsvrc import write_ilsvrc
 
     root = write_ilsvrc(tmp_path / "ilsvrc")
     data = ["--dataset", "ilsvrc", "--root", str(root), "--no-progress"]

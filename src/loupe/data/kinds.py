@@ -9,7 +9,7 @@ from typing import Any
 from loupe.data.base import ImageDataset, PathLike
 from loupe.data.coco import COCOSegmentation
 from loupe.data.folder import FolderSegmentation
-from loupe.data.imagenet import ImageNetBoxes
+from loupe.data.ilsvrc import ILSVRCBoxes
 from loupe.data.voc import VOCBoxes, VOCSegmentation
 from loupe.data.wsol import WSOLMetadata
 from loupe.data.yolo import YOLOSegmentation
@@ -21,7 +21,7 @@ DATASET_KINDS: Mapping[str, Callable[..., ImageDataset]] = MappingProxyType({
     "folder": FolderSegmentation,
     "yolo": YOLOSegmentation,
     "wsol": WSOLMetadata,
-    "ilsvrc": ImageNetBoxes,
+    "ilsvrc": ILSVRCBoxes,
 })
 """Kind name -> data-set class (read-only)."""
 

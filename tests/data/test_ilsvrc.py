@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loupe.data import ImageNetBoxes, open_dataset
+from loupe.data import ILSVRCBoxes, open_dataset
 from loupe.data.spec import DatasetSpec, open_spec
 
 from .layouts import write_image
@@ -61,7 +61,7 @@ def write_ilsvrc(root: Path, synsets: bool = True) -> Path:
 
 def test_reads_boxes_classes_and_images_in_the_release_layout(tmp_path):
     data = open_dataset("ilsvrc", write_ilsvrc(tmp_path))
-    assert isinstance(data, ImageNetBoxes)
+    assert isinstance(data, ILSVRCBoxes)
     assert data.ids == ("ILSVRC2012_val_00000001", "ILSVRC2012_val_00000002")
     assert data.class_names == ("n01440764", "n01443537", "n01751748")  # the synset file's order
     sample = data[0]

@@ -36,7 +36,7 @@ SYNSET_FILE = "LOC_synset_mapping.txt"
 IMAGE_SUFFIXES = (".JPEG", ".jpeg", ".jpg", ".png")
 
 
-class ImageNetBoxes(ImageDataset):
+class ILSVRCBoxes(ImageDataset):
     """ILSVRC boxes and images (layout and rules in the module docstring).
 
     Args:
