@@ -56,7 +56,7 @@ def add_dataset_arguments(p: argparse.ArgumentParser, *, required: bool = True) 
     group.add_argument("--labels-file", help="image-level labels (voc: cls_labels.npy or JSON; "
                        "folder: JSON)")
     group.add_argument("--class-names", help="class names file, or 'coco' (yolo folders "
-                       "without data.yaml, e.g. coco128-seg); ilsvrc: LOC_synset_mapping.txt")
+                       "without data.yaml, e.g. coco128-seg)")
     group.add_argument("--limit", type=int, default=0, help="only the first N images")
     defaults = SyntheticSplits()
     group.add_argument("--synthetic-train", type=int, default=defaults.n_train,

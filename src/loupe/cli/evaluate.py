@@ -62,11 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        "(as loupe maps --class-map: 'coco_to_imagenet' or a JSON file "
                        "{name: [indices]}); combines with --ignore-classes")
     group.add_argument("--boxes", action="store_true",
-                       help="also localization: top-1 loc, GT-known loc, MaxBoxAccV2, PxAP, "
-                       "and CAM's top-1/top-5 localization error (top-5: maps of --topk 5)")
+                       help="also localization: top-1 loc, GT-known loc, MaxBoxAccV2, PxAP")
     group.add_argument("--box-threshold", type=float, default=0.2,
-                       help="box rule of top-1/GT-known loc (wsolevaluation: fraction of the "
-                       "map's range, default 0.2)")
+                       help="CAM box rule for top-1/GT-known loc (fraction of the map's range)")
     group.add_argument("--loc-threshold", type=float, default=0.2,
                        help="box rule of CAM's localization error: fraction of the map's "
                        "maximum (CAM 0.2, the default; Grad-CAM's paper 0.15)")
@@ -84,10 +82,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     if not 0 < args.level < 1:
         raise UserError(f"--level must lie in (0, 1), got {args.level}")
-    if not 0 <= args.loc_threshold < 1:
-        raise UserError(f"--loc-threshold must lie in [0, 1), got {args.loc_threshold}")
-    if not 0 < args.iou <= 1:
-        raise UserError(f"--iou must lie in (0, 1], got {args.iou}")
     thresholds = tuple(round(float(t), 6) for t in default_thresholds().tolist())
     for value in args.fixed:
         if not any(abs(value - t) < 1e-6 for t in thresholds):
@@ -95,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
                             "..., 0.95")
     spec = dataset_spec(args)
     sources = make_sources(args.maps, args.masks, args.names)
+    if not 0 <= args.loc_threshold < 1:
+        raise ValueError(f"--loc-threshold must lie in [0, 1), got {args.loc_threshold}")
+    if not 0 < args.iou <= 1:
+        raise ValueError(f"--iou must lie in (0, 1], got {args.iou}")
     config = EvaluationConfig(dataset=spec, sources=sources, thresholds=thresholds,
                               boxes=args.boxes, box_threshold=args.box_threshold,
                               loc_threshold=args.loc_threshold,

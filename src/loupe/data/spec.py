@@ -68,8 +68,7 @@ class DatasetSpec:
 
     class_names: a file of names (one per line), or ``"coco"`` for the 80 COCO names (YOLO
     folders without a ``data.yaml``, such as coco128-seg). For ``folder`` and ``wsol`` the
-    file lists every class (``folder``: line 0 = background); for ``yolo`` the object classes;
-    for ``ilsvrc`` the synsets (``LOC_synset_mapping.txt``).
+    file lists every class (``folder``: line 0 = background); for ``yolo`` the object classes.
     limit: only the first ``limit`` images (0 = all).
     """
 
@@ -127,8 +126,8 @@ def _spec_options(spec: DatasetSpec, images: bool) -> dict[str, Any]:
         if spec.kind not in ("voc", "folder"):
             raise ValueError(f"--labels-file is only for voc and folder, not {spec.kind}")
         options["labels_file"] = spec.labels_file
-    if spec.class_names and spec.kind == "ilsvrc":
-        options["synsets"] = spec.class_names  # LOC_synset_mapping.txt: "<wnid> <words>"
+    if spec.class_names and spec.kind == "ilsvrc":  # the synsets: LOC_synset_mapping.txt
+        options["synsets"] = spec.class_names
     elif spec.class_names:
         names = (list(COCO_CLASSES) if spec.class_names == "coco"
                  else read_class_names(spec.class_names))
