@@ -19,15 +19,12 @@ from loupe.mapsets.files import read_run_description
 class Source:
     """One method to evaluate: a folder of map files (``kind="maps"``) or of paletted mask
     PNGs (``kind="masks"``), and the name it has in the reports. ``method`` is the map method
-    recorded in the folder's ``maps.json`` (None when unknown); ``topk`` is K when its maps
-    are those of each image's K best classes (``loupe maps --topk K``), None when they are
-    those of the image-level labels."""
+    recorded in the folder's ``maps.json`` (None when unknown)."""
 
     name: str
     folder: Path
     kind: str
     method: str | None = None
-    topk: int | None = None
 
     @property
     def suffix(self) -> str:
@@ -55,23 +52,15 @@ def make_sources(
         suffix = ".npz" if kind == "maps" else ".png"
         if next(folder.rglob(f"*{suffix}"), None) is None:
             raise ValueError(f"--{kind} {folder}: empty {kind} folder (no *{suffix} files)")
-        method, topk = None, None
+        method = None
         if kind == "maps" and (folder / "maps.json").is_file():
-            description = read_run_description(folder / "maps.json", "maps.json")
-            method, topk = description.get("method"), _topk(description.get("targets"))
+            method = read_run_description(folder / "maps.json", "maps.json").get("method")
         name = names[i] if names is not None else folder.name
-        sources.append(Source(name, folder, kind, method, topk))
+        sources.append(Source(name, folder, kind, method))
     taken = [s.name for s in sources]
     if len(set(taken)) != len(taken):
         raise ValueError(f"two folders have the same name ({', '.join(taken)}); give --names")
     return tuple(sources)
-
-
-def _topk(targets: object) -> int | None:
-    """K of a ``maps.json`` ``targets`` entry ``"top-K"``; None for the image-level labels."""
-    if isinstance(targets, str) and targets.startswith("top-") and targets[4:].isdigit():
-        return int(targets[4:])
-    return None
 
 
 def ignored_class_indices(

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from loupe import distributed
 from loupe.data.spec import DatasetSpec, open_spec, selected_count
 from loupe.evaluation.sources import Source, ignored_class_indices, relabel
-from loupe.mapsets.files import load_map_file, output_path
+from loupe.mapsets.files import load_map_file, output_path, read_run_description
 from loupe.masks.palette import load_mask_png
 from loupe.metrics import (
     EMPTY_BOX,
@@ -162,12 +162,14 @@ def _first(items: list[Item]) -> Item:
 
 @dataclass
 class _Sums:
-    """One rank's running sums, one entry per source (see :class:`Tally`)."""
+    """One rank's running sums, one entry per source (see :class:`Tally`), and each maps
+    source's ``--topk`` (:func:`maps_topk`)."""
 
     confusions: list[torch.Tensor]
     per_image: list[dict] = field(default_factory=list)
     pairs: list[dict] = field(default_factory=list)
     pxap: list[torch.Tensor | None] = field(default_factory=list)
+    topk: list[int | None] = field(default_factory=list)
 
 
 def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | None:
@@ -190,6 +192,7 @@ def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | 
         [torch.zeros((2, edges.numel() + 1), dtype=torch.long)
          if config.boxes and has_masks and s.kind == "maps" else None for s in config.sources],
     )
+    sums.topk = [maps_topk(s) for s in config.sources]
     indices = distributed.shard(list(range(count)))
     loader = DataLoader(_Items(dataset, config.sources, config.boxes), batch_size=1,
                         sampler=indices, num_workers=config.workers, collate_fn=_first)
@@ -224,7 +227,7 @@ def _add_item(
             sums.per_image[k][item.index] = (nonzero.cpu(), flat[nonzero].cpu())
         if config.boxes and source.kind == "maps":
             sums.pairs[k][item.index] = _pair_records(file, item.boxes, item.box_labels,
-                                                      config, source.topk)
+                                                      config, sums.topk[k])
             if sums.pxap[k] is not None and gt is not None:
                 sums.pxap[k] += _pxap_counts(file, gt, item.box_labels, edges)
 
@@ -292,6 +295,19 @@ def _pair_records(
         records.append(PairRecord(record.curve, record.cam_iou, record.correct, label,
                                   GuessRecord(match, iou, heuristic)))
     return records
+
+
+def maps_topk(source: Source) -> int | None:
+    """K when a maps folder holds the maps of each image's K best classes (``loupe maps
+    --topk K``, recorded as ``"targets": "top-K"`` in its ``maps.json``); None for maps of the
+    image-level labels, a masks folder or a folder without ``maps.json``."""
+    path = source.folder / "maps.json"
+    if source.kind != "maps" or not path.is_file():
+        return None
+    targets = read_run_description(path, "maps.json").get("targets")
+    if isinstance(targets, str) and targets.startswith("top-") and targets[4:].isdigit():
+        return int(targets[4:])
+    return None
 
 
 def _guesses(file: SourceFile, topk: int | None) -> tuple[torch.Tensor, list]:
