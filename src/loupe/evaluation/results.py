@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from loupe.evaluation.sources import Source
-from loupe.evaluation.tally import Tally, maps_topk, per_image_confusions
+from loupe.evaluation.tally import Tally, per_image_confusions
+from loupe.mapsets.guesses import maps_topk
 from loupe.metrics import (
     bootstrap_miou_ci,
     bootstrap_miou_difference,
@@ -128,7 +129,7 @@ def ilsvrc_errors(tally: Tally, k: int, source: Source, iou: float) -> dict[str,
               for index in sorted(tally.pairs[k])]
     if not any(images):
         return None
-    topk = maps_topk(source)
+    topk = maps_topk(source.folder)
     max_k = topk or 1
     result = localization_errors(images, max_k=max_k, iou=iou, heuristic=max_k >= 3)
     return {**result, "guesses": f"top-{max_k}" if topk else "top-1 (label maps)"}

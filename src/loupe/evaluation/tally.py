@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -34,10 +33,10 @@ from tqdm import tqdm
 from loupe import distributed
 from loupe.data.spec import DatasetSpec, open_spec, selected_count
 from loupe.evaluation.sources import Source, ignored_class_indices, relabel
-from loupe.mapsets.files import load_map_file, output_path, read_run_description
+from loupe.mapsets.files import load_map_file, output_path
+from loupe.mapsets.guesses import guess_records, maps_topk, ranked_guesses, read_ranking
 from loupe.masks.palette import load_mask_png
 from loupe.metrics import (
-    EMPTY_BOX,
     PairRecord,
     confusion_matrix,
     default_cam_thresholds,
@@ -48,7 +47,6 @@ from loupe.metrics import (
     pxap_edges,
     sweep_confusions,
 )
-from loupe.metrics.localization import GuessRecord, cam_box, guess_ious, heuristic_guesses
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +149,7 @@ class _Items(Dataset):
         if source.kind == "masks":
             return SourceFile(load_mask_png(path), None, path)
         maps, classes = load_map_file(path)
-        predicted, scores = _ranking(path) if self.boxes else (None, None)
+        predicted, scores = read_ranking(path) if self.boxes else (None, None)
         return SourceFile(torch.from_numpy(maps), torch.from_numpy(classes), path, predicted,
                           scores)
 
@@ -192,7 +190,7 @@ def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | 
         [torch.zeros((2, edges.numel() + 1), dtype=torch.long)
          if config.boxes and has_masks and s.kind == "maps" else None for s in config.sources],
     )
-    sums.topk = [maps_topk(s) for s in config.sources]
+    sums.topk = [maps_topk(s.folder) if s.kind == "maps" else None for s in config.sources]
     indices = distributed.shard(list(range(count)))
     loader = DataLoader(_Items(dataset, config.sources, config.boxes), batch_size=1,
                         sampler=indices, num_workers=config.workers, collate_fn=_first)
@@ -277,62 +275,20 @@ def _pair_records(
     if boxes is None or box_labels is None:
         raise ValueError(f"{path}: the data set has no boxes for this image; --boxes needs a "
                          "data set with boxes (voc-boxes, wsol, coco, yolo, ilsvrc, synthetic)")
-    guessed, guess_maps = _guesses(file, topk)
-    guess_boxes = torch.stack([
-        cam_box(m, config.loc_threshold).cpu() if m is not None
-        else torch.tensor(EMPTY_BOX) for m in guess_maps
-    ]) if guess_maps else torch.zeros((0, 4), dtype=torch.long)
-    extra = heuristic_guesses(guessed, guess_maps) if topk and topk >= 3 else None
+    gt_boxes = {label: inclusive_boxes(boxes[box_labels == label])
+                for label in sorted(set(box_labels.tolist()))}
+    guessed, guess_maps = ranked_guesses(maps, classes, file.scores, predicted, topk)
+    guesses = guess_records(guessed, guess_maps, gt_boxes, threshold=config.loc_threshold,
+                            heuristic=bool(topk and topk >= 3))
     records = []
-    for label in sorted(set(box_labels.tolist())):
-        gt = inclusive_boxes(boxes[box_labels == label])
+    for label, gt in gt_boxes.items():
         where = (classes == label).nonzero().flatten()
         scoremap = maps[int(where[0])] if where.numel() else None
-        match, iou = guess_ious(guessed, guess_boxes, label, gt)
-        heuristic = guess_ious(*extra, label, gt)[1] if extra is not None else None
         record = pair_record(scoremap, gt, cam_thresholds, box_threshold=config.box_threshold,
                              correct=predicted == label)
         records.append(PairRecord(record.curve, record.cam_iou, record.correct, label,
-                                  GuessRecord(match, iou, heuristic)))
+                                  guesses[label]))
     return records
-
-
-def maps_topk(source: Source) -> int | None:
-    """K when a maps folder holds the maps of each image's K best classes (``loupe maps
-    --topk K``, recorded as ``"targets": "top-K"`` in its ``maps.json``); None for maps of the
-    image-level labels, a masks folder or a folder without ``maps.json``."""
-    path = source.folder / "maps.json"
-    if source.kind != "maps" or not path.is_file():
-        return None
-    targets = read_run_description(path, "maps.json").get("targets")
-    if isinstance(targets, str) and targets.startswith("top-") and targets[4:].isdigit():
-        return int(targets[4:])
-    return None
-
-
-def _guesses(file: SourceFile, topk: int | None) -> tuple[torch.Tensor, list]:
-    """The image's ranked guesses, at most 5: with top-K maps the K classes by score, each
-    with its map; with maps of the image-level labels the top-1 class alone, with its map when
-    it is one of the labels (None otherwise)."""
-    classes, maps = file.classes, file.data
-    if topk:
-        order = torch.sort(file.scores, descending=True, stable=True).indices[:5]
-        return classes[order], [maps[int(i)] for i in order]
-    if file.predicted is None or file.predicted < 0:
-        return torch.zeros(0, dtype=torch.long), []
-    where = (classes == file.predicted).nonzero().flatten()
-    return (torch.tensor([file.predicted]),
-            [maps[int(where[0])] if where.numel() else None])
-
-
-def _ranking(path: Path) -> tuple[int, torch.Tensor]:
-    """The ``predicted`` class and the maps' ``scores`` ``(K,)`` of a map file."""
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("predicted", "scores") if k not in data.files]
-        if missing:
-            raise ValueError(f"{path}: no {' or '.join(repr(k) for k in missing)} (top-1 "
-                             "localization needs map files written by loupe maps)")
-        return int(data["predicted"]), torch.from_numpy(data["scores"].astype(np.float32))
 
 
 def _pxap_counts(
