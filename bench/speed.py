@@ -209,6 +209,7 @@ CASES = [
 ]
 CASES += __import__("cases_guided").cases(Case)  # guided-backprop, guided-gradcam
 CASES += __import__("cases_perturb").CASES if __name__ == "__main__" else []  # no cycle
+CASES += __import__("cases_methods").CASES if __name__ == "__main__" else []  # no cycle
 
 
 # -- timing ----------------------------------------------------------------------------------

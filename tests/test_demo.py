@@ -83,4 +83,4 @@ def test_demo_end_to_end_at_the_small_size(tmp_path, capsys):
 
 def test_bad_thread_count_is_refused(tmp_path, capsys):
     assert main(["demo", "--threads", "0", "--out", str(tmp_path)]) == 2
-    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert "argument --threads: expected an integer >= 1" in capsys.readouterr().err

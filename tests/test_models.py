@@ -115,7 +115,7 @@ def test_read_labels(tmp_path):
     assert read_labels(path, offset=1) == ("cat", "dog")
     with pytest.raises(FileNotFoundError, match="labels file .*nope.txt does not exist"):
         read_labels(tmp_path / "nope.txt")
-    with pytest.raises(ValueError, match="labels.txt: --labels-offset 3 leaves no names"):
+    with pytest.raises(ValueError, match="labels.txt: --label-offset 3 leaves no names"):
         read_labels(path, offset=3)
 
 
@@ -194,7 +194,7 @@ def test_load_classifier_from_file_random_and_errors(resnet18_file, tmp_path):
     assert rand.model.fc.out_features == 4 and rand.class_names is None
     assert rand.preprocessing == preprocessing_from_options()
     with pytest.raises(ValueError, match="my.txt: 3 class names for a model with 7 outputs .*"
-                                         "--labels-offset 1"):
+                                         "--label-offset 1"):
         load_classifier("resnet18", str(path), labels=("a", "b", "c"), labels_source="my.txt")
     with pytest.raises(ValueError, match="'IMAGENET_V9' is neither a file nor a weight name for "
                                          "resnet18 .*IMAGENET1K_V1"):

@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loupe.context import MapContext
+from loupe.context import MapContext, Progress
 from loupe.hooks import hooked
 from loupe.layers import Reshape, default_reshape, find_target_layer
 from loupe.masks.normalize import normalize
-from loupe.registry import get_method
+from loupe.method_specs import resolve_method
+from loupe.registry import MethodSpec, get_method
 from loupe.targets import TargetsLike, resolve_targets
 
 __all__ = ["MapContext", "explain", "normalize"]
@@ -29,6 +30,7 @@ def explain(
     reshape: Reshape | None = None,
     upsample: bool = True,
     autocast: bool = False,
+    progress: Progress | None = None,
     **options: object,
 ) -> torch.Tensor:
     """Class maps of ``images`` for ``targets``, shape ``(B, K, H, W)``, float32, raw.
@@ -37,7 +39,8 @@ def explain(
         model: any classifier (or any model, with score-function targets).
         images: ``(B, C, H, W)`` preprocessed input; never modified.
         targets: see :mod:`loupe.targets`; ``None`` explains the top-1 class.
-        method: a name from :func:`loupe.list_methods`.
+        method: a name from :func:`loupe.list_methods`, or a spec with options such as
+            ``"shuffle:n_shuffles=16"`` (:mod:`loupe.method_specs`; none also in ``options``).
         target_layer: module name for layer methods (``"layer4"``); found automatically if None.
         reshape: turns the layer's output into ``(B, C, h, w)``; the default drops class
             tokens of ViTs and reshapes the rest to a square grid, and permutes the
@@ -45,6 +48,8 @@ def explain(
             :func:`loupe.layers.default_reshape`.
         upsample: bilinear upsampling to ``(H, W)``; False returns the method's own resolution.
         autocast: run the model under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
+        progress: told the images done so far (a float up to ``B``) after each chunk of
+            forwards of the long methods (Score-CAM, shuffle, SmoothGrad, IG), and at the end.
         options: method options (see each method's docstring).
 
     Returns:
@@ -52,41 +57,37 @@ def explain(
         parameter ``requires_grad`` flags and hooks are as before the call, also on error.
     """
     _check_images(images)
-    spec = get_method(method)
-    _check_options(spec.name, spec.function, options)
-    layer = None
-    if spec.uses_layer:
-        layer = target_layer or find_target_layer(model, images)
-    elif target_layer is not None:
-        if "target_layer" not in inspect.signature(spec.function).parameters:
-            raise ValueError(f"method {method!r} does not use a target layer")
-        options["target_layer"] = target_layer
+    name, options = resolve_method(method, options, "the keyword arguments")
+    spec = get_method(name)
+    layer = _layer_of(spec, model, images, target_layer, options)
     resolved = resolve_targets(targets, images.shape[0], images.device)
     amp = _autocast_context(images.device) if autocast else nullcontext()
     # Gradients are the method's business: a caller's torch.no_grad() must not break them.
     with hooked(model, [layer] if layer else []) as captured, amp, torch.enable_grad():
         context = MapContext(
-            model, images.detach(), resolved, layer, captured, reshape or default_reshape(model)
+            model, images.detach(), resolved, layer, captured, reshape or default_reshape(model),
+            progress,
         )
         maps = spec.function(context, **options)
+    if progress is not None:
+        progress(float(images.shape[0]))
     maps = maps.float()
     if upsample and maps.shape[-2:] != images.shape[-2:]:
         maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return maps
 
 
-def _check_options(name: str, function: object, options: dict[str, object]) -> None:
-    """A ValueError naming the options that the method ``name`` does not take."""
-    parameters = list(inspect.signature(function).parameters.values())[1:]  # after ctx
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return
-    known = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(
-            f"method {name!r} has no option {', '.join(repr(u) for u in unknown)}; "
-            f"its options are: {', '.join(known) or 'none'}"
-        )
+def _layer_of(spec: MethodSpec, model: nn.Module, images: torch.Tensor,
+              target_layer: str | None, options: dict[str, object]) -> str | None:
+    """The layer a layer method reads (``target_layer`` or found); for other methods None,
+    with ``target_layer`` passed on as an option to the methods that take one."""
+    if spec.uses_layer:
+        return target_layer or find_target_layer(model, images)
+    if target_layer is not None:
+        if "target_layer" not in inspect.signature(spec.function).parameters:
+            raise ValueError(f"method {spec.name!r} does not use a target layer")
+        options["target_layer"] = target_layer
+    return None
 
 
 def _check_images(images: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -11,11 +12,16 @@ from loupe.hooks import Captured
 from loupe.layers import Reshape
 from loupe.targets import Targets
 
+#: Told how many images of the call are done, as a float (``2.5``: two and a half images'
+#: worth of forwards), never more than the batch size; the library prints nothing itself.
+Progress = Callable[[float], None]
+
 
 @dataclass(frozen=True)
 class MapContext:
     """What a map method gets: the prepared model, the images, the resolved targets and, for
-    layer methods, the target layer's name, its captured activation and the reshape."""
+    layer methods, the target layer's name, its captured activation and the reshape; and
+    ``progress``, the caller's :data:`Progress` callback or None."""
 
     model: nn.Module
     images: torch.Tensor
@@ -23,6 +29,13 @@ class MapContext:
     layer: str | None
     captured: Captured
     reshape: Reshape
+    progress: Progress | None = None
+
+    def report_rows(self, done: int, total: int) -> None:
+        """Report progress of a method that works through ``total`` rows (image-major: the
+        rows of image ``b`` are ``b * total / B ...``), ``done`` of them finished."""
+        if self.progress is not None and total > 0:
+            self.progress(self.images.shape[0] * min(done, total) / total)
 
     def activation(self) -> torch.Tensor:
         """The target layer's last captured output as a grid ``(B, C, h, w)``."""

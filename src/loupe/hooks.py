@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -33,7 +33,8 @@ class Captured(dict[str, torch.Tensor]):
 
 @contextmanager
 def hooked(
-    model: nn.Module, layers: Sequence[str] = (), *, leaf: bool = True
+    model: nn.Module, layers: Sequence[str] = (), *, leaf: bool = True,
+    edit: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Iterator[Captured]:
     """Prepare ``model`` for explanation and capture the outputs of ``layers``.
 
@@ -41,10 +42,13 @@ def hooked(
     (so no weight gradient is ever computed or accumulated). With ``leaf=True`` each captured
     output is replaced by a detached copy that requires grad: the graph starts at that layer,
     and nothing before it is recorded. Token outputs ``(B, N, C)`` are captured as they are.
-    On exit, in ``finally``: hooks removed, ``training`` and every ``requires_grad`` flag
-    restored, also when the forward raised.
+    ``edit`` maps more layer names to functions of their output whose result the model goes on
+    with (AblationCAM's ablated copies, FullGrad's zero probes); those outputs are captured as
+    they are. On exit, in ``finally``: hooks removed, ``training`` and every ``requires_grad``
+    flag restored, also when the forward raised.
     """
-    modules = {name: find_module(model, name) for name in layers}
+    edit = dict(edit or {})
+    modules = {name: find_module(model, name) for name in [*layers, *edit]}
     training = {m: m.training for m in model.modules()}
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     captured = Captured()
@@ -57,6 +61,9 @@ def hooked(
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; "
                     "choose a layer whose output is a feature map"
                 )
+            if name in edit:
+                captured[name] = output
+                return edit[name](output)
             if leaf and captured.cut and torch.is_grad_enabled():
                 # The graph starts at this leaf; the model goes on with a non-leaf copy so
                 # that in-place ops after the layer (DenseNet's F.relu(inplace=True)) work.

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 PathLike = str | os.PathLike[str]
 
@@ -65,14 +65,43 @@ def save_image(path: PathLike, image: Image.Image) -> None:
 
 
 def load_rgb(path: PathLike) -> Image.Image:
-    """An RGB image; a ValueError naming the file when it cannot be read."""
+    """An RGB image as it is meant to be seen (:func:`rgb_image`: EXIF orientation applied,
+    16-bit scaled to 8-bit); a ValueError naming the file when it cannot be read."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return rgb_image(image)
     except FileNotFoundError:
         raise
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: cannot read image ({error})") from error
+
+
+#: PIL modes of 16-bit (and 32-bit integer) single-channel images; ``I`` is what older
+#: Pillow versions and TIFF readers give for 16-bit grey, so its range is taken as 16-bit.
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ORIENTATION = 0x0112  # EXIF tag
+_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+def rgb_image(image: Image.Image) -> Image.Image:
+    """``image`` in RGB as a viewer shows it: its EXIF orientation applied
+    (``PIL.ImageOps.exif_transpose``: a phone photo stored sideways with orientation 6 comes
+    out upright) and 16-bit grey (:data:`WIDE_MODES`) scaled to 8 bits (``round(v / 257)``,
+    so 65535 -> 255), not clipped at 255 as ``Image.convert`` does."""
+    if image.getexif().get(_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image).astype(np.float64).clip(0, 65535)
+        image = Image.fromarray(np.rint(values / 257).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of ``image`` after its EXIF orientation (:func:`rgb_image`),
+    from the header only."""
+    width, height = image.size
+    orientation = image.getexif().get(_ORIENTATION)
+    return (height, width) if orientation in _TRANSPOSED else (width, height)
 
 
 def to_jsonable(value: object) -> object:

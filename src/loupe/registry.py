@@ -1,19 +1,24 @@
 """The method registry: methods register under a short name; the CLI, docs and tests read it.
 
-The registry imports no method: ``import loupe`` (the package's ``__init__``) imports
-:mod:`loupe.methods`, whose modules register themselves, so every built-in method is listed
-as soon as anything of loupe is imported."""
+The registry imports no method by name: the package's ``__init__`` (which runs before any
+module of loupe) names :mod:`loupe.methods` with :func:`load_methods_from`, and the registry
+imports it before its first lookup; its modules register themselves. So every built-in method
+is listed whichever module asks first, and importing loupe alone (``loupe --help``) does not
+import torch."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # A map method: (model, images, targets, context) -> raw maps (B, K, h, w) at any resolution.
-MapFunction = Callable[..., torch.Tensor]
+MapFunction = Callable[..., "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,11 @@ class _Registry:
 
     def __init__(self) -> None:
         self._specs: dict[str, MethodSpec] = {}
+        self._pending: list[str] = []  # modules to import before the first lookup
+
+    def load_from(self, module: str) -> None:
+        if module not in self._pending:
+            self._pending.append(module)
 
     def add(self, spec: MethodSpec) -> None:
         if spec.name in self._specs:
@@ -46,10 +56,17 @@ class _Registry:
         self._specs[spec.name] = spec
 
     def view(self) -> Mapping[str, MethodSpec]:
+        while self._pending:  # popped first: a module that looks up while importing is fine
+            importlib.import_module(self._pending.pop(0))
         return MappingProxyType(self._specs)
 
 
 _REGISTRY = _Registry()
+
+
+def load_methods_from(module: str) -> None:
+    """Import ``module`` (whose import registers methods) before the registry's next lookup."""
+    _REGISTRY.load_from(module)
 
 
 def register(

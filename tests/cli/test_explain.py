@@ -15,70 +15,39 @@ import torchvision.transforms as T
 from PIL import Image
 
 import loupe
-from loupe.cli import main
-from loupe.cli.args import parse_value
-from loupe.cli.explain import title
 from loupe.cli.methods import format_table, method_rows
-from loupe.io import load_npz
+from loupe.explaining.outputs import target_title
+from loupe.explaining.targets import Target
+from loupe.io import load_npz, read_json
+from loupe.method_specs import parse_value
 from loupe.models import random_model
 from loupe.reports.overlay import blend, colormap_table, overlay_panels
-
-NAMES = ["background", "ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "ibis", "jay"]
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def write_image(path: Path, width: int, height: int, seed: int) -> Path:
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=g)
-    Image.fromarray(pixels.numpy(), "RGB").save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict[str, Path]:
-    """A seeded 10-class resnet18 state dict, a labels file whose line 0 is background, and a
-    folder with three small images (one not square, one JPEG)."""
-    root = tmp_path_factory.mktemp("explain")
-    model = random_model("resnet18", num_classes=10, seed=0)
-    torch.save(model.state_dict(), root / "r18.pth")
-    (root / "labels.txt").write_text("\n".join(NAMES) + "\n")
-    images = root / "images"
-    images.mkdir()
-    write_image(images / "a.png", 32, 32, 1)
-    write_image(images / "b.jpg", 48, 40, 2)
-    write_image(images / "c.png", 32, 36, 3)
-    return {"root": root, "weights": root / "r18.pth", "labels": root / "labels.txt",
-            "images": images}
-
-
-def base_args(world: dict[str, Path], out: Path, *inputs: object) -> list[str]:
-    return [
-        "explain", *(str(i) for i in (inputs or [world["images"]])),
-        "--model", "resnet18", "--weights", str(world["weights"]),
-        "--size", "32", "--resize", "32", "--device", "cpu",
-        "--labels", str(world["labels"]), "--labels-offset", "1", "--out", str(out),
-    ]
+from tests.cli.conftest import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NAMES,
+    assert_error,
+    base_args,
+    raw_maps,
+    run_cli,
+)
 
 
 def expected_outputs(world: dict[str, Path], name: str, k: int, method: str = "gradcam"):
     """Classes, softmax scores and maps computed without the CLI: torchvision's transforms for
-    the input, the model's own top-k, and loupe.explain for the maps."""
+    the input (the whole image, shorter side 32), the model's own top-k, and loupe.explain for
+    the maps."""
     model = random_model("resnet18", num_classes=10)
     model.load_state_dict(torch.load(world["weights"], weights_only=True))
-    transform = T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor(),
+    transform = T.Compose([T.Resize(32, max_size=1024), T.ToTensor(),
                            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     x = transform(Image.open(world["images"] / name).convert("RGB"))[None]
     with torch.no_grad():
         logits = model(x)
     scores, classes = logits.softmax(1).topk(k, dim=1)
-    maps = loupe.explain(model, x, classes, method=method)
+    # the layer the CLI finds on a 32x32 reference input (layer4 is 1x1 there), for every image
+    maps = loupe.explain(model, x, classes, method=method, target_layer="layer3")
     return classes[0], scores[0], maps[0]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # -- the happy path --------------------------------------------------------------------------
@@ -87,26 +56,33 @@ def test_explain_writes_maps_and_overlays(world, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, _ = run_cli(base_args(world, out) + ["--topk", "2"], capsys)
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == [
-        f"{s}.gradcam.{ext}" for s in "abc" for ext in ("npz", "png")
-    ]
+    record = read_json(out / "explain.json")
+    expected_files = {"explain.json"}
     for name in ("a.png", "b.jpg", "c.png"):
         stem = Path(name).stem
-        data = load_npz(out / f"{stem}.gradcam.npz")
-        assert sorted(data) == ["classes", "maps", "scores"]
-        assert data["maps"].shape == (2, 32, 32) and data["maps"].dtype == np.float16
-        assert data["classes"].dtype == np.int64 and data["scores"].dtype == np.float32
         classes, scores, maps = expected_outputs(world, name, k=2)
-        assert data["classes"].tolist() == classes.tolist()
-        np.testing.assert_allclose(data["scores"], scores.numpy(), rtol=1e-5)
-        np.testing.assert_allclose(data["maps"].astype(np.float32), maps.numpy(),
-                                   rtol=2e-3, atol=1e-3 * float(maps.abs().max()))
         line = next(line for line in stdout.splitlines() if line.startswith(name))
-        for c, s in zip(classes.tolist(), scores.tolist(), strict=True):
+        assert record["images"][stem]["outputs"] == [f"{stem}.gradcam.{c}" for c in
+                                                     classes.tolist()]
+        for k, (c, s) in enumerate(zip(classes.tolist(), scores.tolist(), strict=True)):
             assert f"{NAMES[c + 1]} ({c}) {s:.3f}" in line  # offset 1: line c+1 is class c
-        with Image.open(out / f"{stem}.gradcam.png") as sheet:
-            # input + 2 panels, each 32 px enlarged 6x to 192, under a title strip
-            assert sheet.mode == "RGB" and sheet.width == 3 * 192 and sheet.height > 192
+            output = f"{stem}.gradcam.{c}"
+            expected_files |= {output + ".npz", output + ".png"}
+            data = load_npz(out / f"{output}.npz")
+            assert sorted(data) == ["classes", "maps", "peak", "scores"]
+            assert np.abs(data["maps"]).max() == 1  # divided by the peak
+            assert data["maps"].shape == (1, *maps.shape[-2:]) and data["maps"].dtype == np.float16
+            assert data["classes"].tolist() == [c] and data["classes"].dtype == np.int64
+            np.testing.assert_allclose(data["scores"], [s], rtol=1e-5)
+            np.testing.assert_allclose(raw_maps(data)[0], maps[k].numpy(),
+                                       rtol=2e-3, atol=1e-3 * float(maps[k].abs().max()))
+            entry = record["outputs"][output]
+            assert (entry["class"], entry["name"], entry["method"]) == (c, NAMES[c + 1], "gradcam")
+            assert entry["score"] == pytest.approx(s, rel=1e-5)
+            assert entry["target_layer"] == "layer3"  # layer4 is 1x1 at 32 pixels
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected_files)
+    assert record["images"]["b"]["size"] == [40, 48] and record["images"]["b"]["input_size"] == [
+        32, 38]  # the whole image, shorter side 32 (torchvision's Resize(32))
 
 
 def test_batch_size_does_not_change_the_maps(world, tmp_path, capsys):
@@ -114,10 +90,11 @@ def test_batch_size_does_not_change_the_maps(world, tmp_path, capsys):
     assert run_cli(base_args(world, one) + ["--batch-size", "1"], capsys)[0] == 0
     assert run_cli(base_args(world, three) + ["--batch-size", "3"], capsys)[0] == 0
     for stem in "abc":
-        a, b = load_npz(one / f"{stem}.gradcam.npz"), load_npz(three / f"{stem}.gradcam.npz")
+        (name,) = read_json(one / "explain.json")["images"][stem]["outputs"]
+        a, b = load_npz(one / f"{name}.npz"), load_npz(three / f"{name}.npz")
         assert a["classes"].tolist() == b["classes"].tolist()
-        np.testing.assert_allclose(a["maps"].astype(np.float32), b["maps"].astype(np.float32),
-                                   rtol=2e-3, atol=2e-3 * float(np.abs(a["maps"]).max()))
+        np.testing.assert_allclose(raw_maps(a), raw_maps(b), rtol=2e-3,
+                                   atol=2e-3 * float(np.abs(raw_maps(a)).max()))
 
 
 def test_targets_by_index_and_name_and_method_options(world, tmp_path, capsys):
@@ -127,16 +104,16 @@ def test_targets_by_index_and_name_and_method_options(world, tmp_path, capsys):
     ]
     code, stdout, _ = run_cli(args, capsys)
     assert code == 0
-    data = load_npz(out / "a.smoothgrad.npz")
-    assert data["classes"].tolist() == [3, 4]  # 'eel' is line 5, class 4
+    data = [load_npz(out / f"a.smoothgrad.{c}.npz") for c in (3, 4)]  # 'eel' is line 5: 4
+    assert [d["classes"].tolist() for d in data] == [[3], [4]]
     assert stdout.startswith("a.png: dog (3)")
     model = random_model("resnet18", num_classes=10)
     model.load_state_dict(torch.load(world["weights"], weights_only=True))
     transform = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     x = transform(Image.open(world["images"] / "a.png").convert("RGB"))[None]
     maps = loupe.explain(model, x, [[3, 4]], method="smoothgrad", n_samples=2, seed=4)[0]
-    np.testing.assert_allclose(data["maps"].astype(np.float32), maps.numpy(),
-                               rtol=2e-3, atol=1e-3 * float(maps.abs().max()))
+    got = np.concatenate([raw_maps(d) for d in data])
+    np.testing.assert_allclose(got, maps.numpy(), rtol=2e-3, atol=1e-3 * float(maps.abs().max()))
 
 
 def test_patch_is_applied_after_loading(world, tmp_path, capsys):
@@ -151,7 +128,7 @@ def test_patch_is_applied_after_loading(world, tmp_path, capsys):
     args = base_args(world, out) + ["--patch", f"{patch}:favour_seven", "--method", "saliency"]
     assert run_cli(args, capsys)[0] == 0
     for stem in "abc":
-        data = load_npz(out / f"{stem}.saliency.npz")
+        data = load_npz(out / f"{stem}.saliency.7.npz")
         assert data["classes"].tolist() == [7] and data["scores"][0] == pytest.approx(1.0)
 
 
@@ -164,21 +141,14 @@ def test_folder_members_that_are_not_images_are_skipped(world, tmp_path, capsys,
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING):
         code, _, _ = run_cli(base_args(world, out, folder), capsys)
-    assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.gradcam.npz", "a.gradcam.png"]
+    assert code == 0  # a file that is no image at all is not a failure
+    (name,) = read_json(out / "explain.json")["images"]["a"]["outputs"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["explain.json", f"{name}.npz", f"{name}.png"])
     assert any("skipping" in r.message and "LICENSE.cat.png" in r.message for r in caplog.records)
 
 
 # -- errors: one line naming the file and the problem, exit status 2 -------------------------
-
-def assert_error(capsys, args: list[str], *fragments: str) -> None:
-    code, _, stderr = run_cli(args, capsys)
-    assert code == 2, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("loupe explain: error: "), stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
 
 def test_error_unreadable_named_image(world, tmp_path, capsys):
     fake = tmp_path / "fake.jpg"
@@ -190,24 +160,6 @@ def test_error_unreadable_named_image(world, tmp_path, capsys):
 def test_error_missing_input(world, tmp_path, capsys):
     missing = tmp_path / "nope.png"
     assert_error(capsys, base_args(world, tmp_path / "o", missing), str(missing), "no such image")
-
-
-def test_error_truncated_image_keeps_what_was_written(world, tmp_path, capsys):
-    folder, out = tmp_path / "in", tmp_path / "out"
-    folder.mkdir()
-    out.mkdir()
-    shutil.copy(world["images"] / "a.png", folder / "a.png")
-    data = (world["images"] / "b.jpg").read_bytes()
-    (folder / "z.jpg").write_bytes(data[: len(data) * 2 // 3])  # header fine, pixels missing
-    (out / "z.gradcam.npz").write_bytes(b"from an earlier run")
-    (out / "keep.txt").write_text("unrelated")
-    assert_error(capsys, base_args(world, out, folder) + ["--batch-size", "1"],
-                 str(folder / "z.jpg"), "cannot read image")
-    assert (out / "z.gradcam.npz").read_bytes() == b"from an earlier run"
-    assert (out / "keep.txt").read_text() == "unrelated"
-    assert load_npz(out / "a.gradcam.npz")["maps"].shape == (1, 32, 32)  # a.png was finished
-    assert sorted(p.name for p in out.iterdir()) == [
-        "a.gradcam.npz", "a.gradcam.png", "keep.txt", "z.gradcam.npz"]  # no temp files
 
 
 def test_error_missing_weights_file(world, tmp_path, capsys):
@@ -238,9 +190,9 @@ def test_error_no_images_in_folder(world, tmp_path, capsys):
 
 def test_error_labels_do_not_fit_the_model(world, tmp_path, capsys):
     args = base_args(world, tmp_path / "out")
-    args[args.index("--labels-offset") + 1] = "0"
+    args[args.index("--label-offset") + 1] = "0"
     assert_error(capsys, args, str(world["labels"]), "11 class names for a model with 10 outputs",
-                 "--labels-offset 1")
+                 "--label-offset 1")
     args[args.index("--labels") + 1] = str(tmp_path / "none.txt")
     assert_error(capsys, args, "labels file", "none.txt", "does not exist")
 
@@ -282,8 +234,10 @@ def test_parse_value():
 
 
 def test_titles():
-    assert title(88, 0.99712, ["x"] * 88 + ["macaw, Ara macao"]) == "macaw (88) 0.997"
-    assert title(3, 0.5, None) == "class 3 0.500"
+    names = ["x"] * 88 + ["macaw, Ara macao"]
+    assert target_title(Target(88, 0.99712), names) == "macaw (88) 0.997"
+    assert target_title(Target(3, 0.5), None) == "class 3 0.500"
+    assert target_title(Target(88, 0.871, box_index=1), names) == "macaw (88) box 1 0.871"
 
 
 # -- loupe methods ---------------------------------------------------------------------------
@@ -376,18 +330,22 @@ def test_real_mobilenet_v2_on_photos(assets, tmp_path, capsys):
         "explain", str(photos / "cat_720p.jpg"), str(photos / "parrot.jpg"),
         "--model", "mobilenet_v2", "--weights", str(weights / "mobilenet_v2_imagenet1k_coral.pth"),
         "--scale", "x*2-1", "--patch", f"{weights / 'tf_same_padding.py'}:tf_same_padding",
+        # --labels-offset: the option's old name, hidden but still accepted
         "--labels", str(weights / "imagenet_labels_1001.txt"), "--labels-offset", "1",
         "--topk", "3", "--method", "gradcam", "--device", "cpu", "--out", str(out),
     ], capsys)
     assert code == 0, stderr
-    cat, parrot = load_npz(out / "cat_720p.gradcam.npz"), load_npz(out / "parrot.gradcam.npz")
-    assert 281 <= cat["classes"][0] <= 285, cat["classes"]
-    assert parrot["classes"][0] == 88, parrot["classes"]
+    record = read_json(out / "explain.json")
+    cat, parrot = ([load_npz(out / f"{name}.npz") for name in record["images"][stem]["outputs"]]
+                   for stem in ("cat_720p", "parrot"))
+    assert 281 <= cat[0]["classes"][0] <= 285, cat[0]["classes"]
+    assert parrot[0]["classes"][0] == 88, parrot[0]["classes"]
     assert "parrot.jpg: macaw (88)" in stdout
-    for data in (cat, parrot):
-        assert data["maps"].shape == (3, 224, 224) and data["maps"].dtype == np.float16
-        assert np.isfinite(data["maps"]).all() and data["maps"][0].max() > 0
-        assert (np.diff(data["scores"]) <= 0).all() and 0 < data["scores"].sum() <= 1 + 1e-6
-    for stem in ("cat_720p", "parrot"):
-        with Image.open(out / f"{stem}.gradcam.png") as sheet:
-            assert sheet.width == 4 * 224 and sheet.height > 224
+    for data, size in ((cat, (256, 455)), (parrot, (464, 256))):  # whole photos, short side 256
+        scores = np.concatenate([d["scores"] for d in data])
+        assert len(data) == 3 and (np.diff(scores) <= 0).all() and 0 < scores.sum() <= 1 + 1e-6
+        for d in data:
+            assert d["maps"].shape == (1, *size) and d["maps"].dtype == np.float16
+            assert np.isfinite(d["maps"]).all() and d["maps"].max() > 0
+    with Image.open(out / f"{record['images']['cat_720p']['outputs'][0]}.png") as sheet:
+        assert sheet.width > 2 * 768 and 432 < sheet.height < 768  # two 768x432 panels + bar

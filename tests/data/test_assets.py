@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from loupe.data import COCO_CLASSES, open_dataset, read_index_mask
-from loupe.data.voc import load_image_labels
+from loupe.data.voc import convert_pickled_labels, load_image_labels
 from loupe.data.yolo import read_yolo_label_file
 
 
-def test_voc_train_masks_only_and_cls_labels_agree(assets) -> None:
+@pytest.fixture(scope="module")
+def safe_cls_labels(assets, tmp_path_factory) -> Path:
+    """IRN's real (pickled) cls_labels.npy converted to its safe .npz (a trusted file)."""
+    return convert_pickled_labels(assets / "voc" / "voc12" / "cls_labels.npy",
+                                  tmp_path_factory.mktemp("labels") / "cls_labels.npz")
+
+
+def test_voc_train_masks_only_and_cls_labels_agree(assets, safe_cls_labels) -> None:
     """All 1,464 real train masks read without JPEGs; the labels of IRN's cls_labels.npy equal
     the classes in the masks except for one image, whose XML-derived label has a tvmonitor that
     is not in its mask."""
     voc = assets / "voc"
     data = open_dataset("voc", voc, "train", images=False, split_file=voc / "voc12" / "train.txt")
     assert len(data) == 1464 and data.mask_dir.name == "SegmentationClassAug"
-    file_labels = load_image_labels(voc / "voc12" / "cls_labels.npy", data.ids, 21)
+    file_labels = load_image_labels(safe_cls_labels, data.ids, 21)
     differ = {}
     for index in range(len(data)):
         sample = data[index]
@@ -32,19 +40,19 @@ def test_voc_train_masks_only_and_cls_labels_agree(assets) -> None:
     assert differ == {"2011_001621": [20]}
     with_file = open_dataset("voc", voc, "train", images=False,
                              split_file=voc / "voc12" / "train.txt",
-                             labels_file=voc / "voc12" / "cls_labels.npy")
+                             labels_file=safe_cls_labels)
     assert torch.equal(with_file[0].labels, file_labels[0])
     assert with_file[0].labels.nonzero().flatten().tolist() == [1, 15]  # 2007_000032
 
 
-def test_voc_val_and_train_aug_lists(assets) -> None:
+def test_voc_val_and_train_aug_lists(assets, safe_cls_labels) -> None:
     voc = assets / "voc"
     val = open_dataset("voc", voc, "val", images=False, split_file=voc / "voc12" / "val.txt")
     assert len(val) == 1449
     assert all((val.mask_dir / f"{i}.png").is_file() for i in val.ids)
     aug = open_dataset("voc", voc, "train_aug", images=False,
                        split_file=voc / "voc12" / "train_aug.txt",
-                       labels_file=voc / "voc12" / "cls_labels.npy")
+                       labels_file=safe_cls_labels)
     assert len(aug) == 10582
 
 

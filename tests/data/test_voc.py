@@ -9,6 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from loupe.data import VOC_CLASSES, VOCBoxes, VOCSegmentation, collate_samples, open_dataset
+from loupe.data.voc import convert_pickled_labels, is_pickled_npy
 
 from .layouts import VOC_MASKS, write_cls_labels, write_image, write_mask, write_voc
 
@@ -43,20 +44,63 @@ def test_voc_ignore_border_not_a_label(voc_root) -> None:
     assert sample.labels.nonzero().flatten().tolist() == [7]
 
 
-def test_voc_labels_from_cls_labels_npy(voc_root, tmp_path) -> None:
+class RunsCode:
+    """Unpickling this runs ``Path.touch`` on a marker file: a stand-in for arbitrary code."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+def test_voc_refuses_a_pickled_labels_file_without_running_it(voc_root, tmp_path) -> None:
+    marker = tmp_path / "code-ran"
     path = tmp_path / "cls_labels.npy"
+    np.save(path, np.array({20070000001: RunsCode(marker)}, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"cls_labels\.npy: a pickled \.npy; loupe does not "
+                       r"unpickle .*--trust-pickle"):
+        open_dataset("voc", voc_root, "train", labels_file=path)
+    assert not marker.exists()  # on main: np.load(allow_pickle=True) touched it
+    # the check reads the header only, also for IRN's real layout
+    write_cls_labels(path, {"2007_000001": [3], "2007_000002": [12, 20]})
+    assert is_pickled_npy(path) and not is_pickled_npy(tmp_path / "absent.npy")
+    np.save(tmp_path / "plain.npy", np.zeros((2, 20), np.float32))
+    assert not is_pickled_npy(tmp_path / "plain.npy")
+    with pytest.raises(ValueError, match=r"plain\.npy: labels file must be \.json or \.npz"):
+        open_dataset("voc", voc_root, "train", labels_file=tmp_path / "plain.npy")
+
+
+def test_voc_labels_from_the_safe_form_of_cls_labels(voc_root, tmp_path) -> None:
+    pickled, safe = tmp_path / "cls_labels.npy", tmp_path / "cls_labels.npz"
     # Deliberately different from the masks, to see that the file is what is read.
-    write_cls_labels(path, {"2007_000001": [3], "2007_000002": [12, 20], "2008_000003": [7]})
-    data = open_dataset("voc", voc_root, "train", labels_file=path)
+    write_cls_labels(pickled, {"2007_000001": [3], "2007_000002": [12, 20], "2008_000003": [7]})
+    assert convert_pickled_labels(pickled, safe) == safe
+    with np.load(safe, allow_pickle=False) as data:  # no object arrays: loads without pickle
+        assert data["ids"].tolist() == ["2007000001", "2007000002", "2008000003"]
+        assert data["labels"].dtype == np.float32 and data["labels"].shape == (3, 20)
+    data = open_dataset("voc", voc_root, "train", labels_file=safe)
     assert data[0].labels.nonzero().flatten().tolist() == [3]
     assert data[1].labels.nonzero().flatten().tolist() == [12, 20]
     assert data[0].labels.shape == (21,) and data[0].labels.dtype == torch.float32
+    # ids written with their underscore match too
+    np.savez(safe, ids=np.array(["2007_000001", "2007_000002"]),
+             labels=np.eye(2, 20, 4, dtype=np.float32))
+    data = open_dataset("voc", voc_root, "train", labels_file=safe)
+    assert data[0].labels.nonzero().flatten().tolist() == [5]
 
 
 def test_voc_labels_file_missing_id(voc_root, tmp_path) -> None:
-    path = tmp_path / "cls_labels.npy"
-    write_cls_labels(path, {"2007_000001": [3]})
-    with pytest.raises(ValueError, match=r"cls_labels\.npy: no labels for image '2007_000002'"):
+    path = tmp_path / "cls_labels.npz"
+    write_cls_labels(tmp_path / "cls_labels.npy", {"2007_000001": [3]})
+    convert_pickled_labels(tmp_path / "cls_labels.npy", path)
+    with pytest.raises(ValueError, match=r"cls_labels\.npz: no labels for image '2007_000002'"):
+        open_dataset("voc", voc_root, "train", labels_file=path)
+    np.savez(path, ids=np.array(["2007_000001"]), labels=np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"labels of '2007_000001' have shape \(3,\)"):
+        open_dataset("voc", voc_root, "train", labels_file=path)
+    np.savez(path, names=np.array(["2007_000001"]))
+    with pytest.raises(ValueError, match=r"not a labels \.npz with arrays 'ids' and 'labels'"):
         open_dataset("voc", voc_root, "train", labels_file=path)
 
 

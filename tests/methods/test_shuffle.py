@@ -468,6 +468,9 @@ def test_autocast_runs_close_to_float32():
     assert amp.dtype == torch.float32 and torch.isfinite(amp).all()
     cosine = F.cosine_similarity(full.flatten(1), amp.flatten(1), dim=1)
     assert (cosine > 0.98).all()
+    # and autocast really ran: bfloat16 rounding (8-bit mantissa) shows, unlike float32's
+    relative = (amp - full).abs().amax() / full.abs().amax()
+    assert relative > 1e-3
 
 
 def test_nothing_left_behind_after_an_error_in_a_shuffled_forward():

@@ -4,7 +4,11 @@ data set with images of different sizes, and the synthetic set's command-line op
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,26 @@ def subprocess_env() -> dict[str, str]:
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
                PYTHONUNBUFFERED="1")
     return env
+
+
+def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
+    """Run ``command`` and SIGKILL it as soon as ``ready()`` holds (polled every 5 ms); fails
+    when the process ended before that."""
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None and not ready():
+            time.sleep(0.005)
+        assert process.poll() is None, (
+            "the run ended before it could be killed:\n" + process.stdout.read().decode()
+        )
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
 
 
 def save_tiny_run(folder: Path, num_classes: int = NUM_OBJECT_CLASSES, seed: int = 0) -> Path:

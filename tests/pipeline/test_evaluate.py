@@ -207,25 +207,29 @@ def test_evaluate_errors_name_the_file(folders, tmp_path: Path, capsys) -> None:
     cases = [
         (["--maps", str(bad)], f"{bad / (DATA.ids[0] + '.npz')}: maps are 16x16"),
         (["--maps", str(missing)],
-         f"{missing / (DATA.ids[1] + '.npz')}: no map file for image {DATA.ids[1]!r}"),
+         f"--maps {missing}: no map file for 5 of the 6 images of the data set "
+         f"({DATA.ids[1]!r}, {DATA.ids[2]!r}, {DATA.ids[3]!r}, {DATA.ids[4]!r}, "
+         f"{DATA.ids[5]!r}); make them"),
         (["--maps", str(tmp_path / "empty")], "empty maps folder"),
         (["--maps", str(tmp_path / "nowhere")], "nowhere: folder not found"),
         (["--masks", str(unsure)], f"{unsure / (DATA.ids[0] + '.png')}: predicted label 255"),
         (["--maps", str(wrong_classes)], f"{wrong_classes / (DATA.ids[0] + '.npz')}: map "
                                          "classes must lie in 1..5"),
         ([], "give at least one --maps or --masks"),
-        (["--maps", str(folders["oracle"]), "--fixed", "0.12"], "--fixed 0.12"),
+        (["--maps", str(folders["oracle"]), "--fixed", "0.12"], "argument --fixed: expected one"),
         (["--maps", str(folders["oracle"]), str(folders["oracle"])], "same name"),
     ]
     for extra, message in cases:
         assert main(["evaluate", *SYNTHETIC, "--out", str(tmp_path / "o"), *extra]) == 2, extra
         assert message in capsys.readouterr().err
     # a worker process's error reaches the user as the same one line
-    assert main(["evaluate", *SYNTHETIC, "--out", str(tmp_path / "o"), "--maps", str(missing),
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folders["oracle"], damaged)
+    (damaged / f"{DATA.ids[1]}.npz").write_bytes(b"not a zip file")
+    assert main(["evaluate", *SYNTHETIC, "--out", str(tmp_path / "o"), "--maps", str(damaged),
                  "--workers", "2"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"loupe evaluate: error: {missing / (DATA.ids[1] + '.npz')}: no map file for image "
-        f"{DATA.ids[1]!r} of the data set (in --maps {missing})")
+    assert capsys.readouterr().err.strip().startswith(
+        f"loupe evaluate: error: {damaged / (DATA.ids[1] + '.npz')}: cannot read map file (")
 
 
 def test_an_image_without_maps_is_all_background(folders, tmp_path: Path) -> None:
@@ -252,7 +256,9 @@ def test_report_puts_runs_side_by_side(folders, tmp_path: Path, capsys) -> None:
     assert main(["report", str(first), str(second), "--out", str(page)]) == 0
     html = page.read_text()
     assert "<h2>one</h2>" in html and "<h2>two</h2>" in html
-    assert html.count("data:image/png;base64,") == 4  # plot + overlays of each run
-    assert "overlays.png" in html and "<table>" in html
+    # one shared plot of both runs, then the overlays of each run
+    assert html.count("data:image/png;base64,") == 3 and html.count('id="shared-plot"') == 1
+    assert '<table class="merged">' in html and html.count("<details>") == 2
+    assert "<td>one</td><td>gradcam</td>" in html and "<td>two</td><td>oracle</td>" in html
     assert main(["report", str(tmp_path), "--out", str(page)]) == 2
     assert "not an evaluation run" in capsys.readouterr().err

@@ -190,8 +190,9 @@ def test_loc_threshold_is_a_fraction_of_the_maximum(folders, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--loc-threshold", "1.5"], "--loc-threshold must lie in [0, 1), got 1.5"),
-    (["--iou", "0"], "--iou must lie in (0, 1], got 0.0"),
+    (["--loc-threshold", "1.5"], "argument --loc-threshold: expected a number in [0, 1), got "
+     "'1.5'"),
+    (["--iou", "0"], "argument --iou: expected a number in (0, 1], got '0'"),
 ])
 def test_bad_options_are_one_clear_line(folders, tmp_path, capsys, args, message):
     code = main(["evaluate", *SYNTHETIC, "--out", str(tmp_path / "x"), "--boxes", "--maps",

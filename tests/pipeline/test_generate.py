@@ -135,7 +135,7 @@ def test_maps_cli_writes_one_file_per_image_for_its_labels(tiny_run: Path, tmp_p
     described = json.loads((out / "maps.json").read_text())
     assert described["method"] == "gradcam" and described["scales"] == [1.0]
     assert described["correspondence"] == {"label_offset": 1}
-    assert described["images"] == 6
+    assert described["extent"] == {"images": 6}
 
 
 def test_maps_rerun_skips_finished_images(tiny_run: Path, tmp_path: Path, capsys) -> None:
@@ -144,7 +144,7 @@ def test_maps_rerun_skips_finished_images(tiny_run: Path, tmp_path: Path, capsys
     before = tree_bytes(out)
     victim = sorted(out.glob("*.npz"))[1]
     victim.unlink()
-    (out / ".stale.npz.tmp-abc123").write_bytes(b"partial")
+    (out / f".{victim.name}.tmp-abc123").write_bytes(b"partial")  # a killed writer's
     capsys.readouterr()
     assert main(maps_args(tiny_run, out, "--limit", "3")) == 0
     assert "maps: 1 written, 2 already" in capsys.readouterr().out
@@ -258,7 +258,7 @@ def test_maps_argument_errors(tiny_run: Path, tmp_path: Path, capsys) -> None:
         (["maps", *SYNTHETIC, "--model", "resnet18", "--weights", "random", "--out", out],
          "1000 outputs and the data set 6 classes"),
         (["maps", *SYNTHETIC, "--model", str(tmp_path), "--out", out], "not a loupe training"),
-        (maps_args(tiny_run, tmp_path / "x", "--scales", "1", "-0.5"), "--scales must be"),
+        (maps_args(tiny_run, tmp_path / "x", "--scales", "1", "-0.5"), "argument --scales"),
         (maps_args(tiny_run, tmp_path / "x", "--batch-size", "0"), "--batch-size"),
         (["maps", "--dataset", "voc", "--model", str(tiny_run), "--out", out], "--root is"),
         (["maps", "--dataset", "voc", "--root", str(tmp_path / "none"), "--model",

@@ -3,9 +3,6 @@ leaves exactly the files of an uninterrupted run, byte for byte, and no temporar
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ import torch
 
 from loupe.cli import main
 
-from .conftest import python_executable, subprocess_env, tree_bytes
+from .conftest import kill_when, python_executable, tree_bytes
 
 IMAGES = 16
 # Heavy enough per image (2 scales x 2 flips x 4 noisy samples) that the kill lands part way.
@@ -37,23 +34,7 @@ def test_killed_run_resumes_to_identical_files(tiny_run: Path, tmp_path: Path, o
     killed = tmp_path / "killed"
     command = [python_executable(), "-m", "loupe", "maps", *WORK, "--model", str(tiny_run),
                "--out", str(killed)]
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and process.poll() is None:
-            if len(list(killed.glob("*.npz"))) >= 2:
-                break
-            time.sleep(0.005)
-        assert process.poll() is None, (
-            "the run ended before it could be killed:\n" + process.stdout.read().decode()
-        )
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+    kill_when(command, lambda: len(list(killed.glob("*.npz"))) >= 2)
     done = len(list(killed.glob("*.npz")))
     assert 0 < done < IMAGES, f"{done} of {IMAGES} files before the kill"
 
@@ -62,8 +43,9 @@ def test_killed_run_resumes_to_identical_files(tiny_run: Path, tmp_path: Path, o
     assert main(["maps", *WORK, "--model", str(tiny_run), "--out", str(reference)]) == 0
 
     resumed, expected = tree_bytes(killed), tree_bytes(reference)
-    assert len(expected) == IMAGES + 1  # the maps and maps.json
+    assert len(expected) == IMAGES + 2  # the maps, maps.json and its (empty) lock file
     assert sorted(resumed) == sorted(expected)
     different = [name for name in expected if resumed[name] != expected[name]]
     assert not different, f"files differ from the uninterrupted run: {different}"
     assert not [p for p in killed.rglob("*") if ".tmp-" in p.name]
+    assert not list(killed.glob(".chunk-*.lock"))  # the killed run's claim was taken over

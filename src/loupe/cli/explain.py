@@ -1,265 +1,139 @@
-"""``loupe explain``: class maps of images from a torchvision classifier, as overlays and arrays.
+"""``loupe explain``: class maps of images from a torchvision classifier, segmentation or
+detection model, as overlays and arrays (the work is :mod:`loupe.explaining`).
 
-For each image ``NAME.jpg`` it writes ``NAME.METHOD.png`` (the input crop, then one overlay
-panel per target titled with the class name and score) and ``NAME.METHOD.npz`` (``maps``
-``(K, H, W)`` float16 raw maps at the model input's resolution, over the centre crop the model
-saw; ``classes`` ``(K,)`` int64; ``scores`` ``(K,)`` float32), both atomically.
+For each image ``NAME.jpg`` and each target it writes ``NAME.METHOD.CLASS.png`` (the whole
+image and the map over it, titled with the class, score, method and normalisation, with a
+colour bar) and ``NAME.METHOD.CLASS.npz`` (``maps (1, h, w)`` float16 at the model input's
+resolution divided by ``peak (1,)``, ``classes (1,)``, ``scores (1,)``), atomically, as each
+image is done; detections add ``.boxN``. ``OUT/explain.json`` records the settings and every
+image's results; a run with other settings into the same folder is refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-from collections.abc import Iterator, Sequence
+import sys
+import time
+from contextlib import closing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
-
-from loupe.api import explain
-from loupe.cli import UserError
 from loupe.cli.args import (
+    LABEL_OFFSET_HELP,
+    add_command,
+    add_device_argument,
     add_method_arguments,
     add_model_arguments,
     method_options,
-    preprocessing_options,
 )
-from loupe.distributed import resolve_device
-from loupe.io import load_rgb, save_image, save_npz
-from loupe.mapsets.files import float16_maps
-from loupe.models import Classifier, load_classifier, read_labels
-from loupe.reports.overlay import colormap_table, overlay_panels
+from loupe.cli.values import fraction, non_negative_int, output_folder, positive_int
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:  # imported where used: the parser needs no torch
+    from loupe.explaining import ExplainConfig, ImageResult
 
-# Whatever PIL reads (explain takes single photos; data sets use loupe.data's suffixes).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+#: The --view choices (loupe.explaining.images.VIEWS, checked by ExplainConfig).
+VIEWS = ("whole", "squash", "crop")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "explain",
-        help="class maps of images: overlay PNGs and float16 .npz arrays",
-        description="Class maps of images from a torchvision classifier: for each image an "
-        "overlay PNG (one panel per target) and the raw maps as a float16 .npz.",
+    p = add_command(
+        subparsers, "explain", help="class maps of images: overlay PNGs and float16 .npz arrays",
+        description="Class maps of images from a torchvision classifier, segmentation model "
+        "(deeplabv3_*, fcn_*, lraspp_*) or detection model\n(fasterrcnn_*, retinanet_*, ...): "
+        "for each image and target an overlay PNG and the raw map as a float16 .npz,\nwith "
+        "the settings in OUT/explain.json.",
+        examples=[
+            "loupe explain photo.jpg --model resnet50 --weights IMAGENET1K_V1 --topk 2 --out out/",
+            "loupe explain photos/ --model resnet50 --weights IMAGENET1K_V1 --method "
+            "'shuffle:n_shuffles=16' --target 'tiger cat' 281 --out out/",
+            "loupe explain cat.jpg --model mobilenet_v2 --weights mobilenet_v2_imagenet1k_coral"
+            ".pth --scale 'x*2-1' --labels imagenet_labels_1001.txt --label-offset 1 --out out/",
+        ],
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=output_folder, help="output folder")
     group = add_model_arguments(p, runs=False)
     add_method_arguments(group)
     group.add_argument("--target", nargs="+", metavar="CLASS",
-                       help="class indices or names to explain in every image")
-    group.add_argument("--topk", type=int, help="explain each image's K best classes "
-                       "(default 1)")
-    group.add_argument("--batch-size", type=int, default=8)
-    group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+                       help="class indices or names to explain in every image; detection "
+                       "models: CLASS:N for the class's N-th best box (default: its best)")
+    group.add_argument("--topk", type=positive_int, help="explain each image's K best classes "
+                       "(segmentation: largest classes; detection: best boxes; default: 1)")
+    group.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
+    add_device_argument(group)
     group.add_argument("--amp", action="store_true", help="run the model under autocast")
-    group = p.add_argument_group("preprocessing (for state-dict or random weights) and labels")
-    group.add_argument("--size", type=int, help="model input side (default 224 or the weights')")
-    group.add_argument("--resize", type=int, help="shorter side before the centre crop "
-                       "(default size*256/224; = --size keeps the whole short side)")
-    group.add_argument("--labels", type=Path, help="class names, one per line")
-    group.add_argument("--labels-offset", type=int, default=0,
-                       help="lines to skip first (1 when line 0 is 'background')")
+    group = p.add_argument_group("input and labels")
+    group.add_argument("--view", choices=VIEWS, default="whole",
+                       help="what the model sees: the whole image with its shorter side at "
+                       "--resize, squashed to --size x --size (fixed-size models such as "
+                       "ViTs), or the centre crop")
+    group.add_argument("--max-side", type=positive_int, default=1024,
+                       help="longest side of the whole view (at least 32)")
+    group.add_argument("--size", type=positive_int, help="crop or squash side (default: 224 or "
+                       "the weights')")
+    group.add_argument("--resize", type=positive_int, help="shorter side of the whole view and "
+                       "before the crop (default: size*256/224, or the weights')")
+    group.add_argument("--labels", type=Path, help="class names, one per line (default: the "
+                       "weights' names, or ImageNet's for 1000-class heads)")
+    group.add_argument("--label-offset", type=non_negative_int, default=0,
+                       help=LABEL_OFFSET_HELP + "; the first OFFSET lines of --labels are "
+                       "skipped")
+    group.add_argument("--labels-offset", type=non_negative_int, dest="label_offset",
+                       help=argparse.SUPPRESS)  # the old name, kept for scripts
     look = p.add_argument_group("output")
     look.add_argument("--scores", choices=("softmax", "sigmoid", "logit"), default="softmax",
-                      help="what 'scores' holds (default softmax)")
-    look.add_argument("--colormap", default="jet")
-    look.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+                      help="what 'scores' holds")
+    look.add_argument("--colormap", default="jet", help="matplotlib colour map of the overlays")
+    look.add_argument("--alpha", type=fraction, default=0.5, help="overlay opacity")
     look.add_argument("--recursive", action="store_true", help="also search sub-folders")
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    images = collect_images(args.inputs, recursive=args.recursive)
-    outputs = output_stems(images, args.out, args.method)
-    options = method_options(args.method, args.option)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    colormap_table(args.colormap)  # fails early on an unknown colormap
-    if not 0 <= args.alpha <= 1:
-        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
-    if args.target and args.topk:
-        raise UserError("give --target or --topk, not both")
-    if args.topk is not None and args.topk < 1:
-        raise UserError(f"--topk must be at least 1, got {args.topk}")
-    device = resolve_device(args.device)
-    classifier = load_explained_classifier(args)
-    model = classifier.model.to(device)
-    names = classifier.class_names
-    logger.debug("model %s, weights %s, preprocessing %s", args.model, classifier.source,
-                 classifier.preprocessing)
-    wanted = resolve_class_args(args.target, names) if args.target else None
+def config_of(args: argparse.Namespace) -> ExplainConfig:
+    """The :class:`ExplainConfig` of parsed arguments."""
+    from loupe.explaining import ExplainConfig
+    from loupe.method_specs import method_slug, parse_method_spec
 
-    progress = tqdm(total=len(images), unit="img", disable=True if len(images) < 2 else None)
-    with progress:
-        for batch in chunks(list(zip(images, outputs, strict=True)), args.batch_size):
-            views = torch.stack([classifier.preprocessing.view(load_rgb(p)) for p, _ in batch])
-            views = views.to(device)
-            x = classifier.preprocessing.normalize(views)
-            with torch.no_grad():
-                logits = model(x)
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-                raise UserError(f"{args.model} does not return class logits (B, classes)")
-            classes = target_classes(logits, wanted, args.topk)
-            scores = output_scores(logits, args.scores).gather(1, classes)
-            maps = explain(model, x, classes, method=args.method, target_layer=args.target_layer,
-                           autocast=args.amp, **options)
-            for i, (path, stem) in enumerate(batch):
-                titles = [title(c, s, names) for c, s in zip(classes[i].tolist(),
-                                                             scores[i].tolist(), strict=True)]
-                write_outputs(stem, maps[i], classes[i], scores[i], views[i], titles, args)
-                progress.write(f"{path.name}: " + "; ".join(titles))
-                progress.update()
-    print(f"wrote {len(images)} overlays and map files to {args.out}")
+    name, options = method_options(args.method, args.option)
+    return ExplainConfig(
+        inputs=tuple(args.inputs), out=args.out, model=args.model, weights=args.weights,
+        method=name, options=options, method_label=method_slug(*parse_method_spec(args.method)),
+        target_layer=args.target_layer, targets=tuple(args.target) if args.target else None,
+        topk=args.topk, view=args.view, max_side=args.max_side, size=args.size,
+        resize=args.resize, mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None, scale=args.scale, labels=args.labels,
+        label_offset=args.label_offset, num_classes=args.num_classes, seed=args.seed,
+        patch=args.patch, scores=args.scores, colormap=args.colormap, alpha=args.alpha,
+        batch_size=args.batch_size, amp=args.amp, recursive=args.recursive, device=args.device,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from loupe.explaining import ExplainRun
+
+    explainer = ExplainRun(config_of(args))
+    total, written, skipped = explainer.count, 0, []
+    start = time.perf_counter()
+    with closing(explainer.results()) as results:
+        for done, result in enumerate(results, 1):
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            print(f"{line_of(result)}  [{done}/{total}, {rate:.2f} img/s]", flush=True)
+            written += len(result.outputs)
+            if result.skipped:
+                skipped.append(result)
+    print(f"wrote {written} overlays and map files for {total - len(skipped)} of {total} "
+          f"images to {args.out}", flush=True)
+    if skipped:
+        names = ", ".join(r.path.name for r in skipped[:5]) + (", ..." if len(skipped) > 5
+                                                                else "")
+        print(f"loupe explain: {len(skipped)} of {total} images skipped ({names}); see the "
+              "warnings above", file=sys.stderr)
+        return 1
     return 0
 
 
-def collect_images(inputs: Sequence[str], recursive: bool = False) -> list[Path]:
-    """Image files named directly or found in folders (by suffix, sorted). A named file that is
-    not a readable image is an error; folder members PIL does not recognise as any image format
-    (a LICENSE.png that is text) are skipped with a warning, damaged images are an error; a
-    folder without images is an error."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            members = path.rglob("*") if recursive else path.iterdir()
-            candidates = sorted(
-                f for f in members
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
-            )
-            readable = []
-            for f in candidates:
-                problem = image_problem(f)
-                if problem is None:
-                    readable.append(f)
-                elif problem.startswith("cannot identify image file"):
-                    logger.warning("skipping %s: not an image", f)  # e.g. a LICENSE.png
-                else:
-                    raise UserError(f"{f}: cannot read image ({problem})")
-            if not readable:
-                raise UserError(
-                    f"no images found in {path} (looked for {', '.join(IMAGE_SUFFIXES)}"
-                    f"{' in sub-folders too' if recursive else ''})"
-                )
-            found.extend(readable)
-        elif path.is_file():
-            problem = image_problem(path)
-            if problem is not None:
-                raise UserError(f"{path}: cannot read image ({problem})")
-            found.append(path)
-        else:
-            raise UserError(f"{path}: no such image file or folder")
-    return found
-
-
-def image_problem(path: Path) -> str | None:
-    """None if PIL can identify ``path`` as an image (header only), else why not."""
-    try:
-        with Image.open(path) as image:
-            image.size  # noqa: B018 - reading the header is the check
-    except UnidentifiedImageError:
-        return f"cannot identify image file {path}"
-    except (OSError, SyntaxError, ValueError) as error:
-        return str(error) or type(error).__name__
-    return None
-
-
-def output_stems(images: Sequence[Path], out: Path, method: str) -> list[Path]:
-    """``OUT/NAME.METHOD`` for each image (``.png`` and ``.npz`` are added); a UserError when two
-    inputs share a name."""
-    stems: dict[Path, Path] = {}
-    for path in images:
-        stem = out / f"{path.stem}.{method}"
-        if stem in stems:
-            raise UserError(
-                f"{stems[stem]} and {path} would write the same outputs ({stem}.png); "
-                "rename one or explain them separately"
-            )
-        stems[stem] = path
-    return list(stems)
-
-
-def load_explained_classifier(args: argparse.Namespace) -> Classifier:
-    """The model, preprocessing and class names the arguments describe."""
-    labels = read_labels(args.labels, args.labels_offset) if args.labels else None
-    return load_classifier(
-        args.model, args.weights, num_classes=args.num_classes, seed=args.seed,
-        options=preprocessing_options(args), labels=labels, labels_source=str(args.labels),
-        patch=args.patch,
-    )
-
-
-def resolve_class_args(values: Sequence[str], names: Sequence[str] | None) -> list[int]:
-    """``--target`` values as class indices: integers, or class names (a full label, or one of
-    its comma-separated synonyms, case-insensitive)."""
-    classes = []
-    for value in values:
-        try:
-            classes.append(int(value))
-            continue
-        except ValueError:
-            pass
-        if names is None:
-            raise UserError(f"--target {value!r}: class names need --labels or enum weights")
-        wanted = value.strip().lower()
-        hits = [
-            i for i, name in enumerate(names)
-            if name.lower() == wanted or wanted in (s.strip().lower() for s in name.split(","))
-        ]
-        if len(hits) != 1:
-            problem = "matches several classes" if hits else "is not a class name"
-            raise UserError(f"--target {value!r} {problem}; give the class index instead")
-        classes.append(hits[0])
-    return classes
-
-
-def target_classes(logits: torch.Tensor, wanted: list[int] | None, topk: int | None
-                   ) -> torch.Tensor:
-    """``(B, K)`` classes to explain: ``wanted`` for every image, else the top-``topk``."""
-    b, num_classes = logits.shape
-    if wanted is not None:
-        bad = [c for c in wanted if not 0 <= c < num_classes]
-        if bad:
-            raise UserError(f"--target {bad[0]} is out of range (0..{num_classes - 1})")
-        return torch.tensor(wanted, device=logits.device).expand(b, -1)
-    k = topk or 1
-    if k > num_classes:
-        raise UserError(f"--topk {k} exceeds the model's {num_classes} classes")
-    return logits.topk(k, dim=1).indices
-
-
-def output_scores(logits: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "softmax":
-        return logits.float().softmax(1)
-    if kind == "sigmoid":
-        return logits.float().sigmoid()
-    return logits.float()
-
-
-def title(cls: int, score: float, names: Sequence[str] | None) -> str:
-    """``"macaw (88) 0.997"``, or ``"class 88 0.997"`` without class names."""
-    if not names:
-        return f"class {cls} {score:.3f}"
-    return f"{names[cls].split(',')[0]} ({cls}) {score:.3f}"
-
-
-def chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def write_outputs(stem: Path, maps: torch.Tensor, classes: torch.Tensor, scores: torch.Tensor,
-                  view: torch.Tensor, titles: list[str], args: argparse.Namespace) -> None:
-    """``stem.npz`` (maps, classes, scores) and ``stem.png`` (overlay panels), atomically."""
-    save_npz(
-        stem.with_name(stem.name + ".npz"),
-        maps=float16_maps(maps),
-        classes=classes.cpu().numpy().astype(np.int64),
-        scores=scores.float().cpu().numpy(),
-    )
-    sheet = overlay_panels(view, maps, titles, alpha=args.alpha, colormap=args.colormap)
-    save_image(stem.with_name(stem.name + ".png"), sheet)
+def line_of(result: ImageResult) -> str:
+    """``a.png: dog (3) 0.412; eel (4) 0.101``, or ``a.png: skipped`` (the warning says why)."""
+    if result.skipped:
+        return f"{result.path.name}: skipped"
+    return f"{result.path.name}: " + ("; ".join(result.titles) or "nothing to explain")

@@ -5,31 +5,31 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from loupe.registry import get_method, list_methods
+from loupe.cli.args import add_command
+from loupe.cli.catalog import METHODS
 
 HEADER = ("name", "kind", "stochastic", "paper")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("methods", help="list the map methods", description=__doc__)
+    p = add_command(
+        subparsers, "methods", help="list the map methods and their papers",
+        description="The map methods loupe registers: name (for --method), kind (layer: reads "
+        "a target layer's activations, the CAM family; input: works on the input image), "
+        "whether it is stochastic (takes a seed), and its paper.",
+        examples=["loupe methods", "loupe methods --format markdown > methods.md"],
+    )
     p.add_argument("--format", choices=("table", "markdown"), default="table",
-                   help="plain aligned table (default) or a Markdown table")
+                   help="plain aligned table or a Markdown table")
     p.set_defaults(run=run)
 
 
 def method_rows() -> list[tuple[str, str, str, str]]:
-    """One row per registered method: name, ``layer`` (reads a target layer's activations) or
-    ``input`` (works on the input image only), stochastic yes/no, paper."""
-    rows = []
-    for name in list_methods():
-        spec = get_method(name)
-        rows.append((
-            name,
-            "layer" if spec.uses_layer else "input",
-            "yes" if spec.stochastic else "no",
-            spec.paper,
-        ))
-    return rows
+    """One row per registered method (:data:`loupe.cli.catalog.METHODS`, which a test keeps
+    equal to the registry): name, ``layer`` (reads a target layer's activations) or ``input``
+    (works on the input image only), stochastic yes/no, paper."""
+    return [(row.name, "layer" if row.uses_layer else "input",
+             "yes" if row.stochastic else "no", row.paper) for row in METHODS]
 
 
 def format_table(rows: Sequence[Sequence[str]], markdown: bool = False) -> str:

@@ -6,24 +6,38 @@ import argparse
 from pathlib import Path
 
 from loupe.cli import UserError
-from loupe.data.base import IMAGE_SUFFIXES
+from loupe.cli.args import NO_PROGRESS_HELP, add_command, add_device_argument
+from loupe.cli.values import output_folder
+
+DESCRIPTION = """\
+Segment images with a model from loupe train-seg: one paletted PNG OUT/<stem>.png per image
+(VOC palette, class indices of the model's data set)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("predict", help="segmentation masks of images (paletted PNGs)",
-                              description=__doc__)
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", type=Path)
+    p = add_command(
+        subparsers, "predict", help="segmentation masks of images (paletted PNGs)",
+        description=DESCRIPTION,
+        examples=["loupe predict photos/ --checkpoint runs/seg --out runs/predicted",
+                  "loupe predict a.jpg b.jpg --checkpoint runs/seg/model.pt --device cpu "
+                  "--out masks/"],
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", type=Path,
+                   help="image files or folders")
     p.add_argument("--checkpoint", required=True, type=Path,
                    help="run folder of loupe train-seg, or its model.pt")
-    p.add_argument("--out", required=True, type=Path, help="folder for <stem>.png masks")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, type=output_folder,
+                   help="folder for <stem>.png masks")
+    add_device_argument(p)
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.set_defaults(run=run)
 
 
 def image_files(inputs: list[Path]) -> list[Path]:
     """Image files named directly or found (non-recursively) in folders; a UserError for a
     missing path, an empty result, or two images with the same stem (same output name)."""
+    from loupe.data.base import IMAGE_SUFFIXES
+
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():

@@ -1,5 +1,4 @@
-"""``loupe report``: several evaluation runs side by side as one self-contained HTML page
-(each run's tables, its mIoU-threshold plot and its overlays of sample images)."""
+"""``loupe report``: several evaluation runs as one self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -7,16 +6,31 @@ import argparse
 from pathlib import Path
 
 from loupe.cli import UserError
+from loupe.cli.args import add_command
+from loupe.cli.values import output_file
+
+DESCRIPTION = """\
+Evaluation runs (folders written by loupe evaluate) as one self-contained HTML page: at the top
+one table of every run's methods and one plot of their mIoU against the background threshold;
+below, each run's tables (per-class tables folded, only the classes present) and its overlays.
+Images are embedded, so the page can be moved or mailed alone."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("report", help="runs of loupe evaluate side by side (HTML)",
-                              description=__doc__.splitlines()[0])
+    p = add_command(
+        subparsers, "report", help="evaluation runs together in one HTML page",
+        description=DESCRIPTION,
+        examples=[
+            "loupe report runs/eval --out report.html",
+            "loupe report runs/eval-r50 runs/eval-cls --names ImageNet trained --title "
+            "'coco128: ImageNet ResNet-50 against a trained classifier' --out report.html",
+        ],
+    )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
                    help="folders written by loupe evaluate --out")
-    p.add_argument("--out", required=True, type=Path, help="the HTML file to write")
-    p.add_argument("--names", nargs="+", help="column titles (default: the folder names)")
-    p.add_argument("--title", default="loupe runs")
+    p.add_argument("--out", required=True, type=output_file, help="the HTML file to write")
+    p.add_argument("--names", nargs="+", help="run titles (default: the folder names)")
+    p.add_argument("--title", help="page title (default: the data set and the run titles)")
     p.set_defaults(run=run)
 
 

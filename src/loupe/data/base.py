@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from loupe.io import load_rgb
+from loupe.io import load_rgb, oriented_size, rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -286,13 +286,14 @@ def read_class_names(path: PathLike) -> list[str]:
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
-    """``(width, height)`` of an image from its header (no pixel decoding)."""
+    """``(width, height)`` of an image as :func:`loupe.io.load_rgb` reads it (after its EXIF
+    orientation), from its header (no pixel decoding)."""
     try:
         with Image.open(path) as image:
-            return image.size
+            return oriented_size(image)
     except FileNotFoundError:
         raise
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: cannot read image ({error})") from error
 
 
@@ -309,4 +310,4 @@ def find_images(folder: Path) -> dict[str, Path]:
 
 def rgb_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
     """A sample's image as ``(3, H, W)`` uint8: a tensor as it is, a PIL image in RGB."""
-    return image if isinstance(image, torch.Tensor) else pil_to_tensor(image.convert("RGB"))
+    return image if isinstance(image, torch.Tensor) else pil_to_tensor(rgb_image(image))

@@ -17,6 +17,7 @@ from typing import Any
 from loupe.data.base import read_class_names
 from loupe.data.coco import COCO_CLASSES
 from loupe.data.kinds import list_dataset_kinds, open_dataset
+from loupe.data.selection import select_half
 from loupe.data.synthetic import SyntheticConfig, make_synthetic
 
 #: The kinds a :class:`DatasetSpec` opens.
@@ -69,7 +70,9 @@ class DatasetSpec:
     class_names: a file of names (one per line), or ``"coco"`` for the 80 COCO names (YOLO
     folders without a ``data.yaml``, such as coco128-seg). For ``folder`` and ``wsol`` the
     file lists every class (``folder``: line 0 = background); for ``yolo`` the object classes.
-    limit: only the first ``limit`` images (0 = all).
+    limit: only the first ``limit`` images (0 = all), counted after ``split_by_id``.
+    split_by_id: ``"all"``, or ``"dev"`` / ``"test"``: the first ``n // 2`` ids in sorted
+        order / the rest (:mod:`loupe.data.selection`).
     """
 
     kind: str
@@ -83,10 +86,15 @@ class DatasetSpec:
     synthetic_val: int = SyntheticSplits.n_val
     synthetic_size: int = SyntheticSplits.size
     synthetic_seed: int = SyntheticSplits.seed
+    split_by_id: str = "all"
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-ready description (synthetic sizes only for the synthetic set)."""
+        """A JSON-ready description (synthetic sizes only for the synthetic set;
+        ``split_by_id`` only when it is not ``"all"``, so that runs made before it existed
+        still match)."""
         data = asdict(self)
+        if self.split_by_id == "all":
+            data.pop("split_by_id")
         if self.kind != "synthetic":
             for key in ("synthetic_train", "synthetic_val", "synthetic_size", "synthetic_seed"):
                 data.pop(key)
@@ -94,9 +102,14 @@ class DatasetSpec:
 
 
 def open_spec(spec: DatasetSpec, *, images: bool = True) -> Any:
-    """The data set ``spec`` describes; ``images=False`` reads annotations only (not
-    available for ``synthetic``, whose images are in memory anyway). Errors name the
-    argument or the file."""
+    """The data set ``spec`` describes (its ``split_by_id`` half); ``images=False`` reads
+    annotations only (not available for ``synthetic``, whose images are in memory anyway).
+    Errors name the argument or the file."""
+    return select_half(_open_whole(spec, images), spec.split_by_id)
+
+
+def _open_whole(spec: DatasetSpec, images: bool) -> Any:
+    """The whole data set of ``spec`` (before ``split_by_id``)."""
     if spec.kind not in SPEC_KINDS:
         raise ValueError(f"--dataset {spec.kind!r} is not a data set kind; choose one of: "
                          f"{', '.join(SPEC_KINDS)}")

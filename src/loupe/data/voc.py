@@ -35,6 +35,7 @@ from loupe.data.base import (
     read_id_list,
     read_index_mask_and_labels,
 )
+from loupe.io import save_npz
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -86,10 +87,10 @@ class VOCSegmentation(ImageDataset):
             the first when present (None).
         mask_dir: an explicit mask folder (overrides ``augmented``).
         split_file: an explicit list of ids (e.g. IRN's ``voc12/train_aug.txt``).
-        labels_file: image-level labels: IRN's ``cls_labels.npy`` (a pickled dict
-            ``int(id without '_') -> float32[20]``; loading it unpickles, so use trusted files
-            only) or a JSON ``{id: [class indices 1..20]}``. Without it, labels are the classes
-            present in the mask (0 and 255 excluded).
+        labels_file: image-level labels (:func:`load_image_labels`): a JSON ``{id: [class
+            indices 1..20]}`` or the ``.npz`` that :func:`convert_pickled_labels` makes of
+            IRN's pickled ``cls_labels.npy`` (which is refused: never unpickled here).
+            Without it, labels are the classes present in the mask (0 and 255 excluded).
         images: False reads masks only (``image=None``; JPEGImages may be absent).
         transform: applied to the PIL image.
     """
@@ -153,35 +154,80 @@ def _voc_mask_dir(root: Path, augmented: bool | None, mask_dir: PathLike | None)
 def load_image_labels(path: Path, ids: Sequence[str], num_classes: int) -> torch.Tensor:
     """``(len(ids), num_classes)`` float32 labels of ``ids`` from a label file, background 0.
 
-    ``.npy``: IRN's pickled dict ``int(id without '_') -> float32[num_classes - 1]`` (trusted
-    files only: it is unpickled). ``.json``: ``{id: [class indices 1..num_classes-1]}``."""
+    ``.json``: ``{id: [class indices 1..num_classes-1]}``. ``.npz``: the safe form of IRN's
+    ``cls_labels.npy`` (:func:`convert_pickled_labels`): ``ids`` (strings) and ``labels``
+    ``(N, num_classes - 1)`` float32; ids match with or without their ``_``. A pickled
+    ``.npy`` (IRN's own file) is refused: unpickling can run code from the file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: labels file not found")
-    rows = torch.zeros(len(ids), num_classes)
-    if path.suffix == ".npy":
-        try:
-            table = np.load(path, allow_pickle=True).item()
-            table = {int(key): np.asarray(value, dtype=np.float32) for key, value in table.items()}
-        except (OSError, ValueError, AttributeError, TypeError) as error:
-            raise ValueError(
-                f"{path}: not a cls_labels.npy-style file (a pickled dict id -> float32[20]): "
-                f"{error}"
-            ) from error
-        for row, sample_id in enumerate(ids):
-            key = int(sample_id.replace("_", "")) if sample_id.replace("_", "").isdigit() else None
-            if key not in table:
-                raise ValueError(f"{path}: no labels for image {sample_id!r}")
-            value = table[key]
-            if value.shape != (num_classes - 1,):
-                raise ValueError(
-                    f"{path}: labels of {sample_id!r} have shape {value.shape}, "
-                    f"expected ({num_classes - 1},)"
-                )
-            rows[row, 1:] = torch.from_numpy(value)
-        return rows
     if path.suffix == ".json":
         return load_json_labels(path, ids, num_classes)
-    raise ValueError(f"{path}: labels file must be .npy (cls_labels) or .json")
+    if path.suffix == ".npy" and is_pickled_npy(path):
+        raise ValueError(
+            f"{path}: a pickled .npy; loupe does not unpickle label files (it can run code from "
+            "the file). Convert it once with --trust-pickle (trusted files only), or give the "
+            "labels as .json {id: [class indices]} or .npz (loupe.data.voc.convert_pickled_labels)"
+        )
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: labels file must be .json or .npz (or a pickled .npy with "
+                         "--trust-pickle)")
+    table = _read_labels_npz(path)
+    rows = torch.zeros(len(ids), num_classes)
+    for row, sample_id in enumerate(ids):
+        value = table.get(sample_id.replace("_", ""))
+        if value is None:
+            raise ValueError(f"{path}: no labels for image {sample_id!r}")
+        if value.shape != (num_classes - 1,):
+            raise ValueError(f"{path}: labels of {sample_id!r} have shape {value.shape}, "
+                             f"expected ({num_classes - 1},)")
+        rows[row, 1:] = torch.from_numpy(value)
+    return rows
+
+
+def _read_labels_npz(path: Path) -> dict[str, np.ndarray]:
+    """Id without ``_`` -> float32 label row, from the ``ids``/``labels`` arrays (no pickle)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names, labels = data["ids"], data["labels"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{path}: not a labels .npz with arrays 'ids' and 'labels' "
+                         f"({error})") from error
+    if labels.ndim != 2 or len(names) != len(labels):
+        raise ValueError(f"{path}: 'labels' must be (N, classes) for N 'ids', got "
+                         f"{labels.shape} for {len(names)}")
+    return {str(n).replace("_", ""): row for n, row in
+            zip(names.tolist(), labels.astype(np.float32), strict=True)}
+
+
+def is_pickled_npy(path: Path) -> bool:
+    """True when ``path`` is a ``.npy`` of Python objects (a pickle), read from its header
+    only (nothing is unpickled)."""
+    if path.suffix != ".npy" or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            dtype = read_header(handle)[2]
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a .npy file ({error})") from error
+    return bool(dtype.hasobject)
+
+
+def convert_pickled_labels(source: Path, target: Path) -> Path:
+    """Read IRN's pickled ``cls_labels.npy`` (a dict ``int(id without '_') -> float32[C]``;
+    this unpickles: trusted files only) and write its safe form ``target`` (``.npz`` with
+    ``ids`` and ``labels``, see :func:`load_image_labels`), atomically."""
+    try:
+        table = np.load(source, allow_pickle=True).item()
+        names = [str(key) for key in table]
+        labels = np.stack([np.asarray(value, dtype=np.float32) for value in table.values()])
+    except (OSError, ValueError, AttributeError, TypeError) as error:
+        raise ValueError(f"{source}: not a cls_labels.npy-style file (a pickled dict id -> "
+                         f"float32[20]): {error}") from error
+    save_npz(target, ids=np.array(names, dtype=str), labels=labels)
+    return target
 
 
 def load_json_labels(path: Path, ids: Sequence[str], num_classes: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from loupe.data.base import rgb_tensor
 from loupe.data.spec import DatasetSpec, open_spec
 from loupe.evaluation.sources import Source
 from loupe.io import atomic_path, write_json
-from loupe.mapsets.files import load_map_file, output_path
+from loupe.mapsets.files import check_output_folder, load_map_file, output_path
 from loupe.masks import load_mask_png, masks_from_maps
 from loupe.reports import markdown_table, plot_miou_vs_threshold, plot_overlay_grid
 
@@ -33,7 +33,10 @@ def report_markdown(results: dict[str, Any]) -> str:
     lines = [f"# Evaluation: {data['kind']} {data.get('split') or ''} "
              f"({results['images']} images)", ""]
     if results.get("ignored_classes"):
-        via = f" (with --class-map {results['class_map']})" if results.get("class_map") else ""
+        recorded = " as recorded in maps.json" if results.get("class_map_from") == "maps.json" \
+            else ""
+        via = (f" (with --class-map {results['class_map']}{recorded})"
+               if results.get("class_map") else "")
         lines += [f"Ignored classes{via}, not counted and left out of the mean and the "
                   f"per-class table: {', '.join(results['ignored_classes'])}.", ""]
     for section in (_sweeps, _masks, _intervals, _comparisons, _per_class, _localization):
@@ -145,29 +148,48 @@ def _mean(values: Any) -> float:
     return sum(real) / len(real) if real else float("nan")
 
 
-def write_run(out: Path, results: dict[str, Any]) -> None:
-    """``results.json``, ``report.md`` and the mIoU-threshold plot (maps methods) in ``out``."""
+#: Every file ``loupe evaluate`` writes into its run folder (``results.json`` marks one).
+RUN_FILES = ("results.json", "report.md", "miou_vs_threshold.png", "overlays.png")
+
+
+def check_evaluation_folder(out: Path) -> None:
+    """A ValueError unless ``out`` can take an evaluation run: absent, empty, or an earlier
+    evaluation run's folder (it has ``results.json``; its files are replaced, and those of
+    :data:`RUN_FILES` that the new run does not write are removed, so that nothing stale,
+    e.g. an old ``overlays.png``, stays beside the new results)."""
+    check_output_folder(out, RUN_FILES[0], "an evaluation run")
+
+
+def write_run(out: Path, results: dict[str, Any]) -> list[str]:
+    """``results.json``, ``report.md`` and the mIoU-threshold plot (maps methods) in ``out``;
+    returns the names written."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     with atomic_path(out / "report.md") as tmp:
         Path(tmp).write_text(report_markdown(results), encoding="utf-8")
     curves = {name: (m["sweep"]["thresholds"], m["sweep"]["miou"])
               for name, m in results["methods"].items() if "sweep" in m}
-    if curves:
-        plot_miou_vs_threshold(out / "miou_vs_threshold.png", curves)
+    if not curves:
+        return ["results.json", "report.md"]
+    plot_miou_vs_threshold(out / "miou_vs_threshold.png", curves)
+    return ["results.json", "report.md", "miou_vs_threshold.png"]
 
 
 def write_overlays(
     out: Path, dataset: Any, ids: Sequence[str], sources: Sequence[Source],
-    thresholds: dict[str, float | None], count: int, side: int = 128,
+    thresholds: dict[str, float | None], count: int, side: int = 160,
+    picks: Sequence[int] | None = None,
 ) -> bool:
-    """``overlays.png``: ``count`` images spread over the data set with their ground truth
-    and each method's mask (maps at the method's threshold), all shown at ``side x side``.
-    Returns False (nothing written) when the data set has no readable images."""
+    """``overlays.png``: ``count`` images spread over the data set (or the data-set indices
+    ``picks``, in that order) with their ground truth and each method's mask (maps at the
+    method's threshold), each image scaled to a longer side of ``side`` pixels with its aspect
+    ratio kept, and a legend of the class colours. Returns False (nothing written) when the
+    data set has no readable images."""
     if count <= 0 or not ids:
         return False
-    picks = sorted(set(torch.linspace(0, len(ids) - 1, min(count, len(ids))).round()
-                       .long().tolist()))
+    if picks is None:
+        picks = sorted(set(torch.linspace(0, len(ids) - 1, min(count, len(ids))).round()
+                           .long().tolist()))
     images, columns = [], {"ground truth": []}
     columns.update({s.name: [] for s in sources})
     for index in picks:
@@ -175,9 +197,10 @@ def write_overlays(
         if sample.image is None or sample.mask is None:
             return False
         pixels = torch.as_tensor(rgb_tensor(sample.image)).float()[None]
-        images.append(F.interpolate(pixels, size=(side, side), mode="bilinear",
-                                    align_corners=False, antialias=True)[0])
-        columns["ground truth"].append(_nearest(sample.mask, side))
+        size = _kept_aspect(pixels.shape[-2:], side)
+        images.append(F.interpolate(pixels, size=size, mode="bilinear", align_corners=False,
+                                    antialias=True)[0].round().clamp(0, 255).to(torch.uint8))
+        columns["ground truth"].append(_nearest(sample.mask, size))
         for source in sources:
             path = output_path(source.folder, sample.id, source.suffix)
             if source.kind == "maps":
@@ -186,27 +209,39 @@ def write_overlays(
                                        thresholds[source.name] or 0.0)
             else:
                 mask = load_mask_png(path)
-            columns[source.name].append(_nearest(mask, side))
-    plot_overlay_grid(out / "overlays.png", torch.stack(images).round().clamp(0, 255)
-                      .to(torch.uint8), {k: torch.stack(v) for k, v in columns.items()})
+            columns[source.name].append(_nearest(mask, size))
+    plot_overlay_grid(out / "overlays.png", images, columns,
+                      class_names=list(dataset.class_names))
     return True
 
 
-def _nearest(mask: torch.Tensor, side: int) -> torch.Tensor:
-    return F.interpolate(mask[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
+def _kept_aspect(size: Sequence[int], side: int) -> tuple[int, int]:
+    """``(h, w)`` with the longer side ``side`` and the aspect ratio of ``size``."""
+    height, width = int(size[0]), int(size[1])
+    scale = side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
 def write_evaluation(out: Path, results: dict[str, Any], sources: Sequence[Source],
                      spec: DatasetSpec, overlays: int) -> None:
     """The whole run folder (rank 0): :func:`write_run`, and ``overlays.png`` of ``overlays``
-    images when the data set has masks and readable images (a warning says why not)."""
-    write_run(out, results)
-    if not overlays or not results["has_masks"]:
-        return
-    try:
-        dataset = open_spec(spec, images=True)
-        thresholds = {name: m["threshold"] for name, m in results["methods"].items()}
-        ids = list(dataset.ids[: results["images"]])
-        write_overlays(out, dataset, ids, sources, thresholds, overlays)
-    except (FileNotFoundError, ValueError) as error:
-        logger.warning("no overlays.png: %s", error)
+    images when the data set has masks and readable images (a warning says why not); then
+    the files of :data:`RUN_FILES` an earlier run left and this one did not write are
+    removed (see :func:`check_evaluation_folder`)."""
+    check_evaluation_folder(out)
+    written = write_run(out, results)
+    if overlays and results["has_masks"]:
+        try:
+            dataset = open_spec(spec, images=True)
+            thresholds = {name: m["threshold"] for name, m in results["methods"].items()}
+            ids = list(dataset.ids[: results["images"]])
+            if write_overlays(out, dataset, ids, sources, thresholds, overlays):
+                written.append("overlays.png")
+        except (FileNotFoundError, ValueError) as error:
+            logger.warning("no overlays.png: %s", error)
+    for name in set(RUN_FILES) - set(written):
+        (out / name).unlink(missing_ok=True)

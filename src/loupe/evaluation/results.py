@@ -160,7 +160,9 @@ def build_results(tally: Tally, sources: Sequence[Source], thresholds: Sequence[
         "class_names": list(tally.class_names), "thresholds": list(thresholds),
         "has_masks": tally.has_masks,
         "ignored_classes": [tally.class_names[c] for c in tally.ignored],
-        "class_map": options.class_map,
+        "class_map": options.class_map or tally.class_map,
+        "class_map_from": ("--class-map" if options.class_map else
+                           "maps.json" if tally.class_map else None),
         "bootstrap": {"n": options.bootstrap, "seed": options.bootstrap_seed,
                       "level": options.level},
         "methods": {}, "comparisons": [],

@@ -12,19 +12,22 @@ from pathlib import Path
 import torch
 
 from loupe.data.mapping import load_class_map
-from loupe.mapsets.files import read_run_description
+from loupe.mapsets.files import output_path, read_run_description
 
 
 @dataclass(frozen=True)
 class Source:
     """One method to evaluate: a folder of map files (``kind="maps"``) or of paletted mask
     PNGs (``kind="masks"``), and the name it has in the reports. ``method`` is the map method
-    recorded in the folder's ``maps.json`` (None when unknown)."""
+    recorded in the folder's ``maps.json`` (None when unknown); ``correspondence`` is how its
+    maps' classes were matched to the classifier's (``maps.json``'s, for a masks folder that
+    of the maps its ``masks.json`` names; None when unknown)."""
 
     name: str
     folder: Path
     kind: str
     method: str | None = None
+    correspondence: dict | None = None
 
     @property
     def suffix(self) -> str:
@@ -52,25 +55,88 @@ def make_sources(
         suffix = ".npz" if kind == "maps" else ".png"
         if next(folder.rglob(f"*{suffix}"), None) is None:
             raise ValueError(f"--{kind} {folder}: empty {kind} folder (no *{suffix} files)")
-        method = None
-        if kind == "maps" and (folder / "maps.json").is_file():
-            method = read_run_description(folder / "maps.json", "maps.json").get("method")
+        described = _maps_description(folder, kind)
+        method = described.get("method") if kind == "maps" else None
+        correspondence = described.get("correspondence")
         name = names[i] if names is not None else folder.name
-        sources.append(Source(name, folder, kind, method))
+        sources.append(Source(name, folder, kind, method,
+                              correspondence if isinstance(correspondence, dict) else None))
     taken = [s.name for s in sources]
     if len(set(taken)) != len(taken):
         raise ValueError(f"two folders have the same name ({', '.join(taken)}); give --names")
     return tuple(sources)
 
 
+def check_source_files(sources: Sequence[Source], ids: Sequence[str], shown: int = 5) -> None:
+    """A FileNotFoundError, before any work, when a folder lacks the file of an image of the
+    data set: the folder, how many are missing and the first few ids."""
+    for source in sources:
+        missing = [i for i in ids if not output_path(source.folder, i, source.suffix).is_file()]
+        if missing:
+            first = ", ".join(repr(i) for i in missing[:shown])
+            more = ", ..." if len(missing) > shown else ""
+            raise FileNotFoundError(
+                f"--{source.kind} {source.folder}: no {source.kind[:-1]} file for {len(missing)} "
+                f"of the {len(ids)} images of the data set ({first}{more}); make them for the "
+                f"same data-set options (loupe maps), or check --{source.kind} and --limit")
+
+
+def _maps_description(folder: Path, kind: str) -> dict:
+    """The ``maps.json`` behind a folder: its own (maps), or that of the maps folder its
+    ``masks.json`` names (masks); empty when there is none."""
+    if kind == "masks":
+        if not (folder / "masks.json").is_file():
+            return {}
+        maps = read_run_description(folder / "masks.json", "masks.json").get("maps")
+        folder = Path(maps) if isinstance(maps, str) else folder / "-"
+    if not (folder / "maps.json").is_file():
+        return {}
+    return read_run_description(folder / "maps.json", "maps.json")
+
+
+@dataclass(frozen=True)
+class RecordedClassMap:
+    """The class map the folders' ``maps.json`` record: its name (what ``--class-map`` was)
+    and, when recorded, the data-set classes without a counterpart."""
+
+    name: str
+    without_counterpart: tuple[str, ...] | None
+
+
+def recorded_class_map(sources: Sequence[Source]) -> RecordedClassMap | None:
+    """What ``loupe evaluate`` applies without ``--class-map``: the class map that every
+    folder that records one was made with (None when none records one). A ValueError
+    naming ``--class-map`` when the folders disagree (some made with another class map, or
+    with none): scoring them alike would be silently wrong for some."""
+    seen: list[tuple[str, RecordedClassMap | None]] = []
+    for source in sources:
+        if source.correspondence is None:
+            continue  # nothing recorded (e.g. maps written by other code)
+        name = source.correspondence.get("class_map")
+        names = source.correspondence.get("without_counterpart")
+        seen.append((source.name, None if name is None else RecordedClassMap(
+            str(name), None if names is None else tuple(names))))
+    choices = {choice for _, choice in seen}
+    if len(choices) > 1:
+        made = "; ".join(f"{s}: {'--class-map ' + c.name if c else 'no class map'}"
+                         for s, c in seen)
+        raise ValueError(f"the folders were made with different class maps ({made}); give "
+                         "--class-map to say which classes to score, or evaluate them apart")
+    return next(iter(choices), None)
+
+
 def ignored_class_indices(
-    class_names: Sequence[str], ignore_classes: Sequence[str] = (), class_map: str | None = None
+    class_names: Sequence[str], ignore_classes: Sequence[str] = (), class_map: str | None = None,
+    recorded: RecordedClassMap | None = None,
 ) -> tuple[int, ...]:
     """The sorted indices of the data-set classes left out of the segmentation scores: those
     named in ``ignore_classes`` and, with ``class_map`` (what ``loupe maps --class-map`` takes:
     ``"coco_to_imagenet"`` or a JSON file ``{data-set class name: [classifier indices]}``,
     read by :func:`loupe.data.mapping.load_class_map`), every
     class but class 0 whose set of classifier classes is empty.
+
+    Without ``class_map``, ``recorded`` (:func:`recorded_class_map`) stands for it: its
+    classes without a counterpart as ``maps.json`` lists them (or its class map, loaded).
 
     Class 0 is the background of the pseudo-masks (the threshold rule's label) and cannot be
     ignored. Errors name the argument: an unknown name (with close matches), the background,
@@ -89,6 +155,11 @@ def ignored_class_indices(
             raise ValueError(f"--ignore-classes {name!r}: class 0 is the background of the "
                              "masks and cannot be ignored")
         ignored.add(index)
+    if class_map is None and recorded is not None:
+        if recorded.without_counterpart is None:
+            class_map = recorded.name
+        else:
+            ignored.update(names.index(n) for n in recorded.without_counterpart if n in names)
     if class_map is not None:
         try:
             mapping = load_class_map(class_map, names)

@@ -32,7 +32,13 @@ from tqdm import tqdm
 
 from loupe import distributed
 from loupe.data.spec import DatasetSpec, open_spec, selected_count
-from loupe.evaluation.sources import Source, ignored_class_indices, relabel
+from loupe.evaluation.sources import (
+    Source,
+    check_source_files,
+    ignored_class_indices,
+    recorded_class_map,
+    relabel,
+)
 from loupe.mapsets.files import load_map_file, output_path
 from loupe.mapsets.guesses import guess_records, maps_topk, ranked_guesses, read_ranking
 from loupe.masks.palette import load_mask_png
@@ -78,6 +84,8 @@ class Tally:
     pxap: per source, the summed PxAP histogram ``(2, E + 1)`` or None without masks.
     ignored: the indices of the classes left out of the segmentation scores (see
         :func:`ignored_class_indices`); their rows and columns of ``confusions`` are zero.
+    class_map: the class map applied because the folders' ``maps.json`` record it (no
+        ``--class-map`` given), else None.
     """
 
     num_classes: int
@@ -89,6 +97,7 @@ class Tally:
     pairs: list[dict[int, list[PairRecord]]] = field(default_factory=list)
     pxap: list[torch.Tensor | None] = field(default_factory=list)
     ignored: tuple[int, ...] = ()
+    class_map: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,11 +181,15 @@ class _Sums:
 
 def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | None:
     """One pass over this rank's images; returns the merged :class:`Tally` on rank 0 (None on
-    other ranks)."""
+    other ranks). Without ``config.class_map``, the class map the folders' ``maps.json``
+    record is applied (:func:`recorded_class_map`). Every file is checked to exist first."""
     dataset = open_spec(config.dataset, images=False)
     count = selected_count(dataset, config.dataset)
     n = len(dataset.class_names)
-    ignored = ignored_class_indices(dataset.class_names, config.ignore_classes, config.class_map)
+    recorded = None if config.class_map else recorded_class_map(config.sources)
+    ignored = ignored_class_indices(dataset.class_names, config.ignore_classes, config.class_map,
+                                    recorded)
+    check_source_files(config.sources, dataset.ids[:count])
     has_masks = count > 0 and _first_mask(dataset) is not None
     if not has_masks and not config.boxes:
         raise ValueError(f"--dataset {config.dataset.kind}: the images have no ground-truth "
@@ -201,8 +214,11 @@ def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | 
         _add_item(sums, item, config, thresholds, edges, n, ignored_tensor)
     if not config.boxes:
         sums.pairs, sums.pxap = [], []
-    return merge_tallies(n, tuple(dataset.class_names), tuple(dataset.ids[:count]), has_masks,
-                         sums, ignored=ignored)
+    tally = merge_tallies(n, tuple(dataset.class_names), tuple(dataset.ids[:count]), has_masks,
+                          sums, ignored=ignored)
+    if tally is not None and recorded is not None:
+        tally.class_map = recorded.name
+    return tally
 
 
 def _add_item(
@@ -339,3 +355,22 @@ def per_image_confusions(tally: Tally, source: int, threshold_index: int) -> tor
         keep = flat // cells == threshold_index
         stack[index, flat[keep] % cells] = counts[keep]
     return stack.view(-1, n, n)
+
+
+def per_image_stats(tally: Tally, source: int, thresholds: int) -> torch.Tensor:
+    """``(I, T, 3, N)`` int64: each image's :func:`loupe.metrics.confusion_stats` (true
+    positives, ground-truth and predicted counts per class) at each of the ``T`` thresholds
+    of ``source`` (``T = 1`` for a masks source), in data-set order, built from the sparse
+    per-image matrices without making them dense."""
+    n = tally.num_classes
+    stats = torch.zeros((len(tally.ids), thresholds, 3, n), dtype=torch.long)
+    for index, (flat, counts) in tally.per_image[source].items():
+        t, row, column = flat // (n * n), flat // n % n, flat % n
+        if t.numel() and int(t.max()) >= thresholds:
+            raise ValueError(f"image {index} has matrices for more than {thresholds} thresholds")
+        image = stats[index]
+        hits = row == column
+        image[:, 0].index_put_((t[hits], row[hits]), counts[hits], accumulate=True)
+        image[:, 1].index_put_((t, row), counts, accumulate=True)
+        image[:, 2].index_put_((t, column), counts, accumulate=True)
+    return stats

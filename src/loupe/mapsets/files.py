@@ -89,6 +89,20 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return stale
 
 
+def check_output_folder(out: Path, run_file: str, what: str) -> None:
+    """A ValueError unless ``out`` is absent, empty (hidden files aside) or holds
+    ``run_file`` (an earlier run of the same command, whose description the caller then
+    checks): a folder with other files is another run's or the user's, and outputs written
+    into it would be mixed with them."""
+    if not out.is_dir() or (out / run_file).is_file():
+        return
+    others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ValueError(f"--out {out}: not empty ({shown}) and not {what} (no {run_file}); "
+                         "give a new or empty folder")
+
+
 def read_run_description(path: Path, what: str) -> dict[str, Any]:
     """The JSON object of a run description (``maps.json``, ``masks.json``); errors name the
     file."""
@@ -98,25 +112,46 @@ def read_run_description(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def check_same_run(path: Path, description: Mapping[str, Any], what: str) -> None:
+def check_same_run(
+    path: Path, description: Mapping[str, Any], what: str, extent: tuple[str, ...] = (),
+    reasons: Mapping[str, str] | None = None,
+) -> None:
     """A ValueError when ``path`` (an earlier run's description) exists and differs from
-    ``description``: resuming into a folder made with other settings would mix outputs."""
+    ``description``: resuming into a folder made with other settings would mix outputs. Keys
+    in ``extent`` say how much was done, not how (e.g. how many images): they may differ.
+    ``reasons`` says in words what a changed key means (e.g. that the weights changed),
+    where the earlier run recorded it."""
     if not path.is_file():
         return
     old = read_run_description(path, what)
     new = to_jsonable(description)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
-        raise ValueError(
-            f"{path}: this folder holds a run with other settings ({details}); use another "
-            "--out or delete the folder to start over"
-        )
+    changed = sorted(k for k in set(old) | set(new)
+                     if k not in extent and old.get(k) != new.get(k))
+    if not changed:
+        return
+    explained = [k for k in changed if k in (reasons or {}) and old.get(k) is not None]
+    first = explained or changed
+    details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in first[:4])
+    problem = (reasons or {}).get(first[0], "this folder holds a run with other settings")
+    raise ValueError(f"{path}: {problem} ({details}); use another --out or delete the folder "
+                     "to start over")
+
+
+def check_map_classes(classes: np.ndarray | torch.Tensor, num_classes: int, path: Path) -> None:
+    """A ValueError naming the map file ``path`` unless its ``classes`` lie in
+    ``1..num_classes-1`` (a data set's object classes; 0 is the background)."""
+    values = torch.as_tensor(classes).flatten()
+    bad = values[(values < 1) | (values >= num_classes)]
+    if bad.numel():
+        raise ValueError(f"{path}: map classes must lie in 1..{num_classes - 1} (the data "
+                         f"set's {num_classes} classes, 0 = background), got "
+                         f"{torch.unique(bad)[:10].tolist()}")
 
 
 def load_map_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``maps`` ``(K, H, W)`` float32 and ``classes`` ``(K,)`` int64 from a map file; errors
-    name the file (missing, unreadable, pickled, wrong keys or shapes)."""
+    name the file (missing, unreadable, pickled, wrong keys or shapes, NaN or infinite
+    values: NaN would silently count as 0 and an infinite patch would take the whole map)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: map file not found")
     try:
@@ -139,4 +174,10 @@ def load_map_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: 'classes' must be {maps.shape[0]} integers (one per map), got "
             f"{classes.dtype} {classes.shape}"
         )
-    return maps.astype(np.float32), classes.astype(np.int64)
+    maps = maps.astype(np.float32)
+    finite = np.isfinite(maps)
+    if not finite.all():
+        nan, inf = int(np.isnan(maps).sum()), int(np.isinf(maps).sum())
+        raise ValueError(f"{path}: map file holds {nan} NaN and {inf} infinite values (of "
+                         f"{maps.size}); remake it (loupe maps refuses to write such maps)")
+    return maps, classes.astype(np.int64)

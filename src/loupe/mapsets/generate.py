@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,34 +30,35 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from loupe import __version__, distributed
+from loupe import distributed
 from loupe.api import explain
 from loupe.data.base import rgb_tensor
 from loupe.data.mapping import ClassMapping, class_correspondence, mapped_scores, mapped_targets
-from loupe.data.spec import DatasetSpec, open_spec, selected_count
-from loupe.io import save_npz, write_json
+from loupe.data.spec import open_spec, selected_count
+from loupe.io import save_npz
 from loupe.layers import find_target_layer
-from loupe.mapsets.files import (
-    check_same_run,
-    map_file_arrays,
-    output_path,
-    remove_stale_temp_files,
+from loupe.mapsets.claims import ChunkClaims, record_run
+from loupe.mapsets.files import check_output_folder, map_file_arrays, output_path
+from loupe.mapsets.settings import (  # MEMORY_OPTIONS: re-exported (loupe.comparison)
+    CHANGED,
+    MEMORY_OPTIONS,  # noqa: F401
+    MapsConfig,
+    MapsResult,
+    describe_run,
 )
-from loupe.models import Classifier, PreprocessingOptions, load_classifier
+from loupe.models import PreprocessingOptions, load_classifier
+from loupe.models.fingerprint import classifier_fingerprint
 from loupe.registry import get_method
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "maps.json"
+#: The progress bar: images done to a tenth (it moves inside a batch), images per second.
+BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
 
 
 # --------------------------------------------------------------------------- functional core
 
-
-# Options that bound memory and never change the maps (tested for every chunked method): left
-# out of maps.json, so a run can resume with another value (say, smaller chunks after
-# running out of memory).
-MEMORY_OPTIONS = ("chunk_size",)
 
 def multiscale_maps(
     model: nn.Module,
@@ -71,6 +72,7 @@ def multiscale_maps(
     target_layer: str | None = None,
     autocast: bool = False,
     options: Mapping[str, object] | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> list[torch.Tensor]:
     """Maps of ``targets`` summed over ``scales`` (and horizontal flips), at each image's size.
 
@@ -83,6 +85,7 @@ def multiscale_maps(
         scales: factors of ``(h, w)``; the scaled input is ``round(h * s) x round(w * s)``
             (bilinear, antialiased when shrinking).
         flip: also explain the horizontally flipped input and add its maps flipped back.
+        progress: told how many of the ``B`` images are done (a float, over all scales).
 
     Returns:
         ``B`` float32 tensors ``(K, H_i, W_i)`` on the images' device: ``sum over scales and
@@ -100,7 +103,7 @@ def multiscale_maps(
     if target_layer is None and get_method(method).uses_layer:
         target_layer = find_target_layer(model, images)  # once, not once per scale
     totals = [images.new_zeros((k, *size), dtype=torch.float32) for size in sizes]
-    for scale in scales:
+    for step, scale in enumerate(scales):
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         x = images if size == (h, w) else F.interpolate(
             images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1
@@ -108,14 +111,24 @@ def multiscale_maps(
         t = targets
         if flip:
             x, t = torch.cat([x, x.flip(-1)]), torch.cat([targets, targets])
+        report = _scale_progress(progress, step, len(scales), b, x.shape[0])
         maps = explain(model, x, t, method=method, target_layer=target_layer, upsample=False,
-                       autocast=autocast, **dict(options or {})).float()
+                       autocast=autocast, progress=report, **dict(options or {})).float()
         for i, out_size in enumerate(sizes):
             up = _resize(maps[i], out_size)
             if flip:
                 up = up + _resize(maps[b + i], out_size).flip(-1)
             totals[i] += up
     return totals
+
+
+def _scale_progress(progress: Callable[[float], None] | None, step: int, steps: int,
+                    images: int, rows: int) -> Callable[[float], None] | None:
+    """The progress callback of scale ``step`` of ``steps``, whose input has ``rows`` rows
+    (the ``images``, and their flips): images done over all scales."""
+    if progress is None:
+        return None
+    return lambda done: progress(images * (step + done / rows) / steps)
 
 
 def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -176,65 +189,6 @@ def batch_targets(
 # --------------------------------------------------------------------------- the run
 
 
-@dataclass(frozen=True)
-class MapsConfig:
-    """Everything ``loupe maps`` needs (see its ``--help`` for each option)."""
-
-    dataset: DatasetSpec
-    out: Path
-    model: str
-    weights: str | None = None
-    method: str = "gradcam"
-    options: dict[str, object] = field(default_factory=dict)
-    target_layer: str | None = None
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
-    topk: int | None = None
-    class_map: str | None = None
-    label_offset: int | None = None
-    size: int | None = None
-    batch_size: int = 8
-    workers: int = 0
-    amp: bool = False
-    num_classes: int | None = None
-    seed: int = 0
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    scale: str | None = None
-    patch: str | None = None
-    progress: bool = True
-
-    def check(self) -> None:
-        """A ValueError naming the first option out of range."""
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"--scales must be positive numbers, got {list(self.scales)}")
-        if len(set(self.scales)) != len(self.scales):
-            raise ValueError(f"--scales has repeats: {list(self.scales)}")
-        if self.topk is not None and self.topk < 1:
-            raise ValueError(f"--topk must be at least 1, got {self.topk}")
-        if self.size is not None and self.size < 8:
-            raise ValueError(f"--size must be at least 8 pixels, got {self.size}")
-        get_method(self.method)
-
-
-@dataclass(frozen=True)
-class MapsResult:
-    """What one process did: images in its share, maps written now, already there, time."""
-
-    images: int
-    written: int
-    skipped: int
-    seconds: float
-
-    @property
-    def images_per_second(self) -> float:
-        return self.written / self.seconds if self.seconds > 0 else 0.0
-
-
 class _Images(Dataset):
     """Items ``(index, (3, H, W) uint8 image, labels)`` of a data set, for a DataLoader."""
 
@@ -253,49 +207,26 @@ def _keep_list(items: list) -> list:
     return items
 
 
-def describe_run(
-    config: MapsConfig, classifier: Classifier, dataset: Any, count: int,
-    correspondence: dict[str, Any],
-) -> dict[str, Any]:
-    """The ``maps.json`` of a run: deterministic (no times, no machine details), so that a
-    resumed run can check it continues the same run."""
-    return {
-        "format": "loupe maps 1: <id>.npz with maps (K, H, W) float16 divided by peak (K,) "
-                  "float32, classes (K,) int64, scores (K,) float32, predicted () int64",
-        "loupe": __version__,
-        "method": config.method,
-        "options": {k: _plain(v) for k, v in sorted(config.options.items())
-                    if k not in MEMORY_OPTIONS},
-        "target_layer": config.target_layer,
-        "scales": list(config.scales),
-        "flip": config.flip,
-        "size": config.size,
-        "targets": f"top-{config.topk}" if config.topk else "image-level labels",
-        "correspondence": correspondence,
-        "classifier": classifier.description,
-        "mean": list(classifier.preprocessing.mean),
-        "std": list(classifier.preprocessing.std),
-        "amp": config.amp,
-        "dataset": config.dataset.describe(),
-        "class_names": list(dataset.class_names),
-        "images": count,
-    }
+@dataclass
+class _Run:
+    """What the batches of one ``generate_maps`` call share."""
 
-
-def _plain(value: object) -> object:
-    """An option value as JSON: numbers, strings, booleans and None as they are, sequences
-    as lists, anything else as its repr."""
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return repr(value)
+    config: MapsConfig
+    model: nn.Module
+    mapping: ClassMapping
+    mean: torch.Tensor
+    std: torch.Tensor
+    ids: list[str]
+    paths: list[Path]
+    bar: Any
+    warned_large: bool = False
 
 
 def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
-    """Write ``<out>/<id>.npz`` for every image of the data set not yet done (this rank's
-    share under ``torchrun``; call :func:`loupe.distributed.init_distributed`
-    first) and ``<out>/maps.json`` (rank 0)."""
+    """Write ``<out>/<id>.npz`` for every image of the data set not yet done and
+    ``<out>/maps.json`` (rank 0). Under ``torchrun`` each rank takes its share of the chunks
+    (call :func:`loupe.distributed.init_distributed` first); processes started separately on
+    the same ``out`` share the chunks through lock files (:mod:`loupe.mapsets.claims`)."""
     config.check()
     dataset = open_spec(config.dataset, images=True)
     classifier = load_classifier(
@@ -307,17 +238,14 @@ def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
         dataset.class_names, classifier.num_outputs, model_offset=classifier.label_offset,
         class_map=config.class_map, label_offset=config.label_offset,
     )
+    correspondence = {**correspondence, **_unmatched(correspondence, dataset, mapping)}
     count = selected_count(dataset, config.dataset)
     out = Path(config.out)
-    description = describe_run(config, classifier, dataset, count, correspondence)
-    check_same_run(out / RUN_FILE, description, "maps run description (maps.json)")
-    distributed.barrier()  # every rank has checked before rank 0 writes or cleans up
-    if distributed.is_main():
-        stale = remove_stale_temp_files(out)
-        if stale:
-            logger.info("removed %d temporary files left by an interrupted run", len(stale))
-        write_json(out / RUN_FILE, description)
-    distributed.barrier()  # no rank writes maps while rank 0 cleans up
+    check_output_folder(out, RUN_FILE, "a maps run")
+    fingerprint = classifier_fingerprint(classifier.model, config.weights)
+    description = describe_run(config, classifier, dataset, correspondence, fingerprint)
+    record_run(out / RUN_FILE, description, "maps run description (maps.json)",
+               {"images": count}, CHANGED)
 
     ids = list(dataset.ids[:count])
     paths = [output_path(out, i, ".npz") for i in ids]
@@ -325,36 +253,56 @@ def generate_maps(config: MapsConfig, device: torch.device) -> MapsResult:
               for s in range(0, count, config.batch_size)]
     mine = distributed.shard(chunks)
     share = sum(len(c) for c in mine)
-    pending = [c for c in mine if any(not paths[i].is_file() for i in c)]
-    done = share - sum(sum(not paths[i].is_file() for i in c) for c in pending)
-
-    model = classifier.model.to(device)
-    mean = torch.tensor(classifier.preprocessing.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(classifier.preprocessing.std, device=device).view(1, 3, 1, 1)
-    loader = DataLoader(_Images(dataset), batch_sampler=pending, num_workers=config.workers,
+    done = sum(paths[i].is_file() for c in mine for i in c)
+    model, preprocessing = classifier.model.to(device), classifier.preprocessing
+    claims = ChunkClaims(out, mine, paths)
+    loader = DataLoader(_Images(dataset), batch_sampler=claims, num_workers=config.workers,
                         collate_fn=_keep_list, pin_memory=device.type == "cuda")
-    world = distributed.world_size()
-    label = f"maps (rank {distributed.rank()} of {world})" if world > 1 else "maps"
-    bar = tqdm(total=share, initial=done, unit="img", desc=label, dynamic_ncols=True,
-               disable=not config.progress or not distributed.is_main())
+    bar = _progress_bar(share, done, config.progress)
+    run = _Run(config, model, mapping,
+               torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1),
+               torch.tensor(preprocessing.std, device=device).view(1, 3, 1, 1), ids, paths, bar)
     written = 0
     start = time.perf_counter()
-    with bar:
-        for items in loader:
-            new = sum(_process_group(group, config, model, mapping, mean, std, device, paths)
-                      for group in _same_size_groups(items, config.size))
-            written += new
-            bar.update(new)
+    try:
+        with bar:
+            for items in loader:
+                written += sum(_process_group(group, run, device)
+                               for group in _same_size_groups(items, config.size))
+                claims.finished(items[0][0])
+    finally:
+        claims.release_all()
     seconds = time.perf_counter() - start
-    result = MapsResult(share, written, share - written, seconds)
-    logger.info("rank %d: %d map files written, %d already there (%.1f images/s)",
-                distributed.rank(), written, result.skipped, result.images_per_second)
+    result = MapsResult(share, written, share - written - claims.elsewhere, seconds,
+                        claims.elsewhere)
+    # no "rank N:" here: the command line's log format adds it under torchrun only
+    logger.info("%d map files written, %d already there, %d by other processes "
+                "(%.1f images/s)", written, result.skipped, result.elsewhere,
+                result.images_per_second)
     return result
 
 
+def _progress_bar(share: int, done: int, enabled: bool) -> tqdm:
+    """The ``maps`` bar of this rank's ``share`` of images (shown on rank 0 only)."""
+    world = distributed.world_size()
+    label = f"maps (rank {distributed.rank()} of {world})" if world > 1 else "maps"
+    return tqdm(total=share, initial=done, unit="img", desc=label, dynamic_ncols=True,
+                disable=not enabled or not distributed.is_main(), bar_format=BAR)
+
+
+def _unmatched(correspondence: dict[str, Any], dataset: Any, mapping: ClassMapping
+               ) -> dict[str, Any]:
+    """With a class map, the data-set classes (not the background) without a counterpart,
+    by name: what ``loupe evaluate`` leaves out of the scores of these maps."""
+    if "class_map" not in correspondence:
+        return {}
+    names = list(dataset.class_names)
+    return {"without_counterpart": [names[c] for c in range(1, len(names)) if not mapping[c]]}
+
+
 def _same_size_groups(items: list, size: int | None) -> list[list]:
-    """Items grouped by model input size, in order of first appearance (all one group when
-    every image is resized to ``size``)."""
+    """Items grouped by image size, in order of first appearance (all one group when every
+    image is resized to ``size``)."""
     if size is not None:
         return [items]
     groups: dict[tuple[int, ...], list] = {}
@@ -363,45 +311,79 @@ def _same_size_groups(items: list, size: int | None) -> list[list]:
     return list(groups.values())
 
 
-def _process_group(
-    group: list, config: MapsConfig, model: nn.Module, mapping: ClassMapping,
-    mean: torch.Tensor, std: torch.Tensor, device: torch.device, paths: list[Path],
-) -> int:
+def _process_group(group: list, run: _Run, device: torch.device) -> int:
     """Maps of one batch of same-size images; writes the files not yet there; returns how
-    many it wrote."""
-    indices = [item[0] for item in group]
-    todo = [j for j, index in enumerate(indices) if not paths[index].is_file()]
+    many it wrote. NaN or infinite logits or maps are an error naming the image."""
+    config, indices = run.config, [item[0] for item in group]
+    todo = [j for j, index in enumerate(indices) if not run.paths[index].is_file()]
     if not todo:
         return 0
     sizes = [tuple(item[1].shape[-2:]) for item in group]
-    pixels = torch.stack([_input_image(item[1].to(device), config.size) for item in group])
-    x = (pixels - mean) / std
+    pixels = torch.stack([_input_image(item[1].to(device), run, item[0]) for item in group])
+    x = (pixels - run.mean) / run.std
     labels = torch.stack([item[2] for item in group]).to(device)
     with torch.no_grad():
-        logits = model(x)
+        logits = run.model(x)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ValueError(f"--model {config.model} does not return class logits (B, classes)")
-    chosen = batch_targets(logits, labels, mapping, config.topk)
+    broken = (~torch.isfinite(logits).all(1)).nonzero().flatten().tolist()
+    if broken:
+        raise ValueError(f"image {run.ids[indices[broken[0]]]!r}: the classifier's logits are "
+                         f"NaN or infinite (check --model/--weights); no map file written")
+    chosen = batch_targets(logits, labels, run.mapping, config.topk)
+    before = run.bar.n
     if chosen.classes.shape[1]:
         maps = multiscale_maps(
-            model, x, chosen.model_classes, config.method, sizes, scales=config.scales,
+            run.model, x, chosen.model_classes, config.method, sizes, scales=config.scales,
             flip=config.flip, target_layer=config.target_layer, autocast=config.amp,
             options=config.options,
+            progress=lambda done: _show(run.bar, before + done * len(todo) / len(group)),
         )
     else:
         maps = [x.new_zeros((0, *s)) for s in sizes]
     for j in todo:
         valid = chosen.classes[j] >= 0
+        if not torch.isfinite(maps[j][valid]).all():
+            raise ValueError(f"image {run.ids[indices[j]]!r}: its {config.method} maps hold NaN "
+                             "or infinite values; no map file written")
         arrays = map_file_arrays(maps[j][valid], chosen.classes[j][valid],
                                  chosen.scores[j][valid], int(chosen.predicted[j]))
-        save_npz(paths[indices[j]], **arrays)
+        save_npz(run.paths[indices[j]], **arrays)
+    _show(run.bar, before + len(todo))
     return len(todo)
 
 
-def _input_image(image: torch.Tensor, size: int | None) -> torch.Tensor:
-    """``(3, H, W)`` uint8 -> float in [0, 1], resized to ``size x size`` when given."""
+def _show(bar: Any, position: float) -> None:
+    """Move the progress bar to ``position`` images (fractions inside a batch)."""
+    if position > bar.n:
+        bar.update(position - bar.n)
+
+
+def _input_image(image: torch.Tensor, run: _Run, index: int) -> torch.Tensor:
+    """``(3, H, W)`` uint8 -> float in [0, 1] at the model's input size
+    (:func:`model_input_size`); warns once per run when ``max_side`` shrinks an image."""
     pixels = image.float() / 255
-    if size is None or tuple(pixels.shape[-2:]) == (size, size):
+    height, width = pixels.shape[-2:]
+    size = model_input_size(height, width, run.config.size, run.config.max_side)
+    if size == (height, width):
         return pixels
-    return F.interpolate(pixels[None], size=(size, size), mode="bilinear", align_corners=False,
+    if run.config.size is None and not run.warned_large:
+        run.warned_large = True
+        logger.warning("images larger than --max-side %d (first: %r, %dx%d) are explained at "
+                       "%d pixels on their longer side, their maps upsampled back",
+                       run.config.max_side, run.ids[index], width, height, run.config.max_side)
+    return F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False,
                          antialias=True)[0]
+
+
+def model_input_size(height: int, width: int, size: int | None, max_side: int | None
+                     ) -> tuple[int, int]:
+    """The model's input size for an image of ``height x width``: ``size x size`` when given;
+    else the image's own size, shrunk (aspect ratio kept, rounded) so that its longer side is
+    ``max_side`` when it is longer."""
+    if size is not None:
+        return (size, size)
+    longest = max(height, width)
+    if max_side is None or longest <= max_side:
+        return (height, width)
+    return (max(1, round(height * max_side / longest)), max(1, round(width * max_side / longest)))

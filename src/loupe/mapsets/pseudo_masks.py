@@ -10,6 +10,8 @@ the 255 pixels).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +24,15 @@ from tqdm import tqdm
 from loupe import distributed
 from loupe.data.base import IMAGE_SUFFIXES, rgb_tensor
 from loupe.io import load_rgb, write_json
-from loupe.mapsets.files import check_same_run, load_map_file, output_path, remove_stale_temp_files
+from loupe.mapsets.files import (
+    check_map_classes,
+    check_output_folder,
+    check_same_run,
+    load_map_file,
+    output_path,
+    read_run_description,
+    remove_stale_temp_files,
+)
 from loupe.masks import confident_masks, crf_refine_mask, masks_from_maps, save_mask_png
 
 logger = logging.getLogger(__name__)
@@ -85,9 +95,32 @@ def dataset_images(dataset: Any) -> ImageSource:
     return load
 
 
+def maps_run(maps: Path) -> tuple[str | None, int | None]:
+    """What ``masks.json`` records of the maps: a digest of ``maps.json`` (its settings,
+    model fingerprint included; not its extent), and the data set's class count it records;
+    ``(None, None)`` for a folder without ``maps.json``."""
+    path = maps / "maps.json"
+    if not path.is_file():
+        return None, None
+    described = read_run_description(path, "maps run description (maps.json)")
+    described.pop("extent", None)
+    text = json.dumps(described, sort_keys=True, separators=(",", ":"))
+    names = described.get("class_names")
+    return (f"sha256:{hashlib.sha256(text.encode()).hexdigest()}",
+            len(names) if isinstance(names, list) else None)
+
+
+#: What ``masks.json`` says in words when a resume finds these keys changed.
+CHANGED = {"maps_run": "the maps in --maps were remade with other settings or weights since "
+                       "these masks were made, so they are stale"}
+
+
 @dataclass(frozen=True)
 class MasksConfig:
-    """What ``loupe masks`` does (see its ``--help``)."""
+    """What ``loupe masks`` does (see its ``--help``). ``maps_name``: how ``masks.json`` names
+    the maps folder (default: its path; ``loupe compare`` gives it relative to its folder, so
+    that a comparison folder can move). ``num_classes``: the data set's class count, which
+    every map's class must fit (default: what the maps' ``maps.json`` records)."""
 
     maps: Path
     out: Path
@@ -95,10 +128,13 @@ class MasksConfig:
     confident: tuple[float, float] | None = None
     crf: bool = False
     progress: bool = True
+    maps_name: str | None = None
+    num_classes: int | None = None
 
-    def describe(self, images: str | None) -> dict[str, Any]:
+    def describe(self, images: str | None, maps: str | None = None) -> dict[str, Any]:
         return {"format": "loupe masks 1: <id>.png paletted (VOC palette), values = labels",
-                "maps": str(self.maps), "threshold": self.threshold,
+                "maps": self.maps_name or str(self.maps), "maps_run": maps,
+                "threshold": self.threshold,
                 "confident": list(self.confident) if self.confident else None,
                 "crf": self.crf, "images": images}
 
@@ -107,15 +143,21 @@ def write_pseudo_masks(
     config: MasksConfig, device: torch.device, images: ImageSource | None = None,
     images_description: str | None = None,
 ) -> tuple[int, int]:
-    """Write the masks of this rank's share of the map files; returns (written, skipped)."""
+    """Write the masks of this rank's share of the map files; returns (written, skipped).
+    Map files with classes outside the data set's (``config.num_classes`` or ``maps.json``'s)
+    are refused, naming the file."""
     if config.confident is not None and config.confident[1] > config.confident[0]:
         raise ValueError(f"--confident FG BG needs BG <= FG, got {list(config.confident)}")
     if config.crf and images is None:
         raise ValueError("--crf needs the images: give --images DIR or the data set options")
     ids = map_ids(config.maps)
     out = Path(config.out)
-    description = config.describe(images_description)
-    check_same_run(out / RUN_FILE, description, "masks run description (masks.json)")
+    check_output_folder(out, RUN_FILE, "a masks run")
+    digest, recorded_classes = maps_run(config.maps)
+    num_classes = config.num_classes or recorded_classes
+    description = config.describe(images_description, digest)
+    check_same_run(out / RUN_FILE, description, "masks run description (masks.json)",
+                   reasons=CHANGED)
     distributed.barrier()
     if distributed.is_main():
         remove_stale_temp_files(out)
@@ -130,19 +172,28 @@ def write_pseudo_masks(
         if target.is_file():
             skipped += 1
             continue
-        source = output_path(config.maps, sample_id, ".npz")
-        maps, classes = load_map_file(source)
-        image = None
-        if config.crf:
-            image = images(sample_id)  # type: ignore[misc]
-            if tuple(image.shape[-2:]) != maps.shape[-2:]:
-                raise ValueError(f"{source}: maps are {maps.shape[2]}x{maps.shape[1]} but the "
-                                 f"image of {sample_id!r} is {image.shape[2]}x{image.shape[1]}")
-        if classes.size and int(classes.max()) > 254:
-            raise ValueError(f"{source}: label {int(classes.max())} does not fit a PNG mask "
-                             "(at most 254)")
-        mask = pseudo_mask(torch.from_numpy(maps).to(device), torch.from_numpy(classes),
-                           threshold=config.threshold, confident=config.confident, image=image)
+        mask = _mask_of(sample_id, config, images, num_classes, device)
         save_mask_png(target, mask)
         written += 1
     return written, skipped
+
+
+def _mask_of(sample_id: str, config: MasksConfig, images: ImageSource | None,
+             num_classes: int | None, device: torch.device) -> torch.Tensor:
+    """The pseudo-mask of one map file, its classes checked (see
+    :func:`write_pseudo_masks`)."""
+    source = output_path(config.maps, sample_id, ".npz")
+    maps, classes = load_map_file(source)
+    image = None
+    if config.crf:
+        image = images(sample_id)  # type: ignore[misc]
+        if tuple(image.shape[-2:]) != maps.shape[-2:]:
+            raise ValueError(f"{source}: maps are {maps.shape[2]}x{maps.shape[1]} but the "
+                             f"image of {sample_id!r} is {image.shape[2]}x{image.shape[1]}")
+    if num_classes is not None:
+        check_map_classes(classes, num_classes, source)
+    if classes.size and int(classes.max()) > 254:
+        raise ValueError(f"{source}: label {int(classes.max())} does not fit a PNG mask "
+                         "(at most 254)")
+    return pseudo_mask(torch.from_numpy(maps).to(device), torch.from_numpy(classes),
+                       threshold=config.threshold, confident=config.confident, image=image)

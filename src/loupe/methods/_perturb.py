@@ -36,6 +36,7 @@ def perturbed_scores(
     chunk_size: int,
     *,
     softmax: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """``(R, K)`` float32 target scores of R perturbed copies of the images.
 
@@ -57,6 +58,8 @@ def perturbed_scores(
             if softmax and targets.functions is None:
                 output = output.float().softmax(dim=1)
             scores[rows] = targets.of_rows(owner[rows]).scores(output).float()
+            if progress is not None:
+                progress(int(rows[-1]) + 1, owner.numel())
     return scores
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from loupe.context import MapContext
+from loupe.methods.augment import aug_smoothable
 from loupe.methods.heads import CAMHead, find_cam_head
 from loupe.registry import register
 
@@ -53,6 +54,7 @@ def class_activation_maps(
     uses_layer=True,
     paper="Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016",
 )
+@aug_smoothable
 def cam(ctx: MapContext, head: str | None = None) -> torch.Tensor:
     """CAM: ``sum_c W_kc A_c`` at the layer feeding the global-pooling + linear head.
 

@@ -17,6 +17,7 @@ on the batch size or the chunk size.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Real
 
 import numpy as np
@@ -180,6 +181,7 @@ def smoothgrad_maps(
     *,
     reduce: str = "abs-max",
     chunk_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """SmoothGrad maps ``(B, K, H, W)``: ``1/N sum_s reduce_c(dS_k/dx_c at x + sigma_b z_s)``.
 
@@ -191,6 +193,7 @@ def smoothgrad_maps(
         reduce: channel reduction of each sample's gradient (see :func:`reduce_channels`).
         chunk_size: noisy copies (of any images) per forward; None:
             :func:`loupe._autograd.gradient_chunk_size` (16 off CUDA, from free memory on CUDA).
+        progress: called after each chunk with (noisy copies done, ``B * N``).
     """
     _check_reduce(reduce)
     if chunk_size is None:
@@ -204,12 +207,14 @@ def smoothgrad_maps(
         )
     targets = targets.ensure_bound(model, images)
     total = images.new_zeros((images.shape[0], targets.count, *images.shape[2:]))
-    for rows in _chunks(images.shape[0] * n, chunk_size, images.device):
+    for chunk, rows in enumerate(_chunks(images.shape[0] * n, chunk_size, images.device)):
         image_of_row, sample = rows // n, rows % n
         noisy = torch.addcmul(images[image_of_row], sigma[image_of_row, None, None, None],
                               noise[sample])
         grads = input_gradients(model, noisy, targets.of_rows(image_of_row))
         total.index_add_(0, image_of_row, reduce_channels(grads, reduce).transpose(0, 1))
+        if progress is not None:
+            progress(min((chunk + 1) * chunk_size, images.shape[0] * n), images.shape[0] * n)
     return total / n
 
 
@@ -248,7 +253,8 @@ def smoothgrad(
         device=images.device, dtype=images.dtype,
     )
     return smoothgrad_maps(
-        ctx.model, images, ctx.targets, noise, sigma, reduce=reduce, chunk_size=chunk_size
+        ctx.model, images, ctx.targets, noise, sigma, reduce=reduce, chunk_size=chunk_size,
+        progress=ctx.report_rows,
     )
 
 
@@ -324,6 +330,7 @@ def integrated_gradients_maps(
     *,
     reduce: str = "sum",
     chunk_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Integrated Gradients maps ``(B, K, H, W)``:
     ``reduce_c((x - x')_c * sum_i w_i dS_k/dx_c at x' + alpha_i (x - x'))``.
@@ -335,6 +342,7 @@ def integrated_gradients_maps(
             (each map sums to about ``S_k(x) - S_k(x')``).
         chunk_size: path points (of any images) per forward; None:
             :func:`loupe._autograd.gradient_chunk_size` (16 off CUDA, from free memory on CUDA).
+        progress: called after each chunk with (path points done, ``B * S``).
     """
     _check_reduce(reduce)
     if chunk_size is None:
@@ -344,13 +352,16 @@ def integrated_gradients_maps(
     targets = targets.ensure_bound(model, images)
     delta = images - baselines
     total = images.new_zeros((images.shape[0], targets.count, *images.shape[1:]))
-    for rows in _chunks(images.shape[0] * steps, chunk_size, images.device):
+    rows_total = images.shape[0] * steps
+    for chunk, rows in enumerate(_chunks(rows_total, chunk_size, images.device)):
         image_of_row, step = rows // steps, rows % steps
         path = torch.addcmul(baselines[image_of_row], alphas[step, None, None, None],
                              delta[image_of_row])
         grads = input_gradients(model, path, targets.of_rows(image_of_row))
         weighted = grads * weights[step, None, None, None]
         total.index_add_(0, image_of_row, weighted.transpose(0, 1))
+        if progress is not None:
+            progress(min((chunk + 1) * chunk_size, rows_total), rows_total)
     return reduce_channels(total * delta[:, None], reduce)
 
 
@@ -382,5 +393,5 @@ def integrated_gradients(
     alphas, weights = quadrature(rule, steps, device=images.device, dtype=images.dtype)
     return integrated_gradients_maps(
         ctx.model, images, ctx.targets, baselines_for(images, baseline), alphas, weights,
-        reduce=reduce, chunk_size=chunk_size,
+        reduce=reduce, chunk_size=chunk_size, progress=ctx.report_rows,
     )

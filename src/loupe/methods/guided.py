@@ -38,6 +38,7 @@ from torch import nn
 from loupe._autograd import grads_per_target
 from loupe.context import MapContext
 from loupe.hooks import guided_relus
+from loupe.methods.augment import aug_smoothable
 from loupe.methods.gradcam import gradcam
 from loupe.methods.gradients import _check_reduce, reduce_channels
 from loupe.registry import register
@@ -156,6 +157,7 @@ def guided_backprop(
     "guided-gradcam", uses_layer=True,
     paper="Selvaraju et al., Grad-CAM, ICCV 2017 (Guided Grad-CAM, Section 3.1)",
 )
+@aug_smoothable
 def guided_gradcam(
     ctx: MapContext,
     *,

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from loupe.context import MapContext
 from loupe.methods._perturb import check_positive_int, perturbed_scores, zero_padding
+from loupe.methods.augment import aug_smoothable
+from loupe.methods.projection import channel_maps
 from loupe.registry import register
 from loupe.targets import Targets
 
@@ -42,6 +44,7 @@ def masked_scores(
     *,
     masks: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] = channel_masks,
     scales: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """``(B, C, K)``: the K target scores of each image masked by each of its C channel masks.
 
@@ -55,7 +58,8 @@ def masked_scores(
     is zero everywhere (common after a ReLU: about a fifth of MobileNetV2's last layer on
     photos) has an all-zero mask, so its masked input is the zero image whatever the image
     and the scale: it is scored once, by one forward of a zero image, not once per channel.
-    Call under ``torch.no_grad``."""
+    Call under ``torch.no_grad``. ``progress(done, total)`` is called after each chunk with
+    the masked inputs scored so far and their number."""
     batch, channels = activation.shape[:2]
     flat = activation.flatten(0, 1)  # (B*C, h, w), image-major
     owner = torch.arange(batch, device=images.device).repeat_interleave(channels)
@@ -71,7 +75,8 @@ def masked_scores(
     scores = torch.empty(batch * channels, targets.count, device=images.device)
     if live.numel():
         per_scale = perturbed_scores(
-            model, targets, owner[live].repeat(factors.numel()), build, chunk_size
+            model, targets, owner[live].repeat(factors.numel()), build, chunk_size,
+            progress=progress,
         )
         scores[live] = per_scale.view(factors.numel(), live.numel(), -1).mean(0)
     dead = flat.flatten(1).eq(0).all(1).nonzero().flatten()
@@ -83,18 +88,24 @@ def masked_scores(
 
 
 def score_weighted_maps(
-    scores: torch.Tensor, activation: torch.Tensor, targets: Targets
+    scores: torch.Tensor, activation: torch.Tensor, targets: Targets, eigen_smooth: bool = False
 ) -> torch.Tensor:
     """``L_k = ReLU(sum_c softmax_c(scores_ck) A_c)``: ``(B, K, h, w)`` maps from the
     ``(B, C, K)`` scores of the channel masks and the activation ``(B, C, h, w)``; padding
-    targets get zero maps."""
+    targets get zero maps. ``eigen_smooth``: the first principal component of the weighted
+    activations instead of their sum (:func:`loupe.methods.projection.channel_maps`)."""
     weights = scores.softmax(dim=1)  # over channels: (B, C, K)
-    maps = torch.einsum("bck,bchw->bkhw", weights, activation.float()).clamp(min=0)
+    if eigen_smooth:
+        weighted = weights.transpose(1, 2)[..., None, None] * activation.float()[:, None]
+        maps = channel_maps(weighted, eigen_smooth)
+    else:
+        maps = torch.einsum("bck,bchw->bkhw", weights, activation.float()).clamp(min=0)
     return zero_padding(maps, targets)
 
 
 @register("scorecam", uses_layer=True, paper="Wang et al., Score-CAM, CVPR-W 2020")
-def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
+@aug_smoothable
+def scorecam(ctx: MapContext, chunk_size: int = 32, eigen_smooth: bool = False) -> torch.Tensor:
     """Score-CAM as pytorch-grad-cam computes it (its ``ScoreCAM``, matched to float precision):
 
     ``L_k = ReLU(sum_c softmax_c(S_k(X * H_c)) A_c)``, ``H_c = minmax(Up(A_c))``,
@@ -114,6 +125,7 @@ def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
     Options:
         chunk_size: masked inputs per forward pass (default 32); maps do not depend on it
             (up to float rounding).
+        eigen_smooth: see :func:`loupe.methods.projection.channel_maps`.
 
     Returns ``(B, K, h, w)`` at the target layer's resolution; padding targets give zero maps.
     Cost: ``1 + ceil(B * C' / chunk_size)`` forwards of the model, all under ``torch.no_grad``,
@@ -125,5 +137,6 @@ def scorecam(ctx: MapContext, chunk_size: int = 32) -> torch.Tensor:
         output = ctx.model(ctx.images)
         targets = ctx.targets.bind(output)
         activation = ctx.activation()
-        scores = masked_scores(ctx.model, ctx.images, activation, targets, chunk_size)
-    return score_weighted_maps(scores, activation, targets)
+        scores = masked_scores(ctx.model, ctx.images, activation, targets, chunk_size,
+                               progress=ctx.report_rows)
+    return score_weighted_maps(scores, activation, targets, eigen_smooth)

@@ -25,6 +25,7 @@ from loupe.methods._perturb import (
     perturbed_scores,
     seeded_generator,
 )
+from loupe.methods.augment import aug_smoothable
 from loupe.methods.scorecam import masked_scores, score_weighted_maps
 from loupe.registry import register
 from loupe.targets import Targets
@@ -85,6 +86,7 @@ def noisy_mask_scores(
     "sscam", uses_layer=True, stochastic=True,
     paper="Wang et al., SS-CAM: Smoothed Score-CAM, arXiv 2006.14255, 2020",
 )
+@aug_smoothable
 def sscam(
     ctx: MapContext,
     *,
@@ -125,6 +127,7 @@ def sscam(
     "iscam", uses_layer=True,
     paper="Naidu et al., IS-CAM: Integrated Score-CAM, arXiv 2010.03023, 2020",
 )
+@aug_smoothable
 def iscam(
     ctx: MapContext, *, n_samples: int = 10, chunk_size: int = PERTURB_CHUNK
 ) -> torch.Tensor:

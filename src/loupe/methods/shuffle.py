@@ -137,8 +137,11 @@ def shuffle_saliency(
     sums = torch.zeros(
         images.shape[0], targets.count, height * width, dtype=torch.float32, device=images.device
     )
+    done, total = 0, images.shape[0] * len(rounds)
     for group in _rounds_by_canvas(rounds):
-        _accumulate(sums, ctx.model, images, targets, group, canvas_maps, chunk_size)
+        _accumulate(sums, ctx.model, images, targets, group, canvas_maps, chunk_size,
+                    lambda rows, before=done: ctx.report_rows(before + rows, total))
+        done += images.shape[0] * len(group)
     maps = (sums / len(rounds)).unflatten(-1, (height, width))
     return gaussian_blur(maps, smooth) if smooth > 0 else maps
 
@@ -240,17 +243,19 @@ def _accumulate(
     rounds: list[Round],
     canvas_maps: CanvasMaps,
     chunk_size: int,
+    report: Callable[[int], None] | None = None,
 ) -> None:
     """Add the un-shuffled maps of ``rounds`` (same canvas) of every image to ``sums``
     ``(B, K, H*W)``. Rows are (image, round) pairs, image-major; each chunk of rows is built
-    with one gather, goes through the model once and is un-shuffled with one gather."""
+    with one gather, goes through the model once and is un-shuffled with one gather;
+    ``report`` gets the rows done after each chunk."""
     batch, channels = images.shape[:2]
     sources = torch.stack([r.source for r in rounds])  # (R, P)
     placements = torch.stack([r.placement for r in rounds])  # (R, H*W)
     flat = images.flatten(2)  # (B, C, H*W)
     channel = torch.arange(channels, device=images.device)[None, :, None]
     rows = torch.arange(batch * len(rounds), device=images.device)
-    for chunk in rows.split(chunk_size):
+    for index, chunk in enumerate(rows.split(chunk_size)):
         image_of, round_of = chunk // len(rounds), chunk % len(rounds)
         # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
         picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
@@ -259,6 +264,8 @@ def _accumulate(
         k = maps.shape[1]
         back = maps.flatten(2).gather(2, placements[round_of][:, None, :].expand(-1, k, -1))
         sums.index_add_(0, image_of, back)
+        if report is not None:
+            report(min((index + 1) * chunk_size, rows.numel()))
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from loupe._autograd import GRADIENT_CHUNK, grads_per_target
 from loupe.context import MapContext
 from loupe.methods._perturb import check_positive_int, zero_padding
+from loupe.methods.augment import aug_smoothable
 from loupe.methods.gradients import noise_scales, standard_noise
 from loupe.registry import register
 from loupe.targets import Targets
@@ -79,6 +80,7 @@ def noisy_layer_derivatives(
     "smoothgradcam++", uses_layer=True, stochastic=True,
     paper="Omeiza et al., Smooth Grad-CAM++, arXiv 1908.01224, 2019",
 )
+@aug_smoothable
 def smooth_gradcam_plus_plus(
     ctx: MapContext,
     *,

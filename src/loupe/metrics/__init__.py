@@ -23,6 +23,12 @@ from loupe.metrics.sweep import (
     sweep_confusions,
     sweep_summary,
 )
+from loupe.metrics.sweep_bootstrap import (
+    ResampledCurves,
+    confusion_stats,
+    miou_from_stats,
+    resample_curves,
+)
 from loupe.metrics.wsol import (
     BoxAccuracy,
     PairRecord,
@@ -45,6 +51,7 @@ __all__ = [
     "BootstrapInterval",
     "BoxAccuracy",
     "PairRecord",
+    "ResampledCurves",
     "SweepSummary",
     "average_precision",
     "best_box_iou",
@@ -55,6 +62,7 @@ __all__ = [
     "box_accuracy",
     "boxes_from_map",
     "confusion_matrix",
+    "confusion_stats",
     "default_cam_thresholds",
     "default_thresholds",
     "gt_known_localization",
@@ -63,6 +71,7 @@ __all__ = [
     "max_box_accuracy",
     "mean_average_precision",
     "mean_iou",
+    "miou_from_stats",
     "pixel_accuracy",
     "pair_record",
     "precision_per_class",
@@ -71,6 +80,7 @@ __all__ = [
     "pxap_edges",
     "pxap_from_counts",
     "recall_per_class",
+    "resample_curves",
     "sweep_confusions",
     "summarize_localization",
     "sweep_summary",

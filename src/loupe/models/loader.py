@@ -19,12 +19,20 @@ the argument or file.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from loupe.data.imagenet import default_class_names
+from loupe.models.dense import (
+    CLASSIFICATION,
+    DETECTION,
+    fit_detector,
+    load_dense_model,
+    model_task,
+)
 from loupe.models.preprocessing import (
     Preprocessing,
     PreprocessingOptions,
@@ -52,6 +60,8 @@ class Classifier:
     from, in words. description: the same, JSON-ready (recorded in ``maps.json``).
     label_offset: output ``k`` is data-set class ``k + label_offset`` (loupe runs; None for
     torchvision models). input_size: the side a run was validated at, when known.
+    task: ``"classification"``, or ``"segmentation"`` / ``"detection"`` for torchvision's dense
+    models (:mod:`loupe.models.dense`), whose ``classes`` is their number of classes.
     """
 
     model: nn.Module
@@ -61,11 +71,14 @@ class Classifier:
     description: dict[str, Any] = field(default_factory=dict)
     label_offset: int | None = None
     input_size: int | None = None
+    task: str = CLASSIFICATION
+    classes: int | None = None
 
     @property
     def num_outputs(self) -> int | None:
-        """Rows of the final classifier weight (None when the model has none)."""
-        return num_outputs(self.model)
+        """Rows of the final classifier weight (None when the model has none); a dense
+        model's number of classes."""
+        return self.classes if self.classes is not None else num_outputs(self.model)
 
 
 def read_labels(path: str | os.PathLike[str], offset: int = 0) -> tuple[str, ...]:
@@ -81,7 +94,7 @@ def read_labels(path: str | os.PathLike[str], offset: int = 0) -> tuple[str, ...
     while lines and not lines[-1].strip():
         lines.pop()
     if offset < 0 or offset >= len(lines):
-        raise ValueError(f"{path}: --labels-offset {offset} leaves no names ({len(lines)} lines)")
+        raise ValueError(f"{path}: --label-offset {offset} leaves no names ({len(lines)} lines)")
     return tuple(line.strip() for line in lines[offset:])
 
 
@@ -103,22 +116,30 @@ def load_classifier(
     replace the class names an enum or a run brings and must have one name per output
     (``labels_source``, their file, names them in that error). ``patch`` is
     ``"PY_FILE:FUNC"``, called on the loaded model (:func:`~loupe.models.zoo.apply_patch`).
+    A head of 1,000 (or 1,001) outputs without names of its own gets ImageNet's.
     """
     found = _from_run(model, weights) if is_training_run(model) else _from_torchvision(
         model, weights, num_classes, seed)
-    chosen = preprocessing or (options or PreprocessingOptions()).apply(found.preprocessing)
-    outputs = num_outputs(found.model)
+    options = options or PreprocessingOptions()
+    if found.task != CLASSIFICATION:  # no crop: --size and --resize both name the short side
+        side = options.resize or options.size
+        options = replace(options, size=side, resize=side)
+    chosen = preprocessing or options.apply(found.preprocessing)
+    if found.task == DETECTION:
+        fit_detector(found.model, chosen.resize)
+    outputs = found.classes or num_outputs(found.model)
     if labels is not None and outputs is not None and len(labels) != outputs:
         raise ValueError(
             f"{labels_source}: {len(labels)} class names for a model with {outputs} outputs "
-            "(for a labels file whose line 0 is 'background', use --labels-offset 1)"
+            "(for a labels file whose line 0 is 'background', use --label-offset 1)"
         )
     network, source, description = found.model, found.source, found.description
     if patch:
         network = apply_patch(network, patch).eval()
         source, description = f"{source} + {patch}", {**description, "patch": patch}
-    return Classifier(network, chosen, labels or found.class_names, source, description,
-                      found.label_offset, found.input_size)
+    names = labels or found.class_names or default_class_names(outputs)
+    return Classifier(network, chosen, names, source, description, found.label_offset,
+                      found.input_size, found.task, found.classes)
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,8 @@ class _Found:
     description: dict[str, Any]
     label_offset: int | None = None
     input_size: int | None = None
+    task: str = CLASSIFICATION
+    classes: int | None = None
 
 
 def _from_run(model: str, weights: str | None) -> _Found:
@@ -155,6 +178,12 @@ def _from_torchvision(model: str, weights: str | None, num_classes: int | None,
     if weights is None:
         raise ValueError(f"--model {model} needs --weights (an enum name such as "
                          "IMAGENET1K_V1, a state-dict file, or 'random')")
+    if model_task(model) != CLASSIFICATION:
+        dense = load_dense_model(model, weights, num_classes, seed)
+        description = {"model": model, "weights": weights, "source": dense.source,
+                       "task": dense.task, "num_classes": dense.num_classes}
+        return _Found(dense.network, dense.preprocessing, dense.class_names, dense.source,
+                      description, task=dense.task, classes=dense.num_classes)
     check_model_name(model)
     enum = None if Path(weights).is_file() else weights_enum(model, weights)
     own, names = None, None

@@ -3,6 +3,7 @@ says about a model (its classifier weight, its number of outputs, how it fails t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -66,3 +67,23 @@ def describe_mismatch(
     if shapes:
         parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
     return f"{path}: not a state dict for {model_name}: " + "; ".join(parts or ["keys differ"])
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """``sha256:<hex>`` of the model's state dict: every name, dtype, shape and value in key
+    order. The same weights give the same fingerprint however they were loaded (an enum, a
+    file, a seed); a single changed value changes it."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Names of the floating-point entries of the state dict that hold NaN or Inf."""
+    return [
+        name for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]

@@ -110,3 +110,67 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: object, width: int) -> str:
     while len(text) > 1 and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
+
+
+def explanation_figure(
+    image: torch.Tensor,
+    map_: torch.Tensor,
+    title: str,
+    subtitle: str,
+    *,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    box: Sequence[float] | None = None,
+) -> Image.Image:
+    """One explanation as a PIL image: under a two-line heading (``title``, then
+    ``subtitle``: say the method and the normalisation there), the picture, the map blended
+    on it, and a colour bar labelled with the map's raw minimum and maximum (the colours are
+    its min-max normalisation, :func:`colorize`).
+
+    image: ``(3, H, W)`` uint8, drawn at its size (the whole image at a readable size, see
+    :func:`loupe.explaining.images.display_image`). map_: ``(h, w)`` raw, resized to the
+    picture bilinearly. box: ``(x1, y1, x2, y2)`` in the picture's pixels, outlined on both
+    panels (a detection)."""
+    if map_.dim() != 2:
+        raise ValueError(f"map_ must be (h, w), got {tuple(map_.shape)}")
+    picture = to_pil(image)
+    overlay = to_pil(blend(image, map_[None], alpha, colormap)[0])
+    if box is not None:
+        for panel in (picture, overlay):
+            ImageDraw.Draw(panel).rectangle([float(v) for v in box], outline="white", width=2)
+    width, height = picture.size
+    font = _font(max(12, min(width, 640) // 28))
+    small = _font(max(10, min(width, 640) // 36))
+    bar = _colour_bar(map_, height, colormap, small)
+    line = int(getattr(font, "size", 12) * 1.4)
+    top = line + int(getattr(small, "size", 10) * 1.4) + 6
+    sheet = Image.new("RGB", (2 * width + bar.width + 12, height + top), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((6, 3), _fit(draw, title, font, sheet.width - 12), fill="black", font=font)
+    draw.text((6, 3 + line), _fit(draw, subtitle, small, sheet.width - 12), fill="dimgray",
+              font=small)
+    sheet.paste(picture, (0, top))
+    sheet.paste(overlay, (width + 4, top))
+    sheet.paste(bar, (2 * width + 8, top))
+    return sheet
+
+
+def _colour_bar(map_: torch.Tensor, height: int, colormap: str, font: object) -> Image.Image:
+    """A vertical colour bar (highest colour at the top) with the raw maximum and minimum of
+    ``map_`` written beside its ends."""
+    table = colormap_table(colormap)
+    levels = torch.linspace(1, 0, height)
+    index = (levels * 255).round().long()
+    colours = (table[index] * 255).round().to(torch.uint8)  # (height, 3)
+    thickness = max(12, height // 24)
+    strip = colours[:, None, :].expand(height, thickness, 3).contiguous()
+    low, high = float(map_.min()), float(map_.max())
+    labels = (f"{high:.3g}", f"{low:.3g}")
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = int(max(probe.textlength(t, font=font) for t in labels)) + 6
+    bar = Image.new("RGB", (thickness + text_width, height), "white")
+    bar.paste(Image.fromarray(strip.numpy(), "RGB"), (0, 0))
+    draw = ImageDraw.Draw(bar)
+    draw.text((thickness + 4, 0), labels[0], fill="black", font=font, anchor="la")
+    draw.text((thickness + 4, height), labels[1], fill="black", font=font, anchor="ld")
+    return bar

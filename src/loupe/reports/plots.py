@@ -6,6 +6,7 @@ no display needed) and written atomically.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 
@@ -13,6 +14,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from loupe.io import atomic_path
 from loupe.masks.normalize import normalize
@@ -38,6 +40,27 @@ def plot_miou_vs_threshold(
     *,
     title: str = "mIoU against the background threshold",
 ) -> None:
+    """One line per method: mIoU (in %) against the threshold, best point marked, written
+    to ``path`` (:func:`miou_figure`)."""
+    _save(miou_figure(curves, intervals, title=title), path)
+
+
+def miou_png(curves: Mapping[str, Curve], *,
+             title: str = "mIoU against the background threshold") -> bytes:
+    """The PNG bytes of :func:`miou_figure` (for pages that embed it; no file written)."""
+    figure = miou_figure(curves, title=title)
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=figure.dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def miou_figure(
+    curves: Mapping[str, Curve],
+    intervals: Mapping[str, Band] | None = None,
+    *,
+    title: str = "mIoU against the background threshold",
+) -> Figure:
     """One line per method: mIoU (in %) against the threshold, best point marked.
 
     Args:
@@ -66,53 +89,93 @@ def plot_miou_vs_threshold(
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
-    _save(figure, path)
+    return figure
 
 
 def plot_overlay_grid(
     path: str | os.PathLike[str],
-    images: torch.Tensor,
-    columns: Mapping[str, torch.Tensor],
+    images: torch.Tensor | Sequence[torch.Tensor],
+    columns: Mapping[str, torch.Tensor | Sequence[torch.Tensor]],
     *,
     alpha: float = 0.5,
     max_rows: int = 16,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """A grid: one row per image, the image then one panel per column (ground truth, each
-    method...).
+    method...), every panel with the image's own aspect ratio.
 
     Args:
-        images: ``(B, 3, H, W)`` RGB, float in [0, 1] or uint8.
-        columns: name -> ``(B, H, W)``: integer masks are drawn in VOC colours over the
-            image (255 in its light ignore colour); float maps are min-max normalised and
-            drawn with the ``jet`` colour map over the image.
+        images: ``(B, 3, H, W)`` RGB, float in [0, 1] or uint8; or a sequence of ``(3, H_i,
+            W_i)`` images of different sizes.
+        columns: name -> ``(B, H, W)`` (or a sequence of ``(H_i, W_i)``): integer masks are
+            drawn in VOC colours over the image (255 in its light ignore colour); float maps
+            are min-max normalised and drawn with the ``jet`` colour map over the image.
         alpha: weight of the colours over the image.
         max_rows: at most this many images are drawn.
+        class_names: names of the mask labels; with them a legend below the grid shows the
+            colour of every label in the integer columns.
     """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (B, 3, H, W) RGB, got {tuple(images.shape)}")
-    rgb = _rgb_float(images)[:max_rows]
-    rows, _, height, width = rgb.shape
-    for name, panel in columns.items():
-        if panel.dim() != 3 or panel.shape[0] < rows or panel.shape[-2:] != (height, width):
-            raise ValueError(
-                f"column {name!r} must be (B, H, W) = ({images.shape[0]}, {height}, {width}), "
-                f"got {tuple(panel.shape)}"
-            )
-    panels = [("image", rgb)] + [
-        (name, _overlay(rgb, panel[:rows], alpha)) for name, panel in columns.items()
-    ]
+    rows_rgb = _image_rows(images)[:max_rows]
+    panels: list[tuple[str, list[torch.Tensor]]] = [("image", rows_rgb)]
+    labels: set[int] = set()
+    for name, column in columns.items():
+        masks = _column_rows(name, column, rows_rgb, images)
+        panels.append((name, [_overlay(rgb[None], mask[None], alpha)[0]
+                              for rgb, mask in zip(rows_rgb, masks, strict=True)]))
+        labels.update(int(v) for m in masks if not m.is_floating_point() for v in m.unique())
+    aspect = sum(r.shape[1] / r.shape[2] for r in rows_rgb) / len(rows_rgb)
     scale = 2.0
-    figure = Figure(figsize=(scale * len(panels), scale * rows * height / width + 0.4), dpi=100)
-    grid = figure.subplots(rows, len(panels), squeeze=False)
+    legend = class_names is not None and bool(labels)
+    figure = Figure(figsize=(scale * len(panels), scale * len(rows_rgb) * aspect + 0.4
+                             + 0.3 * legend), dpi=100, layout="compressed")
+    figure.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.0, hspace=0.0)
+    grid = figure.subplots(len(rows_rgb), len(panels), squeeze=False)
     for col, (name, pictures) in enumerate(panels):
-        for row in range(rows):
+        for row, picture in enumerate(pictures):
             axes = grid[row][col]
-            axes.imshow(pictures[row].permute(1, 2, 0).numpy(), interpolation="nearest")
+            axes.imshow(picture.permute(1, 2, 0).numpy(), interpolation="nearest")
             axes.set_axis_off()
             if row == 0:
                 axes.set_title(name, fontsize="small")
-    figure.subplots_adjust(wspace=0.03, hspace=0.03)
+    if legend:
+        _class_legend(figure, sorted(labels), class_names)
     _save(figure, path)
+
+
+def _image_rows(images: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each image as ``(3, H, W)`` float in [0, 1] on the CPU."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) RGB, got {tuple(images.shape)}")
+        return list(_rgb_float(images))
+    if not images or any(i.dim() != 3 or i.shape[0] != 3 for i in images):
+        raise ValueError("images must be (B, 3, H, W) RGB or a non-empty sequence of (3, H, W)")
+    return [_rgb_float(i[None])[0] for i in images]
+
+
+def _column_rows(name: str, column: torch.Tensor | Sequence[torch.Tensor],
+                 rows_rgb: Sequence[torch.Tensor], images: object) -> list[torch.Tensor]:
+    """The column's panel of each drawn image, checked against the image's size."""
+    panels = list(column)
+    if len(panels) < len(rows_rgb) or any(
+            p.dim() != 2 or p.shape != rgb.shape[1:]
+            for p, rgb in zip(panels, rows_rgb, strict=False)):
+        expected = (f"(B, H, W) = ({images.shape[0]}, {images.shape[2]}, {images.shape[3]})"
+                    if isinstance(images, torch.Tensor) else "one (H, W) per image, its size")
+        shape = tuple(column.shape) if isinstance(column, torch.Tensor) else len(panels)
+        raise ValueError(f"column {name!r} must be {expected}, got {shape}")
+    return [p.detach().cpu() for p in panels[:len(rows_rgb)]]
+
+
+def _class_legend(figure: Figure, labels: Sequence[int], names: Sequence[str]) -> None:
+    """Colour patches of ``labels`` (VOC palette) with their names, below the grid."""
+    colours = colorize_mask(torch.tensor(list(labels))).float() / 255
+    handles = [Patch(facecolor=tuple(colours[i].tolist()), edgecolor="#555",
+                     label=names[label] if label < len(names) else
+                     ("ignore" if label == 255 else f"class {label}"))
+               for i, label in enumerate(labels)]
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
+                  fontsize="small", frameon=False)
 
 
 def _overlay(rgb: torch.Tensor, panel: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ label) the classifier has one output per object class: output ``k`` is data-set 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class ClassifierConfig(Recipe):
     eval_size: side of the (padded) validation input; default ``crop`` (512 without crop).
     freeze_bn, freeze_stem: None = on when the backbone starts from trained weights (IRN keeps
     BatchNorm statistics and stage 1 fixed), off for random initialisation.
+    shuffle_augment: probability that a training image is tile-shuffled after the other
+    augmentations, as shuffle saliency shuffles its inputs (``Augmentation.shuffle``).
     """
 
     out: str = "runs/classifier"
@@ -46,6 +48,13 @@ class ClassifierConfig(Recipe):
     eval_size: int | None = None
     freeze_bn: bool | None = None
     freeze_stem: bool | None = None
+    shuffle_augment: float = 0.0
+
+    def check(self) -> None:
+        """A ValueError naming the first option out of range."""
+        super().check()
+        if not 0 <= self.shuffle_augment <= 1:
+            raise ValueError(f"--shuffle-augment must lie in [0, 1], got {self.shuffle_augment}")
 
 
 def train_classifier(config: ClassifierConfig) -> Path:
@@ -77,7 +86,8 @@ def classifier_task(config: ClassifierConfig, device: torch.device) -> Task:
     trained_init = config.pretrained == "imagenet" or config.init is not None
     if trained_init if config.freeze_stem is None else config.freeze_stem:
         freeze_stem(model)
-    preprocessing, augmentation = config.preprocessing, config.augmentation
+    preprocessing = config.preprocessing
+    augmentation = replace(config.augmentation, shuffle=config.shuffle_augment)
     eval_size = config.eval_size or config.crop or 512
 
     def train_item(sample: Any, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from loupe.data.base import IGNORE_INDEX, rgb_tensor
+from loupe.methods._tiles import draw_rounds, shuffle_images
 from loupe.models.preprocessing import Preprocessing
 
 
@@ -34,12 +35,16 @@ class Augmentation:
         meaning: factors drawn from ``[1 - s, 1 + s]``, hue shift from ``[-h, h]``); zeros: off.
     crop: side of the random square crop; smaller images are padded (image with 0 after
         normalisation, i.e. the mean colour; mask with 255). None: no crop.
+    shuffle: probability of tile-shuffling the augmented image (and its mask alike) as shuffle
+        saliency does (:func:`tile_shuffle`), so that a classifier sees shuffled images in
+        training. 0: off (and no random draw is made, so the other draws are unchanged).
     """
 
     resize_long: tuple[int, int] | None = (320, 640)
     flip: bool = True
     jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
     crop: int | None = 512
+    shuffle: float = 0.0
 
 
 def image_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
@@ -113,11 +118,31 @@ def random_crop(
     return image, mask
 
 
+#: The grids of the training shuffle: those of shuffle saliency's default.
+SHUFFLE_GRIDS = (2, 3, 4)
+
+
+def tile_shuffle(
+    image: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator,
+    grids: tuple[int, ...] = SHUFFLE_GRIDS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One shuffle round of shuffle saliency (:func:`loupe.methods._tiles.draw_rounds`: a grid
+    from ``grids``, a tile permutation and a cyclic offset, drawn from ``g``) applied to a
+    ``(C, H, W)`` image and, with the same permutation of the pixels, its ``(H, W)`` mask."""
+    height, width = image.shape[-2:]
+    usable = tuple(grid for grid in grids if grid <= min(height, width)) or (1,)
+    (round_,) = draw_rounds(height, width, 1, usable, jitter=True, offset="cyclic",
+                            generator=g, device=image.device)
+    image = shuffle_images(image, round_)
+    return image, None if mask is None else shuffle_images(mask, round_)
+
+
 def augment(
     image: torch.Tensor, mask: torch.Tensor | None, augmentation: Augmentation,
     preprocessing: Preprocessing, g: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rescale, flip, jitter, normalise, crop a ``(3, H, W)`` [0, 1] image and its mask."""
+    """Rescale, flip, jitter, normalise, crop a ``(3, H, W)`` [0, 1] image and its mask; then,
+    with probability ``augmentation.shuffle``, tile-shuffle both (:func:`tile_shuffle`)."""
     if augmentation.resize_long is not None:
         image, mask = random_resize(image, mask, augmentation.resize_long, g)
     if augmentation.flip and bool(torch.rand((), generator=g) < 0.5):
@@ -128,6 +153,8 @@ def augment(
     image = preprocessing(image)
     if augmentation.crop is not None:
         image, mask = random_crop(image, mask, augmentation.crop, g)
+    if augmentation.shuffle > 0 and bool(torch.rand((), generator=g) < augmentation.shuffle):
+        image, mask = tile_shuffle(image, mask, g)
     return image, mask
 
 
