@@ -50,6 +50,13 @@ LEARNING_RATES = {"gap": "0.1", "gmp": "0.03"}
 SYNTHETIC = ("--dataset", "synthetic", "--synthetic-train", "320", "--synthetic-val", "64",
              "--synthetic-size", "96")
 TEST_IMAGES = 256
+EPOCHS = 16
+
+
+def trained_epochs(run: Path) -> int:
+    """Epochs in ``run/history.json`` (0 without one): a stopped run has fewer than EPOCHS."""
+    path = run / "history.json"
+    return len(json.loads(path.read_text())) if path.is_file() else 0
 
 
 def coco_args(assets: Path) -> list[str]:
@@ -82,14 +89,15 @@ def stage_synthetic(args: argparse.Namespace, runner: Runner) -> None:
     for seed in args.seeds:
         for pool in ("gap", "gmp"):
             run = args.work / "synthetic" / f"{pool}-{seed}"
-            if not (run / "model.pt").is_file():
+            if trained_epochs(run) < EPOCHS:  # model.pt is written every epoch
+                resume = ["--resume"] if (run / "checkpoint.pt").is_file() else []
                 runner.loupe(f"synthetic/train/{pool}-{seed}", [
                     "train", *SYNTHETIC, "--backbone", "small", "--pretrained", "none",
-                    "--pool", pool, "--epochs", "16", "--batch-size", "32", "--lr",
+                    "--pool", pool, "--epochs", str(EPOCHS), "--batch-size", "32", "--lr",
                     LEARNING_RATES[pool],
                     "--head-lr-mult", "1", "--resize-long", "84", "108", "--crop", "96",
                     "--jitter", "0.2", "0.2", "0.2", "0", "--seed", str(seed),
-                    "--device", "cpu", "--out", str(run), "--no-progress"])
+                    "--device", "cpu", "--out", str(run), "--no-progress", *resume])
             test = [*SYNTHETIC[:5], str(TEST_IMAGES), *SYNTHETIC[6:], "--synthetic-seed",
                     str(seed), "--split", "test"]
             maps = ["maps", *test, "--model", str(run), "--method", "cam", "--device", "cpu",
