@@ -227,3 +227,45 @@ def test_ilsvrc_xml_boxes_end_to_end(tmp_path):
         misses.append(float(top1 != label))
     assert ilsvrc["top1_cls_error"] == pytest.approx(np.mean(misses))
     assert ilsvrc["top1_loc_error"] >= ilsvrc["top1_cls_error"]
+
+
+def test_wsolevaluation_metadata_end_to_end(tmp_path):
+    """The same protocol on wsolevaluation's metadata (``--dataset wsol``): four images of two
+    classes, one with two boxes; the top-1 errors equal the rule written out on the stored
+    maps and the metadata's boxes (edge coordinates, as the reader keeps them)."""
+    from tests.data.layouts import write_image
+
+    sizes = {"001.Gull/a.jpg": (48, 40), "001.Gull/b.jpg": (40, 48),
+             "002.Crow/c.jpg": (48, 48), "002.Crow/d.jpg": (40, 40)}
+    boxes = {"001.Gull/a.jpg": [[4, 6, 30, 34]], "001.Gull/b.jpg": [[0, 0, 40, 48]],
+             "002.Crow/c.jpg": [[2, 2, 20, 20], [24, 26, 46, 46]],
+             "002.Crow/d.jpg": [[10, 8, 36, 30]]}
+    ids = list(sizes)
+    for seed, (name, size) in enumerate(sizes.items()):
+        write_image(tmp_path / name, size=size, seed=seed)
+    (tmp_path / "image_ids.txt").write_text("\n".join(ids) + "\n")
+    (tmp_path / "class_labels.txt").write_text("".join(
+        f"{i},{int(i.startswith('002'))}\n" for i in ids))
+    (tmp_path / "image_sizes.txt").write_text("".join(f"{i},{w},{h}\n"
+                                                      for i, (w, h) in sizes.items()))
+    (tmp_path / "localization.txt").write_text("".join(
+        f"{i},{','.join(map(str, b))}\n" for i in ids for b in boxes[i]))
+    data = ["--dataset", "wsol", "--root", str(tmp_path), "--no-progress"]
+    assert main(["maps", *data, "--model", "resnet18", "--weights", "random", "--num-classes",
+                 "2", "--method", "gradcam", "--topk", "2", "--out", str(tmp_path / "maps")]) == 0
+    assert main(["evaluate", *data, "--maps", str(tmp_path / "maps"), "--boxes",
+                 "--bootstrap", "0", "--overlays", "0", "--out", str(tmp_path / "run")]) == 0
+    ilsvrc = json.loads((tmp_path / "run" / "results.json").read_text()
+                        )["localization"]["maps"]["ilsvrc"]
+    assert ilsvrc["images"] == 4 and ilsvrc["guesses"] == "top-2"
+    loc_misses, cls_misses = [], []
+    for name in ids:
+        stored = read_npz(tmp_path / "maps" / f"{name}.npz")
+        best = int(np.argmax(stored["scores"]))
+        top1, label = int(stored["classes"][best]), int(name.startswith("002"))
+        box = largest_box(stored["maps"][best].astype(np.float32))
+        truth = inclusive(torch.tensor(boxes[name]))
+        cls_misses.append(float(top1 != label))
+        loc_misses.append(float(top1 != label or max(iou(box, t) for t in truth) < 0.5))
+    assert ilsvrc["top1_cls_error"] == pytest.approx(np.mean(cls_misses))
+    assert ilsvrc["top1_loc_error"] == pytest.approx(np.mean(loc_misses))
