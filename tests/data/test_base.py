@@ -109,7 +109,7 @@ def test_collate_keeps_lists_for_ragged_or_pil() -> None:
 
 
 def test_open_dataset_kinds_and_unknown_kind(tmp_path) -> None:
-    assert list_dataset_kinds() == ["coco", "folder", "voc", "voc-boxes", "wsol", "yolo"]
+    assert list_dataset_kinds() == ["coco", "folder", "ilsvrc", "voc", "voc-boxes", "wsol", "yolo"]
     assert set(DATASET_KINDS) == set(list_dataset_kinds())
     with pytest.raises(TypeError):
         DATASET_KINDS["x"] = None  # read-only

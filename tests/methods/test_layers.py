@@ -131,7 +131,7 @@ def test_vgg16_hidden_classifier_has_no_cam_head():
     torch.manual_seed(0)
     model = tvm.vgg16(weights=None).eval()
     x = torch.randn(1, 3, 64, 64)
-    with pytest.raises(HeadError, match=r"^CAM needs a global-average-pooling \+ linear head: "
+    with pytest.raises(HeadError, match=r"^CAM needs a global-pooling \+ linear head: "
                        r"VGG's final linear layer 'classifier.6' reads 4096 features"):
         explain(model, x, 3, method="cam", target_layer="features")
     assert count_hooks(model) == 0

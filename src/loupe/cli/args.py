@@ -137,7 +137,7 @@ def add_dataset_arguments(p: argparse.ArgumentParser, *, required: bool = True) 
                        "file: trusted files only); it is converted once to the safe .npz "
                        "beside it, to be named next time instead")
     group.add_argument("--class-names", help="class names file, or 'coco' (yolo folders "
-                       "without data.yaml, e.g. coco128-seg)")
+                       "without data.yaml, e.g. coco128-seg; ilsvrc: a synset file)")
     group.add_argument("--split-by-id", choices=ID_HALVES, default="all",
                        help="dev: the first n//2 image ids in sorted order; test: the rest; "
                        "all: every image")
@@ -339,7 +339,8 @@ def add_evaluation_options(p: argparse.ArgumentParser, *, class_map: bool = True
                        metavar="NAME", help="data-set classes left out of the segmentation "
                        "scores (sweep, per-class table, mean, bootstrap): their ground-truth "
                        "pixels are not counted (as 255), their maps are not used and their "
-                       "labels in --masks files count as background; box metrics are unaffected")
+                       "labels in --masks files count as background; with evaluate --boxes, CAM's "
+                       "ILSVRC errors leave them out too, the other box metrics are unaffected")
     if class_map:
         group.add_argument("--class-map", help=CLASS_MAP_HELP + "; every class without a "
                            "counterpart is ignored as with --ignore-classes (combines with it)")

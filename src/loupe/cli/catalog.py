@@ -90,7 +90,8 @@ METHODS: tuple[MethodRow, ...] = (
 
 METHOD_NAMES: tuple[str, ...] = tuple(row.name for row in METHODS)
 
-SPEC_KINDS: tuple[str, ...] = ("coco", "folder", "voc", "voc-boxes", "wsol", "yolo", "synthetic")
+SPEC_KINDS: tuple[str, ...] = ("coco", "folder", "ilsvrc", "voc", "voc-boxes", "wsol", "yolo",
+                               "synthetic")
 """The kinds ``maps``, ``masks`` and ``evaluate`` open (:data:`loupe.data.spec.SPEC_KINDS`)."""
 
 SPLIT_KINDS: tuple[str, ...] = ("voc", "coco", "folder", "yolo", "synthetic")

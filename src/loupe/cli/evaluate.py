@@ -13,7 +13,13 @@ from loupe.cli.args import (
     add_run_arguments,
     dataset_spec,
 )
-from loupe.cli.values import SWEPT_THRESHOLDS, fraction, non_negative_int
+from loupe.cli.values import (
+    SWEPT_THRESHOLDS,
+    fraction,
+    fraction_below_one,
+    non_negative_int,
+    positive_fraction,
+)
 
 DESCRIPTION = """\
 Map (or mask) folders against a data set's ground truth. Per method: the mIoU at every
@@ -21,7 +27,9 @@ background threshold 0.00..0.95 (one pass), the best mIoU and its threshold, the
 thresholds and its spread over a range (AMN's robustness figures), per-class IoU, precision and
 recall; with several folders, paired bootstrap intervals of each method's mIoU difference to
 the best one (and to baselines). --ignore-classes and --class-map leave data-set classes out
-of these scores. --boxes adds localization (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP).
+of these scores. --boxes adds localization (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP) and
+CAM's ILSVRC protocol (top-1 and top-5 localization error; top-5 needs maps of loupe maps
+--topk 5, the three-box heuristic --topk 3 or more).
 Writes results.json, report.md, miou_vs_threshold.png and overlays.png into --out. Under
 torchrun the images are sharded and the matrices all-reduced; rank 0 writes."""
 
@@ -52,8 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="also localization: top-1 loc, GT-known loc, MaxBoxAccV2, PxAP")
     group.add_argument("--box-threshold", type=fraction, default=0.2,
                        help="CAM box rule for top-1/GT-known loc (fraction of the map's range)")
-    group.add_argument("--iou", type=fraction, default=0.5,
-                       help="IoU of top-1/GT-known loc")
+    group.add_argument("--loc-threshold", type=fraction_below_one, default=0.2,
+                       help="box rule of CAM's ILSVRC localization error: fraction of the "
+                       "map's maximum (CAM 0.2, the default; Grad-CAM's paper 0.15)")
+    group.add_argument("--iou", type=positive_fraction, default=0.5,
+                       help="IoU a box needs (top-1/GT-known loc, ILSVRC error; 0.5)")
     group.add_argument("--overlays", type=non_negative_int, default=6,
                        help="images in overlays.png (0: none; needs images)")
     add_run_arguments(p, out_help="run folder for the results")
@@ -78,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     sources = make_sources(args.maps, args.masks, args.names)
     config = EvaluationConfig(dataset=spec, sources=sources, thresholds=thresholds,
                               boxes=args.boxes, box_threshold=args.box_threshold,
+                              loc_threshold=args.loc_threshold,
                               workers=args.workers, progress=not args.no_progress,
                               ignore_classes=tuple(args.ignore_classes),
                               class_map=args.class_map)

@@ -41,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="irn: stride-1 last stage, GAP, bias-free linear (ResNet default)")
     group.add_argument("--output-stride", type=int, default=16, choices=(16, 32),
                        help="output stride of a ResNet backbone")
+    group.add_argument("--pool", default="gap", choices=("gap", "gmp"),
+                       help="global average (gap) or max (gmp) pooling before the linear "
+                       "layer: the CAM paper's comparison (default gap)")
     group.add_argument("--pretrained", default="imagenet", choices=("imagenet", "none"),
                        help="ImageNet backbone weights (torchvision) or none")
     group.add_argument("--init", type=Path, help="local state dict for the backbone")
@@ -60,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from loupe.training.classifier import ClassifierConfig, train_classifier
 
-    extra = {"head": args.head, "output_stride": args.output_stride,
+    extra = {"head": args.head, "output_stride": args.output_stride, "pool": args.pool,
              "eval_size": args.eval_size, "freeze_bn": args.freeze_bn,
              "freeze_stem": args.freeze_stem, "shuffle_augment": args.shuffle_augment}
     return run_training(args, ClassifierConfig, train_classifier, extra, ("val_map", "val mAP"))

@@ -50,6 +50,16 @@ def fraction(text: str) -> float:
     return _checked(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
+def fraction_below_one(text: str) -> float:
+    """A number in [0, 1)."""
+    return _checked(text, float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def positive_fraction(text: str) -> float:
+    """A number in (0, 1]."""
+    return _checked(text, float, "a number in (0, 1]", lambda v: 0 < v <= 1)
+
+
 def open_fraction(text: str) -> float:
     """A number strictly between 0 and 1."""
     return _checked(text, float, "a number in (0, 1)", lambda v: 0 < v < 1)

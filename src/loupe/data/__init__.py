@@ -11,6 +11,7 @@ coco       COCO 2014/2017 instance JSON -> semantic masks          :class:`COCOS
 folder     ``images/``, ``masks/``, optional labels and names      :class:`FolderSegmentation`
 yolo       Ultralytics YOLO segmentation polygons                  :class:`YOLOSegmentation`
 wsol       wsolevaluation metadata (boxes)                         :class:`WSOLMetadata`
+ilsvrc     ImageNet CLS-LOC per-image XML boxes                    :class:`ILSVRCBoxes`
 ========== ===================================================== ===========================
 
 Every data set yields :class:`Sample` objects and has ``ids``, ``class_names`` (index 0 =
@@ -33,6 +34,7 @@ from loupe.data.base import (
 )
 from loupe.data.coco import COCO_CLASSES, COCOSegmentation
 from loupe.data.folder import FolderSegmentation
+from loupe.data.ilsvrc import ILSVRCBoxes
 from loupe.data.kinds import DATASET_KINDS, list_dataset_kinds, open_dataset
 from loupe.data.mapping import (
     ClassMapping,
@@ -58,6 +60,7 @@ __all__ = [
     "ClassMapping",
     "DatasetSpec",
     "FolderSegmentation",
+    "ILSVRCBoxes",
     "ImageDataset",
     "Sample",
     "SyntheticSplits",

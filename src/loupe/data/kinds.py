@@ -9,6 +9,7 @@ from typing import Any
 from loupe.data.base import ImageDataset, PathLike
 from loupe.data.coco import COCOSegmentation
 from loupe.data.folder import FolderSegmentation
+from loupe.data.ilsvrc import ILSVRCBoxes
 from loupe.data.voc import VOCBoxes, VOCSegmentation
 from loupe.data.wsol import WSOLMetadata
 from loupe.data.yolo import YOLOSegmentation
@@ -20,6 +21,7 @@ DATASET_KINDS: Mapping[str, Callable[..., ImageDataset]] = MappingProxyType({
     "folder": FolderSegmentation,
     "yolo": YOLOSegmentation,
     "wsol": WSOLMetadata,
+    "ilsvrc": ILSVRCBoxes,
 })
 """Kind name -> data-set class (read-only)."""
 
@@ -36,7 +38,8 @@ def open_dataset(
     them (see each class). Only index files are read here; items are read on access.
 
     ``split=None`` takes each kind's default (VOC segmentation ``train``, VOC boxes ``val``,
-    COCO ``val2017``, the whole folder for folder/yolo, the metadata folder itself for wsol).
+    COCO ``val2017``, the whole folder for folder/yolo, the metadata folder itself for wsol,
+    ILSVRC ``val``).
     """
     if kind not in DATASET_KINDS:
         raise ValueError(f"unknown data set kind {kind!r}; choose one of: "

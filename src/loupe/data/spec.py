@@ -129,7 +129,7 @@ def _open_whole(spec: DatasetSpec, images: bool) -> Any:
 def _spec_options(spec: DatasetSpec, images: bool) -> dict[str, Any]:
     """The keyword options of :func:`loupe.data.open_dataset` that ``spec`` asks for."""
     options: dict[str, Any] = {}
-    if spec.kind in ("voc", "voc-boxes", "coco", "folder", "yolo", "wsol"):
+    if spec.kind in ("voc", "voc-boxes", "coco", "folder", "yolo", "wsol", "ilsvrc"):
         options["images"] = images
     if spec.split_file:
         if spec.kind not in ("voc", "voc-boxes"):
@@ -139,12 +139,15 @@ def _spec_options(spec: DatasetSpec, images: bool) -> dict[str, Any]:
         if spec.kind not in ("voc", "folder"):
             raise ValueError(f"--labels-file is only for voc and folder, not {spec.kind}")
         options["labels_file"] = spec.labels_file
-    if spec.class_names:
+    if spec.class_names and spec.kind == "ilsvrc":  # the synsets: LOC_synset_mapping.txt
+        options["synsets"] = spec.class_names
+    elif spec.class_names:
         names = (list(COCO_CLASSES) if spec.class_names == "coco"
                  else read_class_names(spec.class_names))
         key = {"yolo": "names", "folder": "class_names", "wsol": "class_names"}.get(spec.kind)
         if key is None:
-            raise ValueError(f"--class-names is only for yolo, folder and wsol, not {spec.kind}")
+            raise ValueError(f"--class-names is only for yolo, folder, wsol and ilsvrc, not "
+                             f"{spec.kind}")
         options[key] = names
     return options
 

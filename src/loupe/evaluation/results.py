@@ -14,6 +14,7 @@ import torch
 
 from loupe.evaluation.sources import Source
 from loupe.evaluation.tally import Tally, per_image_confusions
+from loupe.mapsets.guesses import maps_topk
 from loupe.metrics import (
     bootstrap_miou_ci,
     bootstrap_miou_difference,
@@ -27,6 +28,7 @@ from loupe.metrics import (
     summarize_localization,
     sweep_summary,
 )
+from loupe.metrics.localization import localization_errors
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +101,8 @@ def method_results(
 
 
 def localization_results(tally: Tally, sources: Sequence[Source], iou: float) -> dict[str, Any]:
-    """WSOL figures per maps source (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP)."""
+    """WSOL figures per maps source (top-1 loc, GT-known loc, MaxBoxAccV2, PxAP) and CAM's
+    ILSVRC localization errors (``"ilsvrc"``, :func:`ilsvrc_errors`)."""
     results: dict[str, Any] = {}
     cam_thresholds = default_cam_thresholds()
     for k, source in enumerate(sources):
@@ -109,8 +112,27 @@ def localization_results(tally: Tally, sources: Sequence[Source], iou: float) ->
         entry = summarize_localization(records, cam_thresholds, iou=iou)
         counts = tally.pxap[k] if tally.pxap else None
         entry["pxap"] = pxap_from_counts(counts) if counts is not None else None
+        entry["ilsvrc"] = ilsvrc_errors(tally, k, source, iou)
         results[source.name] = entry
     return results
+
+
+def ilsvrc_errors(tally: Tally, k: int, source: Source, iou: float) -> dict[str, Any] | None:
+    """Top-1 / top-5 localization and classification errors of CAM's ILSVRC protocol for
+    source ``k`` (:func:`loupe.metrics.localization.localization_errors`): guesses are the
+    maps' K best classes (``loupe maps --topk K``; only the top-1 class for maps of the
+    image-level labels), the heuristic's when K >= 3. Unlike the figures beside them, the
+    ignored classes (``--ignore-classes``, ``--class-map``) are left out: a class the
+    classifier cannot name is no image's ground truth here. None when no pair is left."""
+    images = [[r.guesses for r in tally.pairs[k][index]
+               if r.guesses is not None and r.label not in tally.ignored]
+              for index in sorted(tally.pairs[k])]
+    if not any(images):
+        return None
+    topk = maps_topk(source.folder)
+    max_k = topk or 1
+    result = localization_errors(images, max_k=max_k, iou=iou, heuristic=max_k >= 3)
+    return {**result, "guesses": f"top-{max_k}" if topk else "top-1 (label maps)"}
 
 
 @dataclass(frozen=True)

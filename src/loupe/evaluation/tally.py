@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -41,6 +40,7 @@ from loupe.evaluation.sources import (
     relabel,
 )
 from loupe.mapsets.files import load_map_file, output_path
+from loupe.mapsets.guesses import guess_records, maps_topk, ranked_guesses, read_ranking
 from loupe.masks.palette import load_mask_png
 from loupe.metrics import (
     PairRecord,
@@ -66,6 +66,7 @@ class EvaluationConfig:
     thresholds: tuple[float, ...] = tuple(round(t, 6) for t in default_thresholds().tolist())
     boxes: bool = False
     box_threshold: float = 0.2
+    loc_threshold: float = 0.2
     workers: int = 0
     progress: bool = True
     ignore_classes: tuple[str, ...] = ()
@@ -102,12 +103,14 @@ class Tally:
 @dataclass(frozen=True)
 class SourceFile:
     """One source's file for one image: ``data`` is its maps ``(K, H, W)`` with ``classes``
-    ``(K,)`` and the ``predicted`` class (boxes mode), or its mask ``(H, W)``."""
+    ``(K,)``, the ``predicted`` class and the maps' ``scores`` ``(K,)`` (boxes mode), or its
+    mask ``(H, W)``."""
 
     data: torch.Tensor
     classes: torch.Tensor | None
     path: Path
     predicted: int | None = None
+    scores: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -155,8 +158,9 @@ class _Items(Dataset):
         if source.kind == "masks":
             return SourceFile(load_mask_png(path), None, path)
         maps, classes = load_map_file(path)
-        predicted = _predicted(path) if self.boxes else None
-        return SourceFile(torch.from_numpy(maps), torch.from_numpy(classes), path, predicted)
+        predicted, scores = read_ranking(path) if self.boxes else (None, None)
+        return SourceFile(torch.from_numpy(maps), torch.from_numpy(classes), path, predicted,
+                          scores)
 
 
 def _first(items: list[Item]) -> Item:
@@ -165,12 +169,14 @@ def _first(items: list[Item]) -> Item:
 
 @dataclass
 class _Sums:
-    """One rank's running sums, one entry per source (see :class:`Tally`)."""
+    """One rank's running sums, one entry per source (see :class:`Tally`), and each maps
+    source's ``--topk`` (:func:`maps_topk`)."""
 
     confusions: list[torch.Tensor]
     per_image: list[dict] = field(default_factory=list)
     pairs: list[dict] = field(default_factory=list)
     pxap: list[torch.Tensor | None] = field(default_factory=list)
+    topk: list[int | None] = field(default_factory=list)
 
 
 def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | None:
@@ -197,6 +203,7 @@ def evaluate_sources(config: EvaluationConfig, device: torch.device) -> Tally | 
         [torch.zeros((2, edges.numel() + 1), dtype=torch.long)
          if config.boxes and has_masks and s.kind == "maps" else None for s in config.sources],
     )
+    sums.topk = [maps_topk(s.folder) if s.kind == "maps" else None for s in config.sources]
     indices = distributed.shard(list(range(count)))
     loader = DataLoader(_Items(dataset, config.sources, config.boxes), batch_size=1,
                         sampler=indices, num_workers=config.workers, collate_fn=_first)
@@ -234,7 +241,7 @@ def _add_item(
             sums.per_image[k][item.index] = (nonzero.cpu(), flat[nonzero].cpu())
         if config.boxes and source.kind == "maps":
             sums.pairs[k][item.index] = _pair_records(file, item.boxes, item.box_labels,
-                                                      config.box_threshold)
+                                                      config, sums.topk[k])
             if sums.pxap[k] is not None and gt is not None:
                 sums.pxap[k] += _pxap_counts(file, gt, item.box_labels, edges)
 
@@ -275,30 +282,29 @@ def _image_confusions(
 
 def _pair_records(
     file: SourceFile, boxes: torch.Tensor | None, box_labels: torch.Tensor | None,
-    box_threshold: float,
+    config: EvaluationConfig, topk: int | None,
 ) -> list[PairRecord]:
-    """One record per ground-truth class of the image with boxes (its map, or none)."""
+    """One record per ground-truth class of the image with boxes (its map, or none), with
+    the class against the image's guesses (CAM's ILSVRC protocol)."""
     maps, classes, predicted, path = file.data, file.classes, file.predicted, file.path
     cam_thresholds = default_cam_thresholds()
     if boxes is None or box_labels is None:
         raise ValueError(f"{path}: the data set has no boxes for this image; --boxes needs a "
-                         "data set with boxes (voc-boxes, wsol, coco, yolo, synthetic)")
+                         "data set with boxes (voc-boxes, wsol, coco, yolo, ilsvrc, synthetic)")
+    gt_boxes = {label: inclusive_boxes(boxes[box_labels == label])
+                for label in sorted(set(box_labels.tolist()))}
+    guessed, guess_maps = ranked_guesses(maps, classes, file.scores, predicted, topk)
+    guesses = guess_records(guessed, guess_maps, gt_boxes, threshold=config.loc_threshold,
+                            heuristic=bool(topk and topk >= 3))
     records = []
-    for label in sorted(set(box_labels.tolist())):
-        gt = inclusive_boxes(boxes[box_labels == label])
+    for label, gt in gt_boxes.items():
         where = (classes == label).nonzero().flatten()
         scoremap = maps[int(where[0])] if where.numel() else None
-        records.append(pair_record(scoremap, gt, cam_thresholds, box_threshold=box_threshold,
-                                   correct=predicted == label))
+        record = pair_record(scoremap, gt, cam_thresholds, box_threshold=config.box_threshold,
+                             correct=predicted == label)
+        records.append(PairRecord(record.curve, record.cam_iou, record.correct, label,
+                                  guesses[label]))
     return records
-
-
-def _predicted(path: Path) -> int:
-    with np.load(path, allow_pickle=False) as data:
-        if "predicted" not in data.files:
-            raise ValueError(f"{path}: no 'predicted' class (top-1 localization needs map files "
-                             "written by loupe maps)")
-        return int(data["predicted"])
 
 
 def _pxap_counts(

@@ -1,9 +1,10 @@
-"""CAM: class activation maps of a network ending in global average pooling + a linear layer.
+"""CAM: class activation maps of a network ending in global pooling + a linear layer.
 
 Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016:
 ``CAM_k(i, j) = sum_c W_kc A_c(i, j)``, with ``W`` the final linear layer's weight and ``A``
-the activation whose spatial mean the linear layer reads. Raw (no ReLU, as in the paper and in
-torchcam's ``CAM``), so ``mean_ij CAM_k = logit_k - b_k``. One forward, no backward.
+the activation whose spatial mean (GAP) or maximum (GMP, the paper's comparison) the linear
+layer reads. Raw (no ReLU, as in the paper and in torchcam's ``CAM``), so with GAP
+``mean_ij CAM_k = logit_k - b_k``. One forward, no backward.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def class_activation_maps(
     (DenseNet) or identity. With a LayerNorm between pooling and linear (ConvNeXt) its
     per-image centring and scaling and its weight are folded in:
     ``CAM_k = sum_c W_kc gamma_c (f(A)_c - mu) / sigma`` with ``mu, sigma`` the mean and
-    standard deviation over channels of the pooled vector, so that in every case
-    ``mean_ij CAM_k = logit_k - head.constant[k]``.
+    standard deviation over channels of the pooled vector, so that with average pooling
+    ``mean_ij CAM_k = logit_k - head.constant[k]`` in every case. With max pooling the maps
+    are the same ``W · A`` (the paper's reading of its GMP networks).
     """
     features = activation.float()
     if head.relu:
@@ -35,7 +37,7 @@ def class_activation_maps(
     if head.norm_name is not None:
         if head.norm_weight is not None:
             rows = rows * head.norm_weight.float()
-        pooled = features.mean((-2, -1))  # (B, C)
+        pooled = head.spatial_pool(features)  # (B, C)
         mean = pooled.mean(1)
         std = (pooled.var(1, unbiased=False) + head.norm_eps).sqrt()
         maps = torch.einsum("bkc,bchw->bkhw", rows, features)
@@ -54,13 +56,13 @@ def class_activation_maps(
 )
 @aug_smoothable
 def cam(ctx: MapContext, head: str | None = None) -> torch.Tensor:
-    """CAM: ``sum_c W_kc A_c`` at the layer feeding the global-average-pooling + linear head.
+    """CAM: ``sum_c W_kc A_c`` at the layer feeding the global-pooling + linear head.
 
     Options:
         head: module name of the final linear layer (``"fc"``); found automatically when None
             (see :mod:`loupe.methods.heads`). The head is always checked on this forward: it must
-            reproduce the logits from the spatial mean of the target layer (or of its ReLU),
-            otherwise a ``HeadError`` (a ``ValueError``) explains what was found.
+            reproduce the logits from the spatial mean or maximum of the target layer (or of
+            its ReLU), otherwise a ``HeadError`` (a ``ValueError``) explains what was found.
 
     Returns ``(B, K, h, w)`` raw maps at the target layer's resolution; padding targets give
     zero maps. Class targets only: score-function targets have no row of ``W``.

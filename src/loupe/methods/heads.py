@@ -1,15 +1,20 @@
-"""The classifier head that CAM needs: global average pooling followed by one linear layer.
+"""The classifier head that CAM needs: global average (or max) pooling and one linear layer.
 
-CAM (Zhou et al., CVPR 2016) is only defined for networks whose logits are
+CAM (Zhou et al., CVPR 2016) is defined for networks whose logits are
 ``logits = W · GAP(A) + b``: then ``CAM_k = sum_c W_kc A_c`` and the spatial mean of
-``CAM_k`` is ``logit_k - b_k``. This module finds that head (the final linear layer and what
-sits between it and the pooling) and *checks the premise on the real forward*: the head
-applied to the spatial mean of the target layer's activation must reproduce the logits.
+``CAM_k`` is ``logit_k - b_k``. The paper also trains global *max* pooling heads
+(``logits = W · GMP(A) + b``, its GAP-versus-GMP comparison) and reads them the same way,
+``CAM_k = sum_c W_kc A_c``; there ``logit_k - b_k = sum_c W_kc max_ij A_c`` (each channel at
+its own peak), which is not a statistic of ``CAM_k`` itself. This module finds the head (the
+final linear layer and what sits between it and the pooling) and *checks the premise on the
+real forward*: the head applied to the spatial mean, or the spatial maximum, of the target
+layer's activation must reproduce the logits.
 
 Supported heads, all found automatically:
 
 - ``GAP -> [Flatten | Dropout | Identity]* -> Linear`` (ResNet, VGG-GAP, MobileNetV2,
-  EfficientNet, timm ``ClassifierHead``);
+  EfficientNet, timm ``ClassifierHead``), and the same with ``GMP`` (``loupe train --pool
+  gmp``, timm ``global_pool="max"``);
 - ``GAP(ReLU(A)) -> Linear`` (DenseNet, whose forward applies ``F.relu`` to ``features``);
 - ``GAP -> LayerNorm -> Flatten -> Linear`` (ConvNeXt, timm ``NormMlpClassifierHead`` without
   a hidden layer): the per-image normalisation and the LayerNorm's affine are folded into the
@@ -27,16 +32,17 @@ from torch import nn
 
 from loupe.layers import find_module
 
-_PREFIX = "CAM needs a global-average-pooling + linear head: "
+_PREFIX = "CAM needs a global-pooling + linear head: "
+POOLS = ("avg", "max")
 
 
 class HeadError(ValueError):
-    """A model (or target layer) without the global-average-pooling + linear head CAM needs."""
+    """A model (or target layer) without the global-pooling + linear head CAM needs."""
 
 
 @dataclass(frozen=True)
 class CAMHead:
-    """A head ``logits = W · LN(GAP(f(A))) + b`` read off a model and checked on a forward.
+    """A head ``logits = W · LN(pool(f(A))) + b`` read off a model and checked on a forward.
 
     name: module name of the final linear layer (``"fc"``, ``"classifier.1"``).
     weight: ``(N, C)`` its weight (a 1x1 convolution's, flattened).
@@ -45,6 +51,7 @@ class CAMHead:
     norm_name: module name of the LayerNorm between pooling and linear (ConvNeXt), or None.
     norm_weight, norm_bias: ``(C,)`` that LayerNorm's affine (None without one).
     norm_eps: that LayerNorm's epsilon.
+    pool: ``"avg"`` (global average pooling) or ``"max"`` (global max pooling).
     """
 
     name: str
@@ -55,21 +62,28 @@ class CAMHead:
     norm_weight: torch.Tensor | None = None
     norm_bias: torch.Tensor | None = None
     norm_eps: float = 1e-5
+    pool: str = "avg"
 
     @property
     def constant(self) -> torch.Tensor:
-        """``(N,)`` the part of each logit that no map position explains:
-        ``b`` or, with a LayerNorm, ``W beta + b``. Spatial mean of ``CAM_k`` = logit_k - this."""
+        """``(N,)`` the part of each logit that no map position explains: ``b`` or, with a
+        LayerNorm, ``W beta + b``. With average pooling the spatial mean of ``CAM_k`` is
+        ``logit_k`` minus this; with max pooling ``logit_k`` minus this is
+        ``sum_c W_kc max_ij A_c``."""
         if self.norm_bias is None:
             return self.bias
         return self.bias + self.weight @ self.norm_bias
+
+    def spatial_pool(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` -> ``(B, C)``: the spatial mean or maximum, as the head pools."""
+        return features.amax((-2, -1)) if self.pool == "max" else features.mean((-2, -1))
 
     def pooled_features(self, activation: torch.Tensor) -> torch.Tensor:
         """``(B, C, h, w)`` activation -> ``(B, C)`` the vector the linear layer reads."""
         features = activation.float()
         if self.relu:
             features = features.clamp(min=0)
-        pooled = features.mean((-2, -1))
+        pooled = self.spatial_pool(features)
         if self.norm_name is not None:
             pooled = nn.functional.layer_norm(
                 pooled, pooled.shape[-1:], self.norm_weight, self.norm_bias, self.norm_eps
@@ -89,7 +103,7 @@ def find_cam_head(
     layer: str | None = None,
     head: str | None = None,
 ) -> CAMHead:
-    """The global-average-pooling + linear head of ``model``, checked against a real forward.
+    """The global-pooling + linear head of ``model``, checked against a real forward.
 
     Args:
         model: the classifier.
@@ -100,11 +114,13 @@ def find_cam_head(
             ``get_classifier()``, else the last ``nn.Linear`` with ``N`` outputs).
 
     Returns:
-        The head, with ``relu=True`` when only ``GAP(ReLU(A))`` reproduces the logits.
+        The head, with ``relu=True`` when only ``pool(ReLU(A))`` reproduces the logits and
+        ``pool="max"`` when only the spatial maximum does (average pooling is tried first).
 
     Raises:
-        HeadError: no such head, or the head applied to ``GAP(A)`` and to ``GAP(ReLU(A))``
-            does not reproduce ``logits``. A ``LayerError`` when ``head`` names no module.
+        HeadError: no such head, or the head applied to the spatial mean and maximum of ``A``
+            and of ``ReLU(A)`` does not reproduce ``logits``. A ``LayerError`` when ``head``
+            names no module.
     """
     where = f"target layer {layer!r}" if layer else "the target layer"
     model_name = type(model).__name__
@@ -126,17 +142,18 @@ def find_cam_head(
     between = f"; {blocker} sits between the pooling and {name!r}" if blocker else ""
     _check_linear(weight, num_logits, channels, model_name, name, where, between)
     norm = _layer_norm_parameters(model, norm_name, channels)
-    candidates = [CAMHead(name, weight, bias, relu, norm_name, *norm) for relu in (False, True)]
-    if norm_name is not None:  # a LayerNorm sibling that the forward does not use
-        candidates += [CAMHead(name, weight, bias, relu) for relu in (False, True)]
+    norms = [(norm_name, *norm)] + ([(None, None, None, 1e-5)] if norm_name else [])
+    # a LayerNorm sibling may be one that the forward does not use: try without it too
+    candidates = [CAMHead(name, weight, bias, relu, *n, pool=pool)
+                  for pool in POOLS for n in norms for relu in (False, True)]
     found, error = _first_reproducing(candidates, activation, logits)
     if found is not None:
         return found
     raise HeadError(
-        f"{_PREFIX}{name!r} applied to the spatial mean of {where} (or of its ReLU) does not "
-        f"reproduce {model_name}'s logits (largest difference {error:.3g}){between}. "
-        "The model does not end in global average pooling + one linear layer at this layer; "
-        "use a gradient method such as gradcam"
+        f"{_PREFIX}{name!r} applied to the spatial mean or maximum of {where} (or of its "
+        f"ReLU) does not reproduce {model_name}'s logits (largest difference {error:.3g})"
+        f"{between}. The model does not end in global average or max pooling + one linear "
+        "layer at this layer; use a gradient method such as gradcam"
     )
 
 

@@ -53,7 +53,7 @@ def box_from_map(
         above the threshold (e.g. a constant map).
     """
     binary = _binary(scoremap, threshold)
-    boxes, sizes = _component_boxes(binary, connectivity)
+    boxes, sizes = component_boxes(binary, connectivity)
     box = boxes[int(np.argmax(sizes))] if len(sizes) else np.array(EMPTY_BOX)
     return torch.as_tensor(box, dtype=torch.long, device=scoremap.device)
 
@@ -82,7 +82,7 @@ def boxes_from_map(
     values = prepared.detach().to("cpu", torch.float32).numpy()
     result = []
     for threshold in torch.as_tensor(thresholds, dtype=torch.float32).flatten().tolist():
-        boxes, sizes = _component_boxes(values > np.float32(threshold), connectivity)
+        boxes, sizes = component_boxes(values > np.float32(threshold), connectivity)
         if not multi_contour and len(sizes):
             boxes = boxes[int(np.argmax(sizes))][None]
         result.append(torch.as_tensor(boxes, dtype=torch.long, device=scoremap.device))
@@ -105,8 +105,9 @@ def _binary(scoremap: torch.Tensor, threshold: float) -> np.ndarray:
     return values > np.float32(threshold)
 
 
-def _component_boxes(binary: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, 4)`` inclusive boxes and ``(n,)`` pixel counts of the connected components."""
+def component_boxes(binary: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, 4)`` inclusive boxes and ``(n,)`` pixel counts of the connected components of a
+    ``(H, W)`` boolean array, in raster order of their first pixel."""
     if binary.ndim != 2:
         raise ValueError(f"a score map must be 2D (H, W), got shape {binary.shape}")
     if connectivity not in (4, 8):

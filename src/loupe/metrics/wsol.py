@@ -23,6 +23,7 @@ import torch
 
 from loupe.masks.normalize import normalize
 from loupe.metrics.boxes import box_from_map, box_iou, boxes_from_map
+from loupe.metrics.localization import GuessRecord
 
 
 def default_cam_thresholds() -> torch.Tensor:
@@ -265,11 +266,16 @@ class PairRecord:
     cam_iou: the IoU of CAM's box (largest component at ``box_threshold``) with the best
         matching ground-truth box (for top-1 and GT-known localization).
     correct: whether the classifier's top-1 class is the pair's class.
+    label: the pair's class (-1 when not recorded).
+    guesses: the pair against the image's ranked guesses, for CAM's ILSVRC localization error
+        (:mod:`loupe.metrics.localization`), or None.
     """
 
     curve: torch.Tensor
     cam_iou: float
     correct: bool
+    label: int = -1
+    guesses: GuessRecord | None = None
 
 
 def pair_record(

@@ -7,7 +7,8 @@
   ``nn.Linear`` so that loupe's ``cam`` finds it (:mod:`loupe.methods.heads`) and CAM is exact:
   ``mean_ij CAM_k = logit_k``. Other torchvision backbones keep their own head with a new final
   ``nn.Linear``; ``"small"`` is :class:`SmallGAPNet`, a small VGG-style GAP network for CPU
-  demos and tests; ``"timm:<name>"`` uses timm (extra ``timm``).
+  demos and tests; ``"timm:<name>"`` uses timm (extra ``timm``). ``pool="gmp"`` replaces
+  the global average pooling with global max pooling (:mod:`loupe.models.pooling`).
 - :func:`build_segmenter`: torchvision's DeepLabV3 (Chen et al., "Rethinking Atrous
   Convolution for Semantic Image Segmentation", arXiv 1706.05587) with a ResNet-50 or
   MobileNetV3-Large backbone.
@@ -23,6 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
+from loupe.models.pooling import POOLS, with_global_pooling
 from loupe.models.weights import read_state_dict
 
 OFFLINE_MESSAGE = "ImageNet weights not available offline; use --init PATH or --pretrained none"
@@ -98,24 +100,26 @@ def _torchvision_model(backbone: str, pretrained: str) -> nn.Module:
         raise ValueError(f"{OFFLINE_MESSAGE} ({backbone} {weights}: {error})") from error
 
 
-def _timm_model(name: str, num_classes: int, pretrained: str) -> nn.Module:
+def _timm_model(name: str, num_classes: int, pretrained: str, pool: str) -> nn.Module:
     try:
         import timm
     except ImportError as error:
         raise ValueError(f"backbone timm:{name} needs timm: pip install 'loupe[timm]'") from error
     if not timm.is_model(name):
         raise ValueError(f"unknown backbone timm:{name}: not a timm model (timm.list_models())")
-    if pretrained == "none":
-        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    options = {"global_pool": "max"} if pool == "gmp" else {}
     try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes)
+        return timm.create_model(name, pretrained=pretrained != "none",
+                                 num_classes=num_classes, **options)
+    except TypeError as error:  # a model without the global_pool argument
+        raise ValueError(f"--pool gmp: timm:{name} takes no global_pool ({error})") from error
     except (OSError, RuntimeError) as error:
         raise ValueError(f"{OFFLINE_MESSAGE} (timm {name}: {error})") from error
 
 
 def build_classifier(
     backbone: str, num_classes: int, *, head: str = "auto", output_stride: int = 16,
-    pretrained: str = "none", init: str | None = None,
+    pretrained: str = "none", init: str | None = None, pool: str = "gap",
 ) -> nn.Module:
     """A multi-label classifier with ``num_classes`` outputs.
 
@@ -131,18 +135,22 @@ def build_classifier(
             weights cannot be downloaded) or ``"none"`` (random initialisation).
         init: a local state dict loaded into everything but the new head (checked: every
             backbone parameter must be present with its shape).
+        pool: ``"gap"`` (global average pooling) or ``"gmp"`` (global max pooling, the CAM
+            paper's comparison; :func:`loupe.models.pooling.with_global_pooling`).
     """
     if pretrained not in ("imagenet", "none"):
         raise ValueError(f"--pretrained must be 'imagenet' or 'none', got {pretrained!r}")
     if output_stride not in (16, 32):
         raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
+    if pool not in POOLS:
+        raise ValueError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
     if backbone in SMALL_BACKBONES:
         if pretrained == "imagenet":
             raise ValueError(f"backbone {backbone!r} has no ImageNet weights; use --pretrained "
                              "none")
         model: nn.Module = SmallGAPNet(num_classes, pools=SMALL_BACKBONES[backbone])
     elif backbone.startswith("timm:"):
-        model = _timm_model(backbone[5:], num_classes, pretrained)
+        model = _timm_model(backbone[5:], num_classes, pretrained, pool)
     else:
         model = _torchvision_model(backbone, pretrained)
         resolved = head if head != "auto" else ("irn" if backbone in RESNETS else "linear")
@@ -161,6 +169,8 @@ def build_classifier(
             _replace_module(model, name, nn.Linear(old.in_features, num_classes))
         else:
             raise ValueError(f"head must be 'auto', 'irn' or 'linear', got {head!r}")
+    if not backbone.startswith("timm:"):
+        model = with_global_pooling(model, pool, backbone)
     if init is not None:
         load_backbone_weights(model, init, classifier_head(model))
     return model

@@ -32,7 +32,8 @@ class ClassifierConfig(Recipe):
     """Everything :func:`train_classifier` does: the :class:`Recipe` (defaults: IRN on VOC,
     ResNet-50 with output stride 16, 5 epochs) and the classifier's model options.
 
-    head, output_stride: see :func:`loupe.models.build_classifier`.
+    head, output_stride, pool: see :func:`loupe.models.build_classifier` (``pool``: ``"gap"``
+    or ``"gmp"``, the CAM paper's global average or max pooling).
     eval_size: side of the (padded) validation input; default ``crop`` (512 without crop).
     freeze_bn, freeze_stem: None = on when the backbone starts from trained weights (IRN keeps
     BatchNorm statistics and stage 1 fixed), off for random initialisation.
@@ -43,6 +44,7 @@ class ClassifierConfig(Recipe):
     out: str = "runs/classifier"
     head: str = "auto"
     output_stride: int = 16
+    pool: str = "gap"
     eval_size: int | None = None
     freeze_bn: bool | None = None
     freeze_stem: bool | None = None
@@ -79,7 +81,8 @@ def classifier_task(config: ClassifierConfig, device: torch.device) -> Task:
         torch.manual_seed(config.seed)
         model = build_classifier(config.backbone, num_outputs, head=config.head,
                                  output_stride=config.output_stride,
-                                 pretrained=config.pretrained, init=config.init).to(device)
+                                 pretrained=config.pretrained, init=config.init,
+                                 pool=config.pool).to(device)
     trained_init = config.pretrained == "imagenet" or config.init is not None
     if trained_init if config.freeze_stem is None else config.freeze_stem:
         freeze_stem(model)
@@ -98,7 +101,8 @@ def classifier_task(config: ClassifierConfig, device: torch.device) -> Task:
     spec = {
         "kind": "classifier",
         "model": {"backbone": config.backbone, "num_classes": num_outputs,
-                  "head": config.head, "output_stride": config.output_stride},
+                  "head": config.head, "output_stride": config.output_stride,
+                  "pool": config.pool},
         "preprocessing": preprocessing.to_json(),
         "class_names": class_names[offset:],
         "label_offset": offset,
