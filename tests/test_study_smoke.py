@@ -80,7 +80,7 @@ def test_post_hoc_blur_equals_shuffles_smooth_option():
                           nn.Flatten(), nn.Linear(4, 3))
     images = torch.rand(2, 3, 24, 20)
     options = dict(method="shuffle", n_shuffles=4, seed=0)
-    raw = explain(model, images, [[0, 2], [1, 2]], **options)
+    raw = explain(model, images, [[0, 2], [1, 2]], smooth=0.0, **options)
     # shuffle's sigma is a fraction of the shorter side: 1.5 / 20 of 20 pixels = 1.5 pixels
     smoothed = explain(model, images, [[0, 2], [1, 2]], smooth=1.5 / 20, **options)
     independent = torchvision_blur(raw, kernel_size=[11, 11], sigma=[1.5, 1.5])

@@ -203,7 +203,7 @@ def test_registered_as_stochastic_input_method():
 def test_one_identity_round_is_vanilla_saliency_exactly():
     model, x = resnet(), torch.randn(2, 3, 32, 30)
     maps = loupe.explain(
-        model, x, [3, 5], method="shuffle", n_shuffles=1, grids=(1,), jitter=False
+        model, x, [3, 5], method="shuffle", smooth=0.0, n_shuffles=1, grids=(1,), jitter=False
     )
     assert torch.equal(maps, vanilla_saliency(model, x, [3, 5]))
 
@@ -212,7 +212,7 @@ def test_one_identity_round_is_vanilla_saliency_exactly():
 def test_identity_round_reductions_by_hand(reduce):
     model, x = TinyNet(), torch.randn(2, 3, 20, 20)
     maps = loupe.explain(
-        model, x, [1, 2], method="shuffle", n_shuffles=1, grids=(1,), jitter=False,
+        model, x, [1, 2], method="shuffle", smooth=0.0, n_shuffles=1, grids=(1,), jitter=False,
         reduce=reduce,
     )
     grad = input_gradients(model, x, [1, 2])
@@ -259,7 +259,7 @@ def test_permutation_invariant_model_gives_vanilla_saliency_for_any_t():
     model, x = Pointwise(), torch.randn(2, 3, 30, 27)
     vanilla = vanilla_saliency(model, x, [0, 4])
     for n in (1, 3, 8):
-        maps = loupe.explain(model, x, [0, 4], method="shuffle", n_shuffles=n, seed=n)
+        maps = loupe.explain(model, x, [0, 4], method="shuffle", smooth=0.0, n_shuffles=n, seed=n)
         torch.testing.assert_close(maps, vanilla, rtol=1e-5, atol=1e-8)
 
 
@@ -267,8 +267,8 @@ def test_permutation_invariant_model_in_pad_mode_is_vanilla_scaled_by_image_shar
     """In pad mode the model also sees the padding: global average pooling divides by the
     canvas area, so each round's gradient is the vanilla one times H*W / (Hc*Wc)."""
     model, x = Pointwise(), torch.randn(2, 3, 30, 27)
-    maps = loupe.explain(model, x, [0, 4], method="shuffle", n_shuffles=6, offset="pad", seed=3,
-                         include_original=False)
+    maps = loupe.explain(model, x, [0, 4], method="shuffle", smooth=0.0, n_shuffles=6,
+                         offset="pad", seed=3, include_original=False)
     gen = torch.Generator().manual_seed(3)
     rounds = draw_rounds(30, 27, 6, (2, 3, 4), jitter=True, offset="pad", generator=gen)
     share = sum(30 * 27 / (r.canvas[0] * r.canvas[1]) for r in rounds) / len(rounds)
@@ -383,7 +383,7 @@ def test_smooth_is_a_gaussian_blur_like_torchvision():
     from torchvision.transforms.v2.functional import gaussian_blur as tv_blur
 
     model, x = TinyNet(), torch.randn(2, 3, 24, 30)
-    raw = loupe.explain(model, x, [1, 2], method="shuffle", n_shuffles=3)
+    raw = loupe.explain(model, x, [1, 2], method="shuffle", smooth=0.0, n_shuffles=3)
     # sigma is a fraction of the shorter side: 0.0625 * 24 = 1.5 pixels
     smoothed = loupe.explain(model, x, [1, 2], method="shuffle", n_shuffles=3, smooth=0.0625)
     expected = tv_blur(raw, kernel_size=[11, 11], sigma=[1.5, 1.5])
@@ -396,13 +396,14 @@ def test_base_gradcam_shape_identity_and_by_hand():
     model, x = TinyNet(), torch.randn(2, 3, 20, 18)
     targets = [[3, 0], [1, 2]]
     maps = loupe.explain(
-        model, x, targets, method="shuffle", base="gradcam", n_shuffles=3, include_original=False
+        model, x, targets, method="shuffle", smooth=0.0, base="gradcam", n_shuffles=3,
+        include_original=False
     )
     assert maps.shape == (2, 2, 20, 18) and torch.isfinite(maps).all()
     assert count_hooks(model) == 0
     # one identity round is Grad-CAM itself
     identity = loupe.explain(
-        model, x, targets, method="shuffle", base="gradcam", n_shuffles=1, grids=(1,),
+        model, x, targets, method="shuffle", smooth=0.0, base="gradcam", n_shuffles=1, grids=(1,),
         jitter=False,
     )
     torch.testing.assert_close(
@@ -436,10 +437,11 @@ def test_base_cam_shape():
         pytest.skip("the 'cam' method is not registered yet (loupe/methods/cam.py)")
     model, x = resnet(), torch.randn(2, 3, 48, 48)
     targets = [[3, 7], [5, 1]]
-    maps = loupe.explain(model, x, targets, method="shuffle", base="cam", n_shuffles=2)
+    maps = loupe.explain(model, x, targets, method="shuffle", smooth=0.0, base="cam", n_shuffles=2)
     assert maps.shape == (2, 2, 48, 48) and torch.isfinite(maps).all()
     identity = loupe.explain(
-        model, x, targets, method="shuffle", base="cam", n_shuffles=1, grids=(1,), jitter=False
+        model, x, targets, method="shuffle", smooth=0.0, base="cam", n_shuffles=1, grids=(1,),
+        jitter=False
     )
     expected = loupe.explain(model, x, targets, method="cam")
     torch.testing.assert_close(identity, expected, rtol=1e-5, atol=1e-6)
@@ -533,3 +535,15 @@ def test_identity_round_helper():
     r = identity_round(3, 4)
     x = torch.rand(2, 3, 4)
     assert torch.equal(shuffle_images(x, r), x) and torch.equal(unshuffle_maps(x, r, (3, 4)), x)
+
+
+def test_default_smoothing_is_the_dev_screenings_choice():
+    """The default ``smooth`` is 0.02 of the shorter side (issue 10's decision rule 1): the
+    default maps are the unsmoothed ones blurred by that Gaussian, not the raw maps."""
+    from loupe.methods._scores import smooth_maps
+
+    model, x = TinyNet(), torch.randn(1, 3, 40, 30)
+    default = loupe.explain(model, x, [1], method="shuffle", n_shuffles=2)
+    raw = loupe.explain(model, x, [1], method="shuffle", n_shuffles=2, smooth=0.0)
+    torch.testing.assert_close(default, smooth_maps(raw, 0.02), rtol=1e-5, atol=1e-9)
+    assert not torch.allclose(default, raw)

@@ -62,7 +62,7 @@ def test_weighted_accumulations_by_hand():
         (("accumulate", "var"), ("weight", "softmax")): mean(p, m**2) - mean(p, m) ** 2,
     }
     for options, expected in cases.items():
-        maps = loupe.explain(model, x, classes, method="shuffle", n_shuffles=5, seed=4,
+        maps = loupe.explain(model, x, classes, method="shuffle", smooth=0.0, n_shuffles=5, seed=4,
                              **dict(options))
         torch.testing.assert_close(maps[:, 0], expected, rtol=1e-4, atol=1e-9, msg=str(options))
 
@@ -71,7 +71,8 @@ def test_weighted_accumulations_by_hand():
 def test_scores_by_hand(score):
     model, x, classes = TinyNet(), torch.randn(2, 3, 12, 12), [0, 2]
     m, _ = rounds_by_hand(model, x, classes, 4, seed=1, score=score)
-    maps = loupe.explain(model, x, classes, method="shuffle", n_shuffles=4, seed=1, score=score)
+    maps = loupe.explain(model, x, classes, method="shuffle", smooth=0.0, n_shuffles=4, seed=1,
+                         score=score)
     torch.testing.assert_close(maps[:, 0], m.mean(0), rtol=1e-5, atol=1e-9)
 
 
@@ -92,8 +93,8 @@ def test_permutation_invariant_model_gives_the_scores_saliency_for_any_t():
     model, x = Pointwise(), torch.randn(2, 3, 15, 17)
     for score in ("log-softmax", "logit-minus-mean"):
         expected = loupe.explain(model, x, [0, 4], method="saliency", score=score)
-        maps = loupe.explain(model, x, [0, 4], method="shuffle", n_shuffles=5, score=score,
-                             weight="softmax")
+        maps = loupe.explain(model, x, [0, 4], method="shuffle", smooth=0.0, n_shuffles=5,
+                             score=score, weight="softmax")
         torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-8)
 
 
