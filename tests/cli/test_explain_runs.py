@@ -237,8 +237,11 @@ def test_progress_is_flushed_per_image_and_ctrl_c_keeps_finished_images(world, t
     args = base_args(world, out, folder) + ["--batch-size", "1", "--patch",
                                            f"{tmp_path / 'gate.py'}:hold_second_image"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    # SIGINT at its default in the child: a job started in the background (nohup, `&`)
+    # ignores it, and Python then keeps it ignored, so Ctrl-C could not be tested
     process = subprocess.Popen([sys.executable, "-m", "loupe", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
+                               stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         selector = selectors.DefaultSelector()
         selector.register(process.stdout, selectors.EVENT_READ)
