@@ -4,7 +4,9 @@ Fixed by the protocol (docs/shuffle-saliency.md): T = 16 for the screening (shuf
 SmoothGrad samples alike), seed 0; each shuffle variant changes one option from the library
 default of the time (``shuffle-T16``); the same score options are offered to saliency and
 SmoothGrad; the smoothing is applied post-hoc to every method alike (bench/shuffle_dev_eval.py).
-The order is the order of computation: references and the default first.
+The order is the order of computation: references and the default first. Shuffle runs pass
+``smooth=0``: the maps were made when that was the default (issue 10 made it 0.02), and every
+smoothing is applied afterwards, to every method alike.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class Variant:
 
 
 def _shuffle(suffix: str, *options: str, **kwargs: object) -> Variant:
-    return Variant(f"{REFERENCE}-{suffix}", "shuffle", (f"n_shuffles={T}", "seed=0", *options),
+    return Variant(f"{REFERENCE}-{suffix}", "shuffle",
+                   (f"n_shuffles={T}", "seed=0", "smooth=0", *options),
                    reference=REFERENCE, **kwargs)
 
 
@@ -60,7 +63,7 @@ def references() -> list[Variant]:
         Variant("gradcam", "gradcam"),
         Variant("saliency", "saliency"),
         Variant(f"smoothgrad-T{T}", "smoothgrad", (f"n_samples={T}", "seed=0")),
-        Variant(REFERENCE, "shuffle", (f"n_shuffles={T}", "seed=0")),
+        Variant(REFERENCE, "shuffle", (f"n_shuffles={T}", "seed=0", "smooth=0")),
     ]
 
 
@@ -95,6 +98,18 @@ def shuffle_variants(set_name: str) -> list[Variant]:
     ]
 
 
+def confirmation() -> list[Variant]:
+    """Decision rule 3: the chosen defaults confirmed at T = 32, against the T = 32 previous
+    default and SmoothGrad at 32 samples (smoothing is post-hoc, so one map run each)."""
+    return [
+        Variant("smoothgrad-T32", "smoothgrad", ("n_samples=32", "seed=0")),
+        Variant("shuffle-T32", "shuffle", ("n_shuffles=32", "seed=0", "smooth=0")),
+        Variant("shuffle-T32-lsm", "shuffle",
+                ("n_shuffles=32", "seed=0", "smooth=0", "score=log-softmax"),
+                reference="shuffle-T32"),
+    ]
+
+
 def variants(set_name: str) -> list[Variant]:
-    every = [*references(), *score_variants(), *shuffle_variants(set_name)]
+    every = [*references(), *score_variants(), *shuffle_variants(set_name), *confirmation()]
     return [v for v in every if v.sets is None or set_name in v.sets]
