@@ -154,6 +154,8 @@ def crf_stats(test: DevSet, cam: Path, thresholds: list[float]) -> VariantStats:
 
 
 def crf_thresholds(args: argparse.Namespace, name: str) -> list[float]:
+    if args.crf_thresholds:
+        return [round(t, 2) for t in args.crf_thresholds]
     dev = json.loads((args.dev / name / "results.json").read_text())
     best = dev["rows"]["cam@0"]["threshold"]
     return [round(best + d, 2) for d in (-0.10, -0.05, 0.0, 0.05, 0.10) if 0 <= best + d < 1]
@@ -187,8 +189,9 @@ def evaluate(args: argparse.Namespace, test: DevSet) -> dict[str, Any]:
                 save_stats(path, folder_stats(maps, truth, fraction))
             stats[name, fraction] = load_stats(path)
     rows: dict[str, Any] = {}
-    crf_path = stats_dir / f"{CRF}.npz"
     thresholds = crf_thresholds(args, test.name)
+    crf_path = stats_dir / (f"{CRF}.npz" if not args.crf_thresholds
+                            else f"{CRF}@{thresholds[0]:g}-{thresholds[-1]:g}.npz")
     if not crf_path.is_file() and (test.maps_folder(args.work, "cam") / ".").is_dir() and (
             "crf" in args.stages):
         save_stats(crf_path, crf_stats(test, test.maps_folder(args.work, "cam"), thresholds))
@@ -248,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--stages", nargs="+", default=["maps", "crf", "evaluate"])
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--crf-thresholds", type=float, nargs="+",
+                   help="CAM + CRF at these thresholds instead of the five around CAM's dev "
+                        "best (one set of --sets at a time)")
     p.add_argument("--job", default="test")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -264,11 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         if "evaluate" in args.stages:
             data = runner.timed(f"evaluate/{test.name}", lambda t=test: evaluate(args, t))
             folder = args.work / test.name
-            with atomic_path(folder / "results.json") as tmp:
+            suffix = "" if not args.crf_thresholds else "-crf-extended"
+            with atomic_path(folder / f"results{suffix}.json") as tmp:
                 Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
             text = "\n\n".join(f"## {test.name} test ({test.dev} images), smoothing f={f}\n\n"
                                + table(data, f) for f in ("0", "0.02", "0.04", "0.08"))
-            with atomic_path(folder / "tables.md") as tmp:
+            with atomic_path(folder / f"tables{suffix}.md") as tmp:
                 Path(tmp).write_text(text + "\n")
     return 0
 
