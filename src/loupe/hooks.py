@@ -75,7 +75,8 @@ def hooked(
         return hook
 
     try:
-        model.eval()
+        if any(training.values()):  # a model already in eval mode is left untouched (fast)
+            model.eval()
         for p, _ in grad_flags:
             p.requires_grad_(False)
         for name, module in modules.items():
@@ -87,7 +88,8 @@ def hooked(
         for p, flag in grad_flags:
             p.requires_grad_(flag)
         for m, mode in training.items():
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
 
 
 GUIDED_RELUS = (nn.ReLU, nn.ReLU6)

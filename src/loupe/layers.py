@@ -22,6 +22,11 @@ class LayerError(ValueError):
 def find_module(model: nn.Module, name: str) -> nn.Module:
     """The submodule called ``name`` (``"layer4"``, ``"features.18"``), or a LayerError that
     names the closest existing layers."""
+    if name:
+        try:
+            return model.get_submodule(name)  # the fast path: no walk over every module
+        except AttributeError:
+            pass
     modules = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
