@@ -318,6 +318,17 @@ def maps_config(args: argparse.Namespace, method: str, options: dict[str, object
     )
 
 
+def add_bootstrap_options(group: argparse._ArgumentGroup) -> None:
+    """``--bootstrap``, ``--bootstrap-seed`` and ``--level``: the paired bootstrap of the images
+    (``evaluate``, ``compare``, ``faithfulness``)."""
+    group.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                       help="bootstrap resamples of the images (0: none)")
+    group.add_argument("--bootstrap-seed", type=non_negative_int, default=0,
+                       help="seed of the bootstrap resampling")
+    group.add_argument("--level", type=open_fraction, default=0.95,
+                       help="level of the bootstrap intervals, in (0, 1)")
+
+
 def add_evaluation_options(p: argparse.ArgumentParser, *, class_map: bool = True
                            ) -> argparse._ArgumentGroup:
     """The "evaluation" group of ``evaluate`` and ``compare`` (``--class-map`` only with
@@ -329,12 +340,7 @@ def add_evaluation_options(p: argparse.ArgumentParser, *, class_map: bool = True
     group.add_argument("--spread-range", type=fraction, nargs=2, default=[0.1, 0.6],
                        metavar=("LO", "HI"), action=Ascending,
                        help="threshold range of the spread, 0 <= LO < HI <= 1")
-    group.add_argument("--bootstrap", type=non_negative_int, default=1000,
-                       help="bootstrap resamples of the images (0: none)")
-    group.add_argument("--bootstrap-seed", type=non_negative_int, default=0,
-                       help="seed of the bootstrap resampling")
-    group.add_argument("--level", type=open_fraction, default=0.95,
-                       help="level of the bootstrap intervals, in (0, 1)")
+    add_bootstrap_options(group)
     group.add_argument("--ignore-classes", nargs="+", action="extend", default=[],
                        metavar="NAME", help="data-set classes left out of the segmentation "
                        "scores (sweep, per-class table, mean, bootstrap): their ground-truth "

@@ -11,13 +11,14 @@ from loupe.cli.args import (
     CLASS_MAP_HELP,
     LABEL_OFFSET_HELP,
     TARGET_LAYER_HELP,
+    add_bootstrap_options,
     add_command,
     add_dataset_arguments,
     add_model_arguments,
     add_run_arguments,
     dataset_spec,
 )
-from loupe.cli.values import non_negative_int, open_fraction, positive_int
+from loupe.cli.values import non_negative_int, positive_int
 
 # The library's names, copied so that the parser imports no torch (tests/pipeline/
 # test_faithfulness.py checks them against loupe.metrics.faithfulness and loupe.faithfulness).
@@ -99,12 +100,7 @@ def add_metric_options(group: argparse._ArgumentGroup) -> None:
                        help="what the perturbation metrics follow")
     group.add_argument("--regions", choices=REGION_SOURCES, default="auto",
                        help="regions of the pointing games (auto: masks, else boxes)")
-    group.add_argument("--bootstrap", type=non_negative_int, default=1000,
-                       help="bootstrap resamples of the images (0: none)")
-    group.add_argument("--bootstrap-seed", type=non_negative_int, default=0,
-                       help="seed of the bootstrap resampling")
-    group.add_argument("--level", type=open_fraction, default=0.95,
-                       help="level of the bootstrap intervals, in (0, 1)")
+    add_bootstrap_options(group)
 
 
 def metric_options(pairs: list[str], steps: int | None) -> dict[str, dict[str, object]]:
