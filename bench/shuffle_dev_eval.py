@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from shuffle_dev_variants import REFERENCE, variants
 from study_eval import (
     VariantStats,
     confusion_stats,
+    interval_cell,
     load_stats,
     miou_from_stats,
     paired_differences,
@@ -115,10 +117,14 @@ def folder_stats(folder: Path, truth: Truth, fraction: float) -> VariantStats:
     return VariantStats(truth.ids, torch.stack(rows), summed)
 
 
-def crf_stats(dev_set: DevSet, cam_folder: Path) -> VariantStats:
-    """CAM + dense CRF: at every threshold the mask ``loupe masks --crf --threshold t`` writes
-    (:func:`loupe.mapsets.pseudo_masks.pseudo_mask` with the image), scored against the
-    ground truth as ``loupe evaluate --masks`` does (predicted ignored classes -> 0)."""
+def crf_stats(dev_set: DevSet, cam_folder: Path,
+              thresholds: Sequence[float] | None = None) -> VariantStats:
+    """CAM + dense CRF: at each of ``thresholds`` (default: every threshold of the sweep) the
+    mask ``loupe masks --crf --threshold t`` writes (:func:`loupe.mapsets.pseudo_masks.
+    pseudo_mask` with the image), scored against the ground truth as ``loupe evaluate
+    --masks`` does (predicted ignored classes -> 0)."""
+    if thresholds is None:
+        thresholds = default_thresholds().tolist()
     dataset, ignored, n = dev_set.ground_truth(images=True)
     rows, summed = [], None
     for index in range(dev_set.dev):
@@ -128,7 +134,7 @@ def crf_stats(dev_set: DevSet, cam_folder: Path) -> VariantStats:
         maps, classes = load_map_file(cam_folder / f"{sample.id}.npz")
         maps_t, classes_t = torch.from_numpy(maps).float(), torch.from_numpy(classes).long()
         per_t = []
-        for threshold in default_thresholds().tolist():
+        for threshold in thresholds:
             mask = pseudo_mask(maps_t, classes_t, threshold=threshold, image=image)
             per_t.append(confusion_matrix(relabel(mask, ignored, 0), gt, n))
         conf = torch.stack(per_t)
@@ -214,13 +220,6 @@ def results(args: argparse.Namespace, dev_set: DevSet) -> dict[str, Any]:
     return {"set": dev_set.name, "images": dev_set.dev, "reference": REFERENCE, "rows": rows}
 
 
-def _interval(d: list[float] | None) -> str:
-    if d is None:
-        return ""
-    mark = " **>0**" if d[1] > 0 else " **<0**" if d[2] < 0 else ""
-    return f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}]{mark}"
-
-
 def table(data: dict[str, Any], fraction: float) -> str:
     head = ("| method | options | best mIoU | thr | @0.1 | @0.15 | @0.2 | @0.3 | spread 0.1-0.6 "
             "| minus CAM (raw), own best | minus its reference, own best |")
@@ -231,10 +230,10 @@ def table(data: dict[str, Any], fraction: float) -> str:
             continue
         fixed = " | ".join(f"{row['fixed'][f'{t:g}']:.1f}" for t in FIXED)
         ref = row.get("vs_reference")
-        ref_cell = f"{_interval(ref['best'])} ({row['reference']})" if ref else ""
-        cam = row.get("vs_cam")
+        ref_cell = f"{interval_cell(ref['best'])} ({row['reference']})" if ref else ""
+        cam = interval_cell(row["vs_cam"]["best"]) if "vs_cam" in row else ""
         lines.append(f"| {name} | `{row['options']}` | {row['best']:.1f} | {row['threshold']:.2f} "
-                     f"| {fixed} | {row['spread']:.1f} | {_interval(cam['best'] if cam else None)} "
+                     f"| {fixed} | {row['spread']:.1f} | {cam} "
                      f"| {ref_cell} |")
     return "\n".join(lines)
 

@@ -15,14 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from study_eval import interval_cell
+
 FRACTIONS = ("0", "0.02", "0.04", "0.08")
-
-
-def _cell(d: list[float] | None) -> str:
-    if not d:
-        return ""
-    mark = " **>0**" if d[1] > 0 else " **<0**" if d[2] < 0 else ""
-    return f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}]{mark}"
 
 
 def methods(results: dict[str, Any]) -> list[str]:
@@ -62,7 +57,7 @@ def set_table(data: dict[str, Any], fraction: str) -> str:
                 cells += ["", "", "", ""]
                 continue
             cells += [f"{row['best']:.1f} ({row['threshold']:.2f})", f"{row['fixed']['0.15']:.1f}",
-                      f"{row['spread']:.1f}", _cell(row.get("vs_cam", {}).get("best"))]
+                      f"{row['spread']:.1f}", interval_cell(row.get("vs_cam", {}).get("best"))]
         options = (raw or smooth)["options"]
         lines.append(f"| {name} | `{options}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -79,7 +74,7 @@ def variant_table(results: dict[str, Any], fraction: str) -> str:
             for f in ("0", fraction):
                 row = results[s]["rows"].get(f"{name}@{f}", {})
                 reference = row.get("reference", reference)
-                cells.append(_cell(row.get("vs_reference", {}).get("best")))
+                cells.append(interval_cell(row.get("vs_reference", {}).get("best")))
         if reference:
             lines.append(f"| {name} | {reference} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -91,8 +86,8 @@ def smoothing_gain_table(results: dict[str, Any]) -> str:
     head = "| method | " + " | ".join(f"{s} f={f}" for s in sets for f in FRACTIONS[1:]) + " |"
     lines = [head, "|---|" + "---|" * (len(sets) * (len(FRACTIONS) - 1))]
     for name in methods(results):
-        cells = [_cell(results[s]["rows"].get(f"{name}@{f}", {}).get("vs_raw", {}).get("best"))
-                 for s in sets for f in FRACTIONS[1:]]
+        rows = [results[s]["rows"].get(f"{name}@{f}", {}) for s in sets for f in FRACTIONS[1:]]
+        cells = [interval_cell(row.get("vs_raw", {}).get("best")) for row in rows]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

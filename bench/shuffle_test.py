@@ -34,6 +34,7 @@ from shuffle_dev import chunk_option, dev_sets, mobilenet_args  # noqa: E402,F40
 from shuffle_dev_eval import (  # noqa: E402
     FRACTIONS,
     DevSet,
+    crf_stats,
     difference,
     folder_stats,
     load_truth,
@@ -44,7 +45,7 @@ from study import Runner, _keep_freed_memory  # noqa: E402
 from study_eval import (  # noqa: E402
     VariantStats,
     _interval,
-    confusion_stats,
+    interval_cell,
     load_stats,
     miou_from_stats,
     resample_weights,
@@ -52,13 +53,8 @@ from study_eval import (  # noqa: E402
     save_stats,
 )
 
-from loupe.data.base import rgb_tensor  # noqa: E402
 from loupe.data.spec import DatasetSpec, open_spec  # noqa: E402
-from loupe.evaluation.sources import relabel  # noqa: E402
 from loupe.io import atomic_path  # noqa: E402
-from loupe.mapsets.files import load_map_file  # noqa: E402
-from loupe.mapsets.pseudo_masks import pseudo_mask  # noqa: E402
-from loupe.metrics import confusion_matrix  # noqa: E402
 
 logger = logging.getLogger("shuffle_test")
 METHODS = ("baseline-background", "baseline-gaussian", "cam", "gradcam", "saliency",
@@ -134,25 +130,6 @@ def stage_maps(args: argparse.Namespace, runner: Runner, test: DevSet) -> None:
         ])
 
 
-def crf_stats(test: DevSet, cam: Path, thresholds: list[float]) -> VariantStats:
-    """CAM + dense CRF (``loupe masks --crf --threshold t``) at ``thresholds`` only."""
-    dataset, ignored, n = test.ground_truth(images=True)
-    rows, summed = [], None
-    for index in range(test.dev):
-        sample = dataset[index]
-        image = rgb_tensor(sample.image)
-        gt = relabel(sample.mask, ignored, 255)
-        maps, classes = load_map_file(cam / f"{sample.id}.npz")
-        maps_t, classes_t = torch.from_numpy(maps).float(), torch.from_numpy(classes).long()
-        conf = torch.stack([
-            confusion_matrix(relabel(pseudo_mask(maps_t, classes_t, threshold=t, image=image),
-                                     ignored, 0), gt, n) for t in thresholds])
-        summed = conf if summed is None else summed + conf
-        rows.append(confusion_stats(conf))
-        logger.info("crf %s %d/%d", test.name, index + 1, test.dev)
-    return VariantStats(list(dataset.ids[: test.dev]), torch.stack(rows), summed)
-
-
 def crf_thresholds(args: argparse.Namespace, name: str) -> list[float]:
     if args.crf_thresholds:
         return [round(t, 2) for t in args.crf_thresholds]
@@ -214,13 +191,6 @@ def evaluate(args: argparse.Namespace, test: DevSet) -> dict[str, Any]:
     return {"set": test.name, "images": test.dev, "crf_thresholds": thresholds, "rows": rows}
 
 
-def _cell(d: list[float] | None) -> str:
-    if not d:
-        return ""
-    mark = " **>0**" if d[1] > 0 else " **<0**" if d[2] < 0 else ""
-    return f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}]{mark}"
-
-
 def table(data: dict[str, Any], fraction: str) -> str:
     lines = ["| method | best mIoU (thr) | @0.15 | spread 0.1-0.6 | minus CAM (raw) | "
              "minus CAM+CRF |", "|---|---|---|---|---|---|"]
@@ -234,8 +204,8 @@ def table(data: dict[str, Any], fraction: str) -> str:
             continue
         cam = row.get("vs_cam", {}).get("best")
         lines.append(f"| {name} | {row['best']:.1f} ({row['threshold']:.2f}) | "
-                     f"{row['fixed']['0.15']:.1f} | {row['spread']:.1f} | {_cell(cam)} | "
-                     f"{_cell(row.get('vs_crf'))} |")
+                     f"{row['fixed']['0.15']:.1f} | {row['spread']:.1f} | {interval_cell(cam)} | "
+                     f"{interval_cell(row.get('vs_crf'))} |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_eval import load_stats, paired_differences  # noqa: E402
+from study_eval import interval_cell, load_stats, paired_differences  # noqa: E402
 
 from loupe.metrics import default_thresholds  # noqa: E402
 
@@ -40,9 +40,8 @@ def main() -> int:
                     continue
                 best, _ = paired_differences(chosen, load_stats(stats / f"{key}.npz").stats,
                                              (CHOSEN, key), thresholds, 0.15)
-                mark = " **>0**" if best.low > 0 else " **<0**" if best.high < 0 else ""
-                print(f"| {name} | {other} | {f} | {best.observed:+.1f} [{best.low:+.1f}, "
-                      f"{best.high:+.1f}]{mark} |")
+                cell = interval_cell([best.observed, best.low, best.high])
+                print(f"| {name} | {other} | {f} | {cell} |")
     return 0
 
 

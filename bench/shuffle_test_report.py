@@ -10,18 +10,13 @@ import argparse
 import json
 from pathlib import Path
 
+from study_eval import interval_cell
+
 ROWS = (("cam", "0"), ("gradcam", "0"), ("saliency", "0"), ("saliency", "0.02"),
         ("smoothgrad-T32", "0"), ("smoothgrad-T32", "0.02"), ("shuffle-T32", "0"),
         ("shuffle-T32", "0.02"), ("baseline-gaussian", "0"), ("baseline-background", "0"))
 NAMES = {("shuffle-T32", "0"): "shuffle, previous default (T=32, raw)",
          ("shuffle-T32", "0.02"): "**shuffle, chosen default (T=32, smooth 0.02)**"}
-
-
-def _cell(d: list[float] | None) -> str:
-    if not d:
-        return ""
-    mark = " **>0**" if d[1] > 0 else " **<0**" if d[2] < 0 else ""
-    return f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}]{mark}"
 
 
 def table(data: dict) -> str:
@@ -37,7 +32,8 @@ def table(data: dict) -> str:
         label = NAMES.get((name, f), name)
         lines.append(f"| {label} | {f} | {row['best']:.1f} ({row['threshold']:.2f}) | "
                      f"{row['fixed']['0.15']:.1f} | {row['spread']:.1f} | "
-                     f"{_cell(row.get('vs_cam', {}).get('best'))} | {_cell(row.get('vs_crf'))} |")
+                     f"{interval_cell(row.get('vs_cam', {}).get('best'))} | "
+                     f"{interval_cell(row.get('vs_crf'))} |")
     return "\n".join(lines)
 
 

@@ -158,6 +158,15 @@ class Difference:
         return "includes 0"
 
 
+def interval_cell(d: Sequence[float] | None) -> str:
+    """``[observed, low, high]`` (points) as a table cell, marked **>0** / **<0** where the
+    interval excludes 0; empty for None."""
+    if not d:
+        return ""
+    mark = " **>0**" if d[1] > 0 else " **<0**" if d[2] < 0 else ""
+    return f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}]{mark}"
+
+
 def _interval(values: torch.Tensor, level: float) -> tuple[float, float]:
     alpha = (1 - level) / 2
     q = torch.tensor([alpha, 1 - alpha], dtype=values.dtype)
