@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study import Runner, _keep_freed_memory  # noqa: E402
+from study import Runner, start_runner  # noqa: E402
 
 from loupe.data.spec import DatasetSpec, open_spec  # noqa: E402
 from loupe.mapsets.files import load_map_file, output_path  # noqa: E402
@@ -197,13 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    _keep_freed_memory()
-    if REPO in args.work.resolve().parents:
-        raise SystemExit(f"--work {args.work} is inside the repository; choose a folder outside")
-    args.work.mkdir(parents=True, exist_ok=True)
-    runner = Runner(args.work)
+    runner = start_runner(args)
     for name in args.sets:
         summary = run_synthetic(args, runner) if name == "synthetic" else run_coco(args, runner)
         logger.info("%s: %s", name, json.dumps(summary["spread_bootstrap"]))

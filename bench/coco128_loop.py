@@ -41,11 +41,9 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study import Runner, _keep_freed_memory  # noqa: E402
+from study import start_runner  # noqa: E402
 from study_data import _link, _write_text  # noqa: E402
 
 from loupe.data import COCO_CLASSES, open_dataset  # noqa: E402
@@ -112,13 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    _keep_freed_memory()
-    if REPO in args.work.resolve().parents:
-        raise SystemExit(f"--work {args.work} is inside the repository; choose a folder outside")
-    args.work.mkdir(parents=True, exist_ok=True)
-    runner = Runner(args.work)
+    runner = start_runner(args)
     data = args.work / "data"
     classifier = args.work / "classifier"
     common = ["--device", "cpu", "--no-progress"]

@@ -41,7 +41,7 @@ from shuffle_dev_eval import (  # noqa: E402
     summary,
 )
 from shuffle_dev_variants import confirmation, references  # noqa: E402
-from study import Runner, _keep_freed_memory  # noqa: E402
+from study import Runner, start_runner  # noqa: E402
 from study_eval import (  # noqa: E402
     VariantStats,
     _interval,
@@ -225,12 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="CAM + CRF at these thresholds instead of the five around CAM's dev "
                         "best (one set of --sets at a time)")
     p.add_argument("--job", default="test")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(1)
-    _keep_freed_memory()
-    args.work.mkdir(parents=True, exist_ok=True)
-    runner = Runner(args.work)
+    runner = start_runner(args)
     runner.timings_path = args.work / f"timings-{args.job}.json"
     runner.timings = (json.loads(runner.timings_path.read_text())
                       if runner.timings_path.is_file() else {})
