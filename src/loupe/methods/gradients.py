@@ -26,6 +26,7 @@ from torch import nn
 
 from loupe._autograd import gradient_chunk_size, grads_per_target
 from loupe.context import MapContext
+from loupe.methods._perturb import seeded_generator
 from loupe.methods._scores import check_score, check_smooth, class_scores, smooth_maps
 from loupe.registry import register
 from loupe.targets import Targets, output_tensor
@@ -175,12 +176,7 @@ def standard_noise(
     makes an image's map independent of the other images in its batch.
     """
     shape = (n_samples, *tuple(image_shape))
-    if generator is None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int (or pass generator=), got {seed!r}")
-        generator = torch.Generator().manual_seed(seed)
-    elif not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    generator = seeded_generator(seed, generator)
     noise = torch.randn(shape, generator=generator, device=generator.device)
     return noise.to(device=device, dtype=dtype)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from loupe.context import MapContext
+from loupe.methods._perturb import seeded_generator
 from loupe.methods.augment import aug_smoothable
 from loupe.methods.eigen import zero_padding
 from loupe.methods.projection import channel_maps
@@ -21,12 +22,7 @@ def random_weights(channels: int, *, seed: int | None = 0,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """``(C,)`` weights uniform in [-1, 1), drawn with ``generator`` if given, else with a CPU
     generator seeded with ``seed`` (so a seed gives the same weights on every device)."""
-    if generator is None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int (or pass generator=), got {seed!r}")
-        generator = torch.Generator().manual_seed(seed)
-    elif not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    generator = seeded_generator(seed, generator)
     return torch.rand(channels, generator=generator, device=generator.device) * 2 - 1
 
 
