@@ -49,8 +49,7 @@ def hooked(
     """
     edit = dict(edit or {})
     modules = {name: find_module(model, name) for name in [*layers, *edit]}
-    training = {m: m.training for m in model.modules()}
-    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    training, trainable = _training_and_trainable(model)
     captured = Captured()
     handles = []
 
@@ -75,9 +74,9 @@ def hooked(
         return hook
 
     try:
-        if any(training.values()):  # a model already in eval mode is left untouched (fast)
+        if training:  # a model already in eval mode is left untouched (fast)
             model.eval()
-        for p, _ in grad_flags:
+        for p in trainable:
             p.requires_grad_(False)
         for name, module in modules.items():
             handles.append(module.register_forward_hook(make_hook(name)))
@@ -85,11 +84,23 @@ def hooked(
     finally:
         for handle in handles:
             handle.remove()
-        for p, flag in grad_flags:
-            p.requires_grad_(flag)
-        for m, mode in training.items():
-            if m.training != mode:
-                m.training = mode
+        for p in trainable:
+            p.requires_grad_(True)
+        for m in training:
+            m.training = True
+
+
+def _training_and_trainable(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
+    """The modules of ``model`` in training mode and its parameters that require grad, in one
+    walk (``explain`` calls this on every call: ``model.parameters()`` walks the modules a
+    second time and deduplicates, about as long again; a parameter shared by two modules is
+    listed twice here, which is harmless for toggling its flag)."""
+    training, trainable = [], []
+    for module in model.modules():
+        if module.training:
+            training.append(module)
+        trainable += [p for p in module._parameters.values() if p is not None and p.requires_grad]
+    return training, trainable
 
 
 GUIDED_RELUS = (nn.ReLU, nn.ReLU6)

@@ -19,9 +19,10 @@ folders after a spec.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from loupe.registry import get_method
 
@@ -93,10 +94,19 @@ def format_value(value: object) -> str:
 def method_option_names(name: str) -> list[str] | None:
     """The keyword options of the registered method ``name`` (after its context argument), or
     None when it takes any (``**options``)."""
-    parameters = list(inspect.signature(get_method(name).function).parameters.values())[1:]
+    names = _keyword_names(get_method(name).function)
+    return None if names is None else list(names)
+
+
+@functools.cache
+def _keyword_names(function: Callable[..., object]) -> tuple[str, ...] | None:
+    """The keyword options of a method function (cached: ``inspect.signature`` costs tens of
+    microseconds, and ``explain`` checks the options on every call)."""
+    parameters = list(inspect.signature(function).parameters.values())[1:]
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
-    return [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return tuple(p.name for p in parameters
+                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 def check_method_options(name: str, options: Mapping[str, object], spec: str | None = None

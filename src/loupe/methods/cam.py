@@ -61,8 +61,9 @@ def cam(ctx: MapContext, head: str | None = None) -> torch.Tensor:
     Options:
         head: module name of the final linear layer (``"fc"``); found automatically when None
             (see :mod:`loupe.methods.heads`). The head is always checked on this forward: it must
-            reproduce the logits from the spatial mean or maximum of the target layer (or of
-            its ReLU), otherwise a ``HeadError`` (a ``ValueError``) explains what was found.
+            reproduce the explained classes' logits from the spatial mean or maximum of the
+            target layer (or of its ReLU), otherwise a ``HeadError`` (a ``ValueError``)
+            explains what was found.
 
     Returns ``(B, K, h, w)`` raw maps at the target layer's resolution; padding targets give
     zero maps. Class targets only: score-function targets have no row of ``W``.
@@ -76,5 +77,6 @@ def cam(ctx: MapContext, head: str | None = None) -> torch.Tensor:
         logits = ctx.model(ctx.images)
         targets = ctx.targets.bind(logits)
         activation = ctx.activation()
-        found = find_cam_head(ctx.model, activation, logits, layer=ctx.layer, head=head)
+        found = find_cam_head(ctx.model, activation, logits, layer=ctx.layer, head=head,
+                              classes=targets.classes)
         return class_activation_maps(found, activation, targets.classes)

@@ -90,9 +90,14 @@ class CAMHead:
             )
         return pooled
 
-    def logits(self, activation: torch.Tensor) -> torch.Tensor:
-        """``(B, N)`` logits this head gives for ``activation`` ``(B, C, h, w)``."""
-        return self.pooled_features(activation) @ self.weight.float().T + self.bias.float()
+    def logits(self, activation: torch.Tensor, columns: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """``(B, N)`` logits this head gives for ``activation`` ``(B, C, h, w)``, or only the
+        ``columns`` ``(M,)`` of them, ``(B, M)`` (reading M rows of the weight, not all N)."""
+        weight, bias = self.weight, self.bias
+        if columns is not None:
+            weight, bias = weight[columns], bias[columns]
+        return self.pooled_features(activation) @ weight.float().T + bias.float()
 
 
 def find_cam_head(
@@ -102,6 +107,7 @@ def find_cam_head(
     *,
     layer: str | None = None,
     head: str | None = None,
+    classes: torch.Tensor | None = None,
 ) -> CAMHead:
     """The global-pooling + linear head of ``model``, checked against a real forward.
 
@@ -112,6 +118,8 @@ def find_cam_head(
         layer: the target layer's name, used in error messages only.
         head: name of the final linear layer; found automatically when None (timm's
             ``get_classifier()``, else the last ``nn.Linear`` with ``N`` outputs).
+        classes: the classes whose maps are wanted (-1 = padding): only their logits are
+            compared (the premise their maps need; reads only their rows of W). None: all.
 
     Returns:
         The head, with ``relu=True`` when only ``pool(ReLU(A))`` reproduces the logits and
@@ -141,12 +149,9 @@ def find_cam_head(
     channels = activation.shape[1]
     between = f"; {blocker} sits between the pooling and {name!r}" if blocker else ""
     _check_linear(weight, num_logits, channels, model_name, name, where, between)
-    norm = _layer_norm_parameters(model, norm_name, channels)
-    norms = [(norm_name, *norm)] + ([(None, None, None, 1e-5)] if norm_name else [])
-    # a LayerNorm sibling may be one that the forward does not use: try without it too
-    candidates = [CAMHead(name, weight, bias, relu, *n, pool=pool)
-                  for pool in POOLS for n in norms for relu in (False, True)]
-    found, error = _first_reproducing(candidates, activation, logits)
+    candidates = _candidate_heads(name, weight, bias, norm_name,
+                                  _layer_norm_parameters(model, norm_name, channels))
+    found, error = _first_reproducing(candidates, activation, logits, _columns(classes, num_logits))
     if found is not None:
         return found
     raise HeadError(
@@ -155,6 +160,16 @@ def find_cam_head(
         f"{between}. The model does not end in global average or max pooling + one linear "
         "layer at this layer; use a gradient method such as gradcam"
     )
+
+
+def _candidate_heads(name: str, weight: torch.Tensor, bias: torch.Tensor, norm_name: str | None,
+                     norm: tuple[torch.Tensor | None, torch.Tensor | None, float]
+                     ) -> list[CAMHead]:
+    """The heads to try, in order: average then max pooling, with the LayerNorm sibling (if
+    any) then without it (it may be one the forward does not use), of ``A`` then ``ReLU(A)``."""
+    norms = [(norm_name, *norm)] + ([(None, None, None, 1e-5)] if norm_name else [])
+    return [CAMHead(name, weight, bias, relu, *n, pool=pool)
+            for pool in POOLS for n in norms for relu in (False, True)]
 
 
 def _check_linear(weight: torch.Tensor, num_logits: int, channels: int, model_name: str,
@@ -174,16 +189,30 @@ def _check_linear(weight: torch.Tensor, num_logits: int, channels: int, model_na
         )
 
 
+def _columns(classes: torch.Tensor | None, num_logits: int) -> torch.Tensor | None:
+    """The logit columns to compare for ``classes``: its real classes (padding -1 dropped;
+    repeats kept unless there are more than ``num_logits``, so no sort in the usual case), or
+    None (every column) when there is no real class or no ``classes``."""
+    if classes is None:
+        return None
+    real = classes[classes >= 0]
+    if real.numel() == 0:
+        return None
+    return real.unique() if real.numel() > num_logits else real
+
+
 def _first_reproducing(
-    candidates: list[CAMHead], activation: torch.Tensor, logits: torch.Tensor
+    candidates: list[CAMHead], activation: torch.Tensor, logits: torch.Tensor,
+    columns: torch.Tensor | None = None,
 ) -> tuple[CAMHead | None, float]:
-    """The first candidate head whose logits of ``activation`` match ``logits``, or None and
-    the smallest largest difference."""
+    """The first candidate head whose logits of ``activation`` match ``logits`` (or their
+    ``columns``), or None and the smallest largest difference."""
     # Relative to the logits' range: float32 sums over C channels agree to ~1e-6 relative.
     scale = float(logits.float().abs().max()) * _tolerance(activation, logits)
+    wanted = (logits if columns is None else logits[:, columns]).float()
     errors = []
     for candidate in candidates:
-        error = float((candidate.logits(activation) - logits.float()).abs().max())
+        error = float((candidate.logits(activation, columns) - wanted).abs().max())
         if error <= scale:
             return candidate, error
         errors.append(error)
@@ -205,12 +234,20 @@ def _final_linear_name(model: nn.Module, num_logits: int) -> str | None:
             for name, module in model.named_modules():
                 if module is classifier:
                     return name
-    names = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and module.out_features == num_logits
-    ]
-    return names[-1] if names else None
+    return _last_linear(model, "", num_logits)
+
+
+def _last_linear(module: nn.Module, name: str, num_logits: int) -> str | None:
+    """The name of the last ``nn.Linear`` with ``num_logits`` outputs in ``module``'s
+    ``named_modules()`` order (a module comes before its children): searched from the last
+    child backwards, so a classifier at the end is found without walking the backbone."""
+    for child_name, child in reversed(list(module.named_children())):
+        found = _last_linear(child, f"{name}.{child_name}" if name else child_name, num_logits)
+        if found is not None:
+            return found
+    if isinstance(module, nn.Linear) and module.out_features == num_logits:
+        return name
+    return None
 
 
 def _is_linear(module: object) -> bool:
