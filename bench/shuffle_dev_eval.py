@@ -214,6 +214,10 @@ def results(args: argparse.Namespace, dev_set: DevSet) -> dict[str, Any]:
             row["vs_reference"] = difference(args, value.stats,
                                              stats[reference, fraction].stats, (name, reference))
             row["reference"] = reference
+        peer = described[name].peer if name in described else None
+        if peer and (peer, 0.0) in stats:  # against CAM under the same treatment (raw CAM)
+            row["vs_peer"] = difference(args, value.stats, stats[peer, 0.0].stats, (name, peer))
+            row["peer"] = peer
         row["options"] = (described[name].describe() if name in described
                           else "cam, then loupe masks --crf")
         rows[f"{name}@{fraction:g}"] = row

@@ -30,6 +30,7 @@ class Variant:
     size: int | None = None
     sets: tuple[str, ...] | None = None
     reference: str | None = None
+    peer: str | None = None  # CAM under the same treatment, compared too (after-test rows)
     tee: bool = False  # computed with others of the same rounds (bench/shuffle_tee.py)
 
     @property
@@ -94,7 +95,7 @@ def shuffle_variants(set_name: str) -> list[Variant]:
         _shuffle("g345", "grids=3,4,5"),
         _shuffle("gradcam", "base=gradcam"),
         _shuffle("flip", cli=("--flip",)),
-        _shuffle("s320", size=320, sets=("coco", "cats")),
+        _shuffle("s320", size=320, sets=("coco", "cats"), peer="cam-s320"),
     ]
 
 
@@ -110,6 +111,23 @@ def confirmation() -> list[Variant]:
     ]
 
 
+SCALES = ("--scales", "1.0", "0.5", "1.5")
+
+
+def after_test() -> list[Variant]:
+    """Screened on dev after the test run (exploratory, no default depends on them): maps
+    summed over input scales 1, 0.5 and 1.5 (IRN's protocol without its 2.0), and the model
+    input at 320 px, each for CAM too, so that shuffle is also compared with CAM under the same
+    treatment (``peer``)."""
+    sets = ("coco", "cats")
+    return [
+        Variant("cam-ms", "cam", cli=SCALES, sets=sets, reference="cam"),
+        Variant("cam-s320", "cam", size=320, sets=sets, reference="cam"),
+        _shuffle("ms", cli=SCALES, sets=sets, peer="cam-ms"),
+    ]
+
+
 def variants(set_name: str) -> list[Variant]:
-    every = [*references(), *score_variants(), *shuffle_variants(set_name), *confirmation()]
+    every = [*references(), *score_variants(), *shuffle_variants(set_name), *confirmation(),
+             *after_test()]
     return [v for v in every if v.sets is None or set_name in v.sets]

@@ -309,7 +309,7 @@ def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, ba
     peer and against the model's forward + input-gradient at that batch) and loupe's img/s."""
     slow = case.slow
     b = min(batch, args.slow_batch) if slow else batch
-    repeats = 1 if slow else args.repeats
+    repeats = args.slow_repeats if slow else args.repeats
     xb, cb = x[:b], classes[:b]
     spec = loupe.get_method(case.method)
     options = case.options(setup)
@@ -383,6 +383,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", type=int, nargs="+")
     p.add_argument("--methods", nargs="+", choices=names, help="default: all")
     p.add_argument("--repeats", type=int, help="timed calls per fast method (default 5)")
+    p.add_argument("--slow-repeats", type=int, default=1,
+                   help="timed calls per slow method, median (default 1, no warm-up call)")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 at 64x64")
     p.add_argument("--model", help="torchvision model (default resnet50; resnet18 with --quick)")
     p.add_argument("--size", type=int, help="input side (default 224; 64 with --quick)")
@@ -473,6 +475,10 @@ def sampling_row(method: str, row: str, passes: float, raw: float) -> str:
     return f"| {method} | {batch} | {rate(passes)} | {rate(raw)} | {passes / raw:.2f} |"
 
 
+def _calls(n: int) -> str:
+    return "one timed call" if n == 1 else f"{n} timed calls (median)"
+
+
 def report(args: argparse.Namespace, device: torch.device, forward_rows: list[str],
            rows: list[str], pass_rows: list[str], notes: list[str],
            skipped: list[str], usage: str = "") -> str:
@@ -498,7 +504,7 @@ def report(args: argparse.Namespace, device: torch.device, forward_rows: list[st
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"\\* slow method: one timed call, no warm-up call of its own, on at most "
+        f"\\* slow method: {_calls(args.slow_repeats)}, no warm-up call of its own, on at most "
         f"{args.slow_batch} images (the batch column shows how many). Score-CAM does one "
         "masked forward per channel of layer4 per image; IG, SmoothGrad and shuffle do T "
         "forwards and backwards per image. shuffle is compared with captum "
