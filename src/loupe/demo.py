@@ -62,6 +62,7 @@ class DemoSize:
     shuffles: int
     overlay_rows: int
     backbone: str = "small"
+    pool: str = "gap"  # the classifier's global pooling: "gap" or "gmp"
 
 
 SIZES = {
@@ -193,6 +194,7 @@ def demo_classifier_config(size: DemoSize, seed: int, out: str | Path, progress:
         epochs=size.epochs, batch_size=size.batch_size, lr=size.lr, head_lr_mult=1.0,
         resize_long=(round(side * 0.875), round(side * 1.125)), crop=side,
         jitter=(0.2, 0.2, 0.2, 0.0), seed=seed, out=str(out), progress=progress,
+        pool=size.pool,
     )
 
 
