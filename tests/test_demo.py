@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,14 @@ from PIL import Image
 
 from loupe.cli import main
 from loupe.data.synthetic import make_synthetic
-from loupe.demo import SIZES, _targets, crf_available, demo_methods, run_demo
+from loupe.demo import (
+    SIZES,
+    _targets,
+    crf_available,
+    demo_classifier_config,
+    demo_methods,
+    run_demo,
+)
 
 
 def test_targets_are_the_ground_truth_classes_padded():
@@ -22,6 +30,13 @@ def test_demo_methods_include_the_registered_baselines():
     methods = demo_methods()
     assert methods[:5] == ["cam", "gradcam", "saliency", "smoothgrad", "shuffle"]
     assert {"baseline-background", "baseline-gaussian"} <= set(methods)
+
+
+def test_the_demo_classifier_pools_as_its_size_says(tmp_path):
+    assert demo_classifier_config(SIZES["default"], 0, tmp_path).pool == "gap"
+    gmp = dataclasses.replace(SIZES["small"], pool="gmp")  # the badge study's round 5
+    config = demo_classifier_config(gmp, 0, tmp_path)
+    assert config.pool == "gmp" and config.backbone == "small" and config.crop == 32
 
 
 def test_unknown_size_is_refused(tmp_path):
