@@ -125,15 +125,16 @@ def cyclic_round(
     rows = (torch.arange(height, device=device) + dy) % height * width  # rolled row -> image
     cols = (torch.arange(width, device=device) + dx) % width
     th, tw = height // grid, width // grid
-    # The rolled image (the seam included) then, tile by tile, the swapped blocks: each block
-    # is an outer sum of a row and a column of the rolled image (as tile_swap_index composed
-    # with the roll, in a few passes over the pixels instead of a dozen).
+    # The rolled image (the seam included), then the tiled area swapped: output tile (a, b)
+    # holds source tile s = perm[a, b], whose pixel (i, j) is rolled row s // g * th + i and
+    # rolled column s % g * tw + j, an outer sum of a row and a column (tile_swap_index
+    # composed with the roll, in a few passes over the pixels and a fixed number of ops).
     source = rows[:, None] + cols[None, :]
-    for out_tile, src_tile in enumerate(tile_perm):
-        a, b = divmod(out_tile, grid)
-        y, x = src_tile // grid * th, src_tile % grid * tw
-        source[a * th:(a + 1) * th, b * tw:(b + 1) * tw] = (
-            rows[y:y + th, None] + cols[None, x:x + tw])
+    perm = torch.as_tensor(list(tile_perm), device=device).view(grid, grid)
+    tile_rows = rows[: grid * th].view(grid, th)[perm // grid]  # (g, g, th): [a, b, i]
+    tile_cols = cols[: grid * tw].view(grid, tw)[perm % grid]  # (g, g, tw): [a, b, j]
+    blocks = tile_rows[..., :, None] + tile_cols[..., None, :]  # (g, g, th, tw)
+    source[: grid * th, : grid * tw] = blocks.permute(0, 2, 1, 3).reshape(grid * th, grid * tw)
     source = source.flatten()
     return Round(source, inverse_index(source), (height, width), grid, dy, dx, tuple(tile_perm))
 
