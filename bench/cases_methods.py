@@ -24,7 +24,7 @@ import io
 from collections.abc import Iterator
 
 import torch
-from speed import Case, MapFn, PeerFactory, Setup
+from speed_peers import Case, MapFn, PeerFactory, Setup
 
 
 def grad_cam_peer(class_name: str, *, layered: bool = True, given_targets: bool = True,

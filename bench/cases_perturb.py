@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-from speed import Case, MapFn, PeerFactory, Setup, upsample
+from speed_peers import Case, MapFn, PeerFactory, Setup, upsample
 
 SAMPLES = 4
 RISE_MASKS = 256

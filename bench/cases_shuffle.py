@@ -11,10 +11,7 @@ should be within noise of the plain ``shuffle`` row.
 
 from __future__ import annotations
 
-try:  # run as ``python bench/speed.py``: the classes of the running script
-    from __main__ import Case, Setup, captum, chunked
-except ImportError:  # imported as a module
-    from speed import Case, Setup, captum, chunked
+from speed_peers import Case, Setup, captum, chunked
 
 OPTIONS = (
     {"score": "log-softmax"},

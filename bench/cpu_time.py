@@ -21,7 +21,6 @@ import sys
 import time
 import warnings
 
-import cases_methods
 import speed
 import torch
 
@@ -61,7 +60,7 @@ def row(case: speed.Case, setup: speed.Setup, x: torch.Tensor, classes: torch.Te
 
 
 def main(argv: list[str] | None = None) -> int:
-    cases = {c.method: c for c in speed.CASES + cases_methods.CASES if "grad-cam" in c.peers}
+    cases = {c.method: c for c in speed.CASES if "grad-cam" in c.peers}
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet18")
     p.add_argument("--size", type=int, default=64)

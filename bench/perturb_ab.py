@@ -23,8 +23,6 @@ import loupe
 from loupe.models import random_model
 
 sys.path.insert(0, os.path.dirname(__file__))
-import cases_perturb  # noqa: E402
-import cases_shuffle  # noqa: E402
 import speed  # noqa: E402
 
 CLOCK = time.perf_counter if os.environ.get("WALL") else time.process_time
@@ -45,7 +43,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
     classes = torch.randint(0, 1000, (batch,), generator=g)
-    cases = {c.label: c for c in speed.CASES + cases_perturb.CASES + cases_shuffle.CASES}
+    cases = {c.label: c for c in speed.CASES}
     for name in names:
         case = cases[name]
         spec = loupe.get_method(case.method)

@@ -23,170 +23,36 @@ peers an input that requires grad. Chunked methods get the same number of rows p
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import platform
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import loupe
 from loupe.io import atomic_path
 from loupe.models import random_model
 
-MapFn = Callable[[torch.Tensor, torch.Tensor], object]  # (images, classes (B,)) -> maps
-PeerFactory = Callable[["Setup"], contextlib.AbstractContextManager[MapFn]]
-PEERS = ("grad-cam", "captum", "torchcam")
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every implementation shares."""
-
-    model: nn.Module
-    layer: str
-    size: int
-    chunk: int
-    samples: int  # T for SmoothGrad / IG / shuffle
-
-
-@dataclass(frozen=True)
-class Case:
-    """One table row family: a loupe method, its options, and the peers that implement it."""
-
-    method: str
-    options: Callable[[Setup], dict[str, object]]
-    peers: dict[str, PeerFactory] = field(default_factory=dict)
-    slow: bool = False
-    name: str | None = None  # the row's label when one method has several cases
-
-    @property
-    def label(self) -> str:
-        return self.name or self.method
-
-
-# -- peers -----------------------------------------------------------------------------------
-
-def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, h, w)`` or ``(B, 1, h, w)`` -> ``(B, size, size)``, bilinear like loupe."""
-    maps = maps if maps.dim() == 4 else maps[:, None]
-    return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-
-
-def grad_cam(class_name: str) -> PeerFactory:
-    @contextlib.contextmanager
-    def factory(s: Setup) -> Iterator[MapFn]:
-        import pytorch_grad_cam
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        cls = getattr(pytorch_grad_cam, class_name)
-        layer = dict(s.model.named_modules())[s.layer]
-        with cls(model=s.model, target_layers=[layer]) as cam:
-            if class_name == "ScoreCAM":
-                cam.batch_size = s.chunk
-
-            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
-                targets = [ClassifierOutputTarget(int(c)) for c in classes]
-                with contextlib.redirect_stderr(io.StringIO()):  # ScoreCAM's tqdm bars
-                    return cam(input_tensor=x, targets=targets)
-
-            yield run
-
-    return factory
-
-
-def torchcam(class_name: str) -> PeerFactory:
-    @contextlib.contextmanager
-    def factory(s: Setup) -> Iterator[MapFn]:
-        import torchcam.methods
-
-        cls = getattr(torchcam.methods, class_name)
-        kwargs: dict[str, object] = {"input_shape": (3, s.size, s.size)}
-        if class_name == "ScoreCAM":
-            kwargs["batch_size"] = s.chunk
-        if class_name == "CAM":
-            kwargs["fc_layer"] = "fc"
-        no_grad = class_name in ("CAM", "ScoreCAM")  # they need no gradient of the forward
-        with cls(s.model, target_layer=s.layer, **kwargs) as extractor:
-
-            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
-                with torch.no_grad() if no_grad else contextlib.nullcontext():
-                    scores = s.model(x)
-                cams = extractor(class_idx=classes.tolist(), scores=scores)
-                return upsample(cams[0], s.size)
-
-            yield run
-
-    return factory
-
-
-def captum(kind: str) -> PeerFactory:
-    @contextlib.contextmanager
-    def factory(s: Setup) -> Iterator[MapFn]:
-        from captum.attr import (
-            InputXGradient,
-            IntegratedGradients,
-            LayerAttribution,
-            LayerGradCam,
-            NoiseTunnel,
-            Saliency,
-        )
-
-        model = s.model
-        if kind == "LayerGradCam":
-            method = LayerGradCam(model, dict(model.named_modules())[s.layer])
-
-            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
-                attr = method.attribute(x, target=classes, relu_attributions=True)
-                return LayerAttribution.interpolate(attr, (s.size, s.size), "bilinear")[:, 0]
-        elif kind == "Saliency":
-            method = Saliency(model)
-
-            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
-                return method.attribute(x, target=classes, abs=True).amax(1)
-        elif kind == "InputXGradient":
-            method = InputXGradient(model)
-
-            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
-                return method.attribute(x, target=classes).sum(1)
-        elif kind == "IntegratedGradients":
-            method = IntegratedGradients(model)
-
-            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
-                return method.attribute(
-                    x, target=classes, n_steps=s.samples, method="gausslegendre",
-                    internal_batch_size=s.chunk,
-                ).sum(1)
-        elif kind == "NoiseTunnel":
-            method = NoiseTunnel(Saliency(model))
-
-            def run(x: torch.Tensor, classes: torch.Tensor) -> object:
-                # captum takes one stdev per input tensor: the batch mean of loupe's per-image
-                # 0.15 * (max - min); the same number of forwards either way.
-                stdev = float(0.15 * (x.amax((1, 2, 3)) - x.amin((1, 2, 3))).mean())
-                return method.attribute(
-                    x, nt_type="smoothgrad", nt_samples=s.samples, stdevs=stdev,
-                    nt_samples_batch_size=max(1, s.chunk // x.shape[0]), target=classes, abs=True,
-                ).amax(1)
-        else:
-            raise ValueError(kind)
-        yield run
-
-    return factory
-
-
-def chunked(s: Setup) -> dict[str, object]:
-    return {"chunk_size": s.chunk}
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cases_guided  # noqa: E402
+import cases_methods  # noqa: E402
+import cases_perturb  # noqa: E402
+import cases_shuffle  # noqa: E402
+from speed_peers import (  # noqa: E402
+    PEERS,
+    Case,
+    Setup,
+    captum,
+    chunked,
+    grad_cam,
+    torchcam,
+)
 
 CASES = [
     Case("cam", lambda s: {}, {"torchcam": torchcam("CAM")}),
@@ -212,10 +78,8 @@ CASES = [
                                **chunked(s)},
          {"captum": captum("NoiseTunnel")}, slow=True),
 ]
-CASES += __import__("cases_guided").cases(Case)  # guided-backprop, guided-gradcam
-CASES += __import__("cases_perturb").CASES if __name__ == "__main__" else []  # no cycle
-CASES += __import__("cases_methods").CASES if __name__ == "__main__" else []  # no cycle
-CASES += __import__("cases_shuffle").CASES if __name__ == "__main__" else []  # shuffle options
+CASES += cases_guided.cases(Case)  # guided-backprop, guided-gradcam
+CASES += cases_perturb.CASES + cases_methods.CASES + cases_shuffle.CASES  # shuffle options last
 
 
 # -- timing ----------------------------------------------------------------------------------
