@@ -12,22 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
-from typing import Protocol
+from collections.abc import Iterator
 
 import torch
-from torch import nn
-
-# speed.py's types, restated: speed.py imports this file, not the other way round.
-MapFn = Callable[[torch.Tensor, torch.Tensor], object]  # (images, classes (B,)) -> maps
-
-
-class Setup(Protocol):
-    model: nn.Module
-    layer: str
-
-
-PeerFactory = Callable[[Setup], contextlib.AbstractContextManager[MapFn]]
+from speed_peers import Case, MapFn, PeerFactory, Setup
 
 
 def captum_guided(kind: str) -> PeerFactory:
@@ -77,11 +65,9 @@ def grad_cam_guided(with_cam: bool) -> PeerFactory:
     return factory
 
 
-def cases(case: type) -> list:
-    """The rows of this file as instances of speed.py's ``Case`` class, given as ``case``."""
-    return [
-        case("guided-backprop", lambda s: {}, {"grad-cam": grad_cam_guided(False),
-                                               "captum": captum_guided("GuidedBackprop")}),
-        case("guided-gradcam", lambda s: {}, {"grad-cam": grad_cam_guided(True),
-                                              "captum": captum_guided("GuidedGradCam")}),
-    ]
+CASES = [
+    Case("guided-backprop", lambda s: {}, {"grad-cam": grad_cam_guided(False),
+                                           "captum": captum_guided("GuidedBackprop")}),
+    Case("guided-gradcam", lambda s: {}, {"grad-cam": grad_cam_guided(True),
+                                          "captum": captum_guided("GuidedGradCam")}),
+]

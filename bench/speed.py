@@ -78,7 +78,7 @@ CASES = [
                                **chunked(s)},
          {"captum": captum("NoiseTunnel")}, slow=True),
 ]
-CASES += cases_guided.cases(Case)  # guided-backprop, guided-gradcam
+CASES += cases_guided.CASES  # guided-backprop, guided-gradcam
 CASES += cases_perturb.CASES + cases_methods.CASES + cases_shuffle.CASES  # shuffle options last
 
 
