@@ -21,10 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shuffle_dev import dev_sets  # noqa: E402
-from shuffle_dev_eval import COMMON, load_truth, stats_path  # noqa: E402
-from study_eval import interval_cell, load_stats, paired_differences  # noqa: E402
-
-from loupe.metrics import default_thresholds  # noqa: E402
+from shuffle_dev_eval import difference, load_truth, stats_path  # noqa: E402
+from study_eval import interval_cell, load_stats  # noqa: E402
 
 DEFAULT = "shuffle-T16"
 BY_TERCILE = ("shuffle-T16-g345", DEFAULT, "shuffle-T16-g23")  # small, middle, large objects
@@ -47,10 +45,10 @@ def terciles(shares: torch.Tensor) -> torch.Tensor:
     return tercile
 
 
-def cell(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], n: int) -> str:
-    thresholds = [round(t, 6) for t in default_thresholds().tolist()]
-    best, _ = paired_differences(a, b, names, thresholds, COMMON, n=n, seed=0)
-    return interval_cell([best.observed, best.low, best.high])
+def cell(args: argparse.Namespace, a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]
+         ) -> str:
+    """Best mIoU of ``a`` minus ``b`` with its interval, as the dev screening computes it."""
+    return interval_cell(difference(args, a, b, names)["best"])
 
 
 def rows_for(args: argparse.Namespace, dev_set, fraction: float) -> list[str]:
@@ -62,13 +60,13 @@ def rows_for(args: argparse.Namespace, dev_set, fraction: float) -> list[str]:
     for t, name in enumerate(BY_TERCILE):
         selected[tercile == t] = stats[name][tercile == t]
     out = [f"| {dev_set.name} | {fraction:g} | selection by object size | all "
-           f"{len(tercile)} | {cell(selected, stats[DEFAULT], ('selected', DEFAULT), args.n)} |"]
+           f"{len(tercile)} | {cell(args, selected, stats[DEFAULT], ('selected', DEFAULT))} |"]
     for t, label in enumerate(LABELS):
         keep = tercile == t
         for name in BY_TERCILE:
             if name == DEFAULT:
                 continue
-            diff = cell(stats[name][keep], stats[DEFAULT][keep], (name, DEFAULT), args.n)
+            diff = cell(args, stats[name][keep], stats[DEFAULT][keep], (name, DEFAULT))
             out.append(f"| {dev_set.name} | {fraction:g} | `{name}` minus default | {label}, "
                        f"{int(keep.sum())} | {diff} |")
     return out
@@ -80,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--assets", type=Path, default=Path("/work/shared/assets"))
     p.add_argument("--loop", type=Path, default=Path("/work/runs-shuffle/loop"))
     p.add_argument("--sets", nargs="+", default=["coco", "cats"], choices=["coco", "cats"])
-    p.add_argument("--n", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     args = p.parse_args(argv)
     lines = ["| set | smoothing | rows | images (tercile) | best mIoU minus the default "
              "(2, 3, 4), 95% interval |", "|---|---|---|---|---|"]
