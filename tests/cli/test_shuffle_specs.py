@@ -36,14 +36,6 @@ def tiny_run(tmp_path_factory):
     return save_tiny_run(tmp_path_factory.mktemp("shuffle-spec-run"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_loupe_maps_files_are_explains_maps_with_the_options(tiny_run, tmp_path):
     out, plain = tmp_path / "spec", tmp_path / "plain"
     assert main(["maps", *DATA, "--model", str(tiny_run), "--method", SPEC, "--out", str(out)]) == 0
