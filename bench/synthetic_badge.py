@@ -66,6 +66,10 @@ DESIGNS: dict[str, tuple[SyntheticConfig, dict[str, object]]] = {
     # round 5 (issue 10 follow-up), after round 4 missed it: global max pooling
     "D11": (_D4, {"image_size": 96, "pool": "gmp"}),
     "D12": (_D4, {**_S4, "pool": "gmp"}),
+    # round 6, after round 5 missed it: the receptive field bounded by 1x1 last stages
+    "D13": (_D4, {**_S4, "backbone": "small-s4-local"}),
+    "D14": (_D4, {**_S4, "backbone": "small-s4-local", "epochs": 16}),
+    "D15": (_D4, {**_S4, "backbone": "small-s4-local2"}),
 }
 TARGET_SHARE, TARGET_AREA, MIN_MAP = 0.50, 0.15, 0.85
 

@@ -33,26 +33,31 @@ RESNETS = (
     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 )
 SMALL_WIDTHS = (16, 32, 64, 128)
-SMALL_BACKBONES = {"small": 3, "small-s4": 2}  # name -> max poolings (output stride 8, 4)
+# name -> (max poolings: output stride 8 or 4, last stages with 1x1 convolutions). Receptive
+# fields 68, 48, 32 and 16 pixels (docs/synthetic-data.md, rounds 3 and 6).
+SMALL_BACKBONES = {"small": (3, 0), "small-s4": (2, 0), "small-s4-local": (2, 1),
+                   "small-s4-local2": (2, 2)}
 
 
 class SmallGAPNet(nn.Module):
     """A small VGG-style classifier ending in GAP + a bias-free linear layer (CAM-exact).
 
     Four stages of two 3x3 conv-BN-ReLU, 2x2 max pooling before the first ``pools`` stages
-    after the first (``pools=3``: output stride 8, ``2``: output stride 4):
+    after the first (``pools=3``: output stride 8, ``2``: output stride 4); the last
+    ``pointwise`` stages use 1x1 convolutions instead, which bounds the receptive field:
     ``(B, 3, H, W) -> features (B, widths[-1], H/s, W/s) -> logits (B, num_classes)``."""
 
     def __init__(self, num_classes: int, widths: tuple[int, ...] = SMALL_WIDTHS,
-                 pools: int = 3) -> None:
+                 pools: int = 3, pointwise: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = 3
         for i, width in enumerate(widths):
             if 0 < i <= pools:
                 layers.append(nn.MaxPool2d(2))
+            kernel = 1 if i >= len(widths) - pointwise else 3
             for _ in range(2):
-                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                layers += [nn.Conv2d(channels, width, kernel, padding=kernel // 2, bias=False),
                            nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
                 channels = width
         self.features = nn.Sequential(*layers)
@@ -126,7 +131,8 @@ def build_classifier(
     Args:
         backbone: a torchvision classification model name (``"resnet50"``), ``"small"``
             (:class:`SmallGAPNet`, output stride 8), ``"small-s4"`` (the same with output
-            stride 4), or ``"timm:<name>"``.
+            stride 4), ``"small-s4-local"`` / ``"small-s4-local2"`` (stride 4 with the last
+            one / two stages 1x1: receptive field 32 / 16 pixels), or ``"timm:<name>"``.
         head: ``"irn"`` (ResNets: last stage stride 1 when ``output_stride=16``, GAP,
             bias-free linear), ``"linear"`` (the backbone's own head with a new final
             ``nn.Linear``), or ``"auto"`` (``irn`` for ResNets, ``linear`` otherwise).
@@ -148,7 +154,8 @@ def build_classifier(
         if pretrained == "imagenet":
             raise ValueError(f"backbone {backbone!r} has no ImageNet weights; use --pretrained "
                              "none")
-        model: nn.Module = SmallGAPNet(num_classes, pools=SMALL_BACKBONES[backbone])
+        pools, pointwise = SMALL_BACKBONES[backbone]
+        model: nn.Module = SmallGAPNet(num_classes, pools=pools, pointwise=pointwise)
     elif backbone.startswith("timm:"):
         model = _timm_model(backbone[5:], num_classes, pretrained, pool)
     else:
