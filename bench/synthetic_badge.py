@@ -70,6 +70,9 @@ DESIGNS: dict[str, tuple[SyntheticConfig, dict[str, object]]] = {
     "D13": (_D4, {**_S4, "backbone": "small-s4-local"}),
     "D14": (_D4, {**_S4, "backbone": "small-s4-local", "epochs": 16}),
     "D15": (_D4, {**_S4, "backbone": "small-s4-local2"}),
+    # round 7, after round 6: D15 trained longer
+    "D16": (_D4, {**_S4, "backbone": "small-s4-local2", "epochs": 16}),
+    "D17": (_D4, {**_S4, "backbone": "small-s4-local2", "epochs": 32}),
 }
 TARGET_SHARE, TARGET_AREA, MIN_MAP = 0.50, 0.15, 0.85
 
