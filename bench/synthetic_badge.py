@@ -73,6 +73,9 @@ DESIGNS: dict[str, tuple[SyntheticConfig, dict[str, object]]] = {
     # round 7, after round 6: D15 trained longer
     "D16": (_D4, {**_S4, "backbone": "small-s4-local2", "epochs": 16}),
     "D17": (_D4, {**_S4, "backbone": "small-s4-local2", "epochs": 32}),
+    # round 8, after round 7: between D16 and D17, by epochs or by data
+    "D18": (_D4, {**_S4, "backbone": "small-s4-local2", "epochs": 24}),
+    "D19": (_D4, {**_S4, "backbone": "small-s4-local2", "epochs": 16, "n_train": 640}),
 }
 TARGET_SHARE, TARGET_AREA, MIN_MAP = 0.50, 0.15, 0.85
 
