@@ -174,6 +174,7 @@ def test_spec_is_documented(method):
     assert spec.paper.strip()
     assert spec.function.__doc__ and spec.function.__doc__.strip()
     assert spec.uses_layer in (True, False) and spec.stochastic in (True, False)
+    assert spec.gradients in (True, False)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -289,6 +290,34 @@ def test_same_maps_under_no_grad(method, model, images):
     expected = run(method, model, images)
     with torch.no_grad():
         torch.testing.assert_close(run(method, model, images), expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_only_methods_record_no_graph(method, model, images):
+    """A method registered with ``gradients=False`` runs every forward with autograd off
+    (``explain`` leaves the parameters' flags alone for it); any other runs no forward that
+    records a graph through the parameters (autograd on and a parameter requiring grad). A
+    wrong flag fails here or in the tests above (a backward under ``torch.no_grad()``
+    raises)."""
+    explained = model_for(method, model)
+    seen: list[tuple[bool, bool]] = []
+
+    def spy(module, inputs, output):
+        seen.append((torch.is_grad_enabled(), any(p.requires_grad for p in module.parameters())))
+
+    handle = explained.register_forward_hook(spy)
+    try:
+        explain(explained, images, TARGETS, method=method, **FAST.get(method, {}))
+    finally:
+        handle.remove()
+    if method.startswith("baseline-"):
+        assert not seen  # model-free
+        return
+    assert seen
+    if get_method(method).gradients:
+        assert not any(enabled and trainable for enabled, trainable in seen)
+    else:
+        assert not any(enabled for enabled, _ in seen)
 
 
 def test_list_methods_is_the_public_registry():

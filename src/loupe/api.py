@@ -63,7 +63,8 @@ def explain(
     resolved = resolve_targets(targets, images.shape[0], images.device)
     amp = _autocast_context(images.device) if autocast else nullcontext()
     # Gradients are the method's business: a caller's torch.no_grad() must not break them.
-    with hooked(model, [layer] if layer else []) as captured, amp, torch.enable_grad():
+    grad = torch.enable_grad() if spec.gradients else torch.no_grad()
+    with hooked(model, [layer] if layer else [], freeze=spec.gradients) as captured, amp, grad:
         context = MapContext(
             model, images.detach(), resolved, layer, captured, reshape or default_reshape(model),
             progress,

@@ -35,11 +35,13 @@ class Captured(dict[str, torch.Tensor]):
 def hooked(
     model: nn.Module, layers: Sequence[str] = (), *, leaf: bool = True,
     edit: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    freeze: bool = True,
 ) -> Iterator[Captured]:
     """Prepare ``model`` for explanation and capture the outputs of ``layers``.
 
-    Inside the block the model is in eval mode and none of its parameters requires grad
-    (so no weight gradient is ever computed or accumulated). With ``leaf=True`` each captured
+    Inside the block the model is in eval mode and, with ``freeze=True``, none of its parameters
+    requires grad (so no weight gradient is ever computed or accumulated; ``freeze=False``
+    leaves the flags alone, for callers that run no backward). With ``leaf=True`` each captured
     output is replaced by a detached copy that requires grad: the graph starts at that layer,
     and nothing before it is recorded. Token outputs ``(B, N, C)`` are captured as they are.
     ``edit`` maps more layer names to functions of their output whose result the model goes on
@@ -49,7 +51,7 @@ def hooked(
     """
     edit = dict(edit or {})
     modules = {name: find_module(model, name) for name in [*layers, *edit]}
-    training, trainable = _training_and_trainable(model)
+    training, trainable = _training_and_trainable(model, freeze)
     captured = Captured()
     handles = []
 
@@ -90,16 +92,21 @@ def hooked(
             m.training = True
 
 
-def _training_and_trainable(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
-    """The modules of ``model`` in training mode and its parameters that require grad, in one
-    walk (``explain`` calls this on every call: ``model.parameters()`` walks the modules a
-    second time and deduplicates, about as long again; a parameter shared by two modules is
-    listed twice here, which is harmless for toggling its flag)."""
-    training, trainable = [], []
+def _training_and_trainable(model: nn.Module, parameters: bool = True,
+                            ) -> tuple[list[nn.Module], list[nn.Parameter]]:
+    """The modules of ``model`` in training mode and (with ``parameters``, else none) its
+    parameters that require grad, in one walk (``explain`` calls this on every call:
+    ``model.parameters()`` walks the modules a second time and deduplicates, about as long
+    again; a parameter shared by two modules is listed twice here, which is harmless for
+    toggling its flag)."""
+    training: list[nn.Module] = []
+    trainable: list[nn.Parameter] = []
     for module in model.modules():
         if module.training:
             training.append(module)
-        trainable += [p for p in module._parameters.values() if p is not None and p.requires_grad]
+        if parameters:
+            trainable += [p for p in module._parameters.values()
+                          if p is not None and p.requires_grad]
     return training, trainable
 
 

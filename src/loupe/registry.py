@@ -30,6 +30,9 @@ class MethodSpec:
     uses_layer: True when the method reads activations of a target layer (CAM family).
     stochastic: True when the method takes a ``seed``/``generator``.
     paper: the reference, one line.
+    gradients: False when the method runs no backward (CAM, Score-CAM, occlusion...):
+        ``explain`` then runs it under ``torch.no_grad()`` and leaves the model's
+        ``requires_grad`` flags alone instead of switching them off and on around the call.
     """
 
     name: str
@@ -37,6 +40,7 @@ class MethodSpec:
     uses_layer: bool
     stochastic: bool
     paper: str
+    gradients: bool = True
 
 
 class _Registry:
@@ -70,12 +74,13 @@ def load_methods_from(module: str) -> None:
 
 
 def register(
-    name: str, *, uses_layer: bool, stochastic: bool = False, paper: str
+    name: str, *, uses_layer: bool, stochastic: bool = False, paper: str,
+    gradients: bool = True,
 ) -> Callable[[MapFunction], MapFunction]:
-    """Decorator: register a map function under ``name``."""
+    """Decorator: register a map function under ``name`` (see :class:`MethodSpec`)."""
 
     def decorate(function: MapFunction) -> MapFunction:
-        _REGISTRY.add(MethodSpec(name, function, uses_layer, stochastic, paper))
+        _REGISTRY.add(MethodSpec(name, function, uses_layer, stochastic, paper, gradients))
         return function
 
     return decorate

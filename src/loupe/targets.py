@@ -186,10 +186,11 @@ def _function_scores(function: ScoreFunction, output: object) -> torch.Tensor:
 
 
 def _check_range(classes: torch.Tensor, num_classes: int) -> None:
-    real = classes[classes >= 0]
-    if real.numel() and int(real.max()) >= num_classes:
+    # padding (-1) is below any class, so the largest entry is the largest real class
+    largest = int(classes.max()) if classes.numel() else -1
+    if largest >= num_classes:
         raise TargetError(
-            f"target class {int(real.max())} is out of range for a model with "
+            f"target class {largest} is out of range for a model with "
             f"{num_classes} outputs (valid: 0..{num_classes - 1})"
         )
 

@@ -66,7 +66,7 @@ def ablation_weights(clean: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor
     return torch.where(clean == 0, 0.0, (clean - ablated) / safe)
 
 
-@register("ablationcam", uses_layer=True,
+@register("ablationcam", uses_layer=True, gradients=False,
           paper="Desai & Ramaswamy, Ablation-CAM: Visual Explanations for Deep Convolutional "
           "Network via Gradient-free Localization, WACV 2020")
 @aug_smoothable

@@ -51,7 +51,7 @@ def class_activation_maps(
 
 @register(
     "cam",
-    uses_layer=True,
+    uses_layer=True, gradients=False,
     paper="Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016",
 )
 @aug_smoothable

@@ -23,7 +23,7 @@ def zero_padding(maps: torch.Tensor, targets: Targets) -> torch.Tensor:
     return maps * targets.valid.to(maps.device)[..., None, None].to(maps.dtype)
 
 
-@register("eigencam", uses_layer=True,
+@register("eigencam", uses_layer=True, gradients=False,
           paper="Muhammad & Yeasin, Eigen-CAM: Class Activation Map using Principal "
           "Components, IJCNN 2020")
 @aug_smoothable

@@ -62,7 +62,7 @@ def kernel_first_component(activations: torch.Tensor, kernel: str = "sigmoid",
     return positive_peak(projection).float().reshape(*lead, h, w)
 
 
-@register("kpcacam", uses_layer=True,
+@register("kpcacam", uses_layer=True, gradients=False,
           paper="Karmani et al., KPCA-CAM: Visual Explainability of Deep Computer Vision "
           "Models using Kernel PCA, arXiv 2410.00267, 2024")
 @aug_smoothable

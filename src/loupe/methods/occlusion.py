@@ -98,7 +98,7 @@ def occlusion_maps(
 
 
 @register(
-    "occlusion", uses_layer=False,
+    "occlusion", uses_layer=False, gradients=False,
     paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
 )
 def occlusion(

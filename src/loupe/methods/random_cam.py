@@ -26,7 +26,7 @@ def random_weights(channels: int, *, seed: int | None = 0,
     return torch.rand(channels, generator=generator, device=generator.device) * 2 - 1
 
 
-@register("randomcam", uses_layer=True, stochastic=True,
+@register("randomcam", uses_layer=True, gradients=False, stochastic=True,
           paper="sanity baseline (pytorch-grad-cam's RandomCAM): random channel weights "
           "U(-1, 1)")
 @aug_smoothable

@@ -141,7 +141,7 @@ def rise_maps(
 
 
 @register(
-    "rise", uses_layer=False, stochastic=True,
+    "rise", uses_layer=False, gradients=False, stochastic=True,
     paper="Petsiuk et al., RISE: Randomized Input Sampling for Explanation, BMVC 2018",
 )
 def rise(

@@ -103,7 +103,8 @@ def score_weighted_maps(
     return zero_padding(maps, targets)
 
 
-@register("scorecam", uses_layer=True, paper="Wang et al., Score-CAM, CVPR-W 2020")
+@register("scorecam", uses_layer=True, gradients=False,
+          paper="Wang et al., Score-CAM, CVPR-W 2020")
 @aug_smoothable
 def scorecam(ctx: MapContext, chunk_size: int = 32, eigen_smooth: bool = False) -> torch.Tensor:
     """Score-CAM as pytorch-grad-cam computes it (its ``ScoreCAM``, matched to float precision):

@@ -83,7 +83,7 @@ def noisy_mask_scores(
 
 
 @register(
-    "sscam", uses_layer=True, stochastic=True,
+    "sscam", uses_layer=True, gradients=False, stochastic=True,
     paper="Wang et al., SS-CAM: Smoothed Score-CAM, arXiv 2006.14255, 2020",
 )
 @aug_smoothable
@@ -124,7 +124,7 @@ def sscam(
 
 
 @register(
-    "iscam", uses_layer=True,
+    "iscam", uses_layer=True, gradients=False,
     paper="Naidu et al., IS-CAM: Integrated Score-CAM, arXiv 2010.03023, 2020",
 )
 @aug_smoothable
