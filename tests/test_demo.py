@@ -39,6 +39,13 @@ def test_the_demo_classifier_pools_as_its_size_says(tmp_path):
     assert config.pool == "gmp" and config.backbone == "small" and config.crop == 32
 
 
+def test_the_default_demo_trains_the_design_the_badge_statistic_chose(tmp_path):
+    """docs/synthetic-data.md, round 8: D18 (64x64 scenes, the stride-4 network with a
+    16-pixel receptive field, 24 epochs) is the default."""
+    config = demo_classifier_config(SIZES["default"], 0, tmp_path)
+    assert config.backbone == "small-s4-local2" and config.epochs == 24 and config.crop == 64
+
+
 def test_unknown_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown demo size 'huge'"):
         run_demo(tmp_path, size="huge")

@@ -14,7 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "demo", help="the whole loop on a synthetic set (offline, CPU)",
         description="The whole loop on the seeded synthetic set, offline, on a CPU: train a "
         "small classifier, make the maps of every method, evaluate them against the "
-        "synthetic masks, and write OUT/report.md (about 1.5 min; --size small: seconds).",
+        "synthetic masks, and write OUT/report.md (about 1 min; --size small: seconds).",
         examples=["loupe demo", "loupe demo --size small --out /tmp/demo"],
     )
     p.add_argument("--out", type=output_folder, default=Path("runs/demo"), help="run folder")
