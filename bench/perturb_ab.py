@@ -2,7 +2,8 @@
 
 speed.py times wall clock; on a shared, overloaded CPU its slow rows (one call each) are
 noise. This script alternates loupe and peer calls (after one untimed call of each) and
-reports CPU time (``time.process_time``) per call and the median of the per-pair ratios.
+reports CPU time (``time.process_time``) per call and the median of the per-pair ratios with
+its 95% bootstrap interval over the pairs.
 
     python bench/perturb_ab.py SIZE BATCH REPEATS METHOD...   # resnet18, layer4, chunk 16
     python bench/perturb_ab.py 224 1 5 shuffle "shuffle accumulate=var"   # speed.py's labels
@@ -59,11 +60,21 @@ def main() -> None:
                 pairs = [(seconds(ours), seconds(lambda run=run: run(x, classes)))
                          for _ in range(reps)]
             ratios = [p / o for o, p in pairs]
+            low, high = median_interval(ratios)
             print(f"{name} vs {peer}, batch {batch}, {size}x{size}: loupe "
                   f"{statistics.median(o for o, _ in pairs):.3f} s, peer "
                   f"{statistics.median(p for _, p in pairs):.3f} s per call; peer / loupe "
-                  f"{statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)})",
-                  flush=True)
+                  f"{statistics.median(ratios):.2f} [{low:.2f}, {high:.2f}] "
+                  f"({', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+
+
+def median_interval(ratios: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median of the per-pair ratios (seeded)."""
+    values = torch.tensor(ratios, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, len(ratios), (n, len(ratios)), generator=g)
+    medians = values[rows].median(1).values
+    return float(medians.quantile(0.025)), float(medians.quantile(0.975))
 
 
 if __name__ == "__main__":

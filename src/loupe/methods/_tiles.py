@@ -122,21 +122,41 @@ def cyclic_round(
 ) -> Round:
     """A round in ``cyclic`` mode: roll by ``(dy, dx)``, swap ``(H//g, W//g)`` tiles."""
     _check_tile_perm(grid, tile_perm)
-    rows = (torch.arange(height, device=device) + dy) % height * width  # rolled row -> image
-    cols = (torch.arange(width, device=device) + dx) % width
+    (round_,) = cyclic_rounds(height, width, grid, [(dy, dx, tuple(tile_perm))], device)
+    return round_
+
+
+def cyclic_rounds(
+    height: int,
+    width: int,
+    grid: int,
+    draws: Sequence[tuple[int, int, tuple[int, ...]]],
+    device: torch.device | str = "cpu",
+) -> list[Round]:
+    """The ``cyclic`` rounds of one ``grid`` for ``draws`` ``(dy, dx, tile_perm)``, built
+    together in a fixed number of ops (not a few per round; permutations not checked)."""
+    count = len(draws)
+    dy = torch.tensor([d[0] for d in draws], device=device)[:, None]
+    dx = torch.tensor([d[1] for d in draws], device=device)[:, None]
+    rows = (torch.arange(height, device=device) + dy) % height * width  # (R, H) rolled -> image
+    cols = (torch.arange(width, device=device) + dx) % width  # (R, W)
     th, tw = height // grid, width // grid
-    # The rolled image (the seam included), then the tiled area swapped: output tile (a, b)
-    # holds source tile s = perm[a, b], whose pixel (i, j) is rolled row s // g * th + i and
-    # rolled column s % g * tw + j, an outer sum of a row and a column (tile_swap_index
-    # composed with the roll, in a few passes over the pixels and a fixed number of ops).
-    source = rows[:, None] + cols[None, :]
-    perm = torch.as_tensor(list(tile_perm), device=device).view(grid, grid)
-    tile_rows = rows[: grid * th].view(grid, th)[perm // grid]  # (g, g, th): [a, b, i]
-    tile_cols = cols[: grid * tw].view(grid, tw)[perm % grid]  # (g, g, tw): [a, b, j]
-    blocks = tile_rows[..., :, None] + tile_cols[..., None, :]  # (g, g, th, tw)
-    source[: grid * th, : grid * tw] = blocks.permute(0, 2, 1, 3).reshape(grid * th, grid * tw)
-    source = source.flatten()
-    return Round(source, inverse_index(source), (height, width), grid, dy, dx, tuple(tile_perm))
+    # The rolled image (the seam included), then the tiled area swapped: in round r, output
+    # tile (a, b) holds source tile s = perm[r, a, b], whose pixel (i, j) is rolled row
+    # s // g * th + i and rolled column s % g * tw + j, an outer sum of a row and a column.
+    source = rows[:, :, None] + cols[:, None, :]  # (R, H, W)
+    perm = torch.tensor([d[2] for d in draws], device=device).view(count, grid, grid)
+    r = torch.arange(count, device=device)[:, None, None]
+    tile_rows = rows[:, : grid * th].view(count, grid, th)[r, perm // grid]  # (R, g, g, th)
+    tile_cols = cols[:, : grid * tw].view(count, grid, tw)[r, perm % grid]  # (R, g, g, tw)
+    blocks = tile_rows[..., :, None] + tile_cols[..., None, :]  # (R, g, g, th, tw)
+    source[:, : grid * th, : grid * tw] = blocks.permute(0, 1, 3, 2, 4).reshape(
+        count, grid * th, grid * tw)
+    source = source.flatten(1)
+    arange = torch.arange(height * width, device=device).expand(count, -1)
+    placement = torch.empty_like(source).scatter_(1, source, arange)  # inverse_index per row
+    return [Round(source[i], placement[i], (height, width), grid, d[0], d[1], tuple(d[2]))
+            for i, d in enumerate(draws)]
 
 
 def padded_round(
@@ -195,6 +215,25 @@ def _draw(high: int, generator: torch.Generator) -> int:
     return int(torch.randint(high, (1,), generator=generator, device=generator.device))
 
 
+def _draw_parameters(
+    height: int, width: int, count: int, grids: tuple[int, ...], jitter: bool, offset: str,
+    generator: torch.Generator,
+) -> list[tuple[int, int, int, tuple[int, ...]]]:
+    """``(grid, dy, dx, tile_perm)`` of ``count`` rounds, drawn round by round in the order
+    :func:`draw_rounds` documents."""
+    draws = []
+    for _ in range(count):
+        grid = grids[_draw(len(grids), generator)]
+        tile_perm = torch.randperm(grid * grid, generator=generator, device=generator.device)
+        dy = dx = 0
+        if jitter:
+            span_y = height if offset == "cyclic" else math.ceil(height / grid)
+            span_x = width if offset == "cyclic" else math.ceil(width / grid)
+            dy, dx = _draw(span_y, generator), _draw(span_x, generator)
+        draws.append((grid, dy, dx, tuple(tile_perm.tolist())))
+    return draws
+
+
 def draw_rounds(
     height: int,
     width: int,
@@ -210,22 +249,22 @@ def draw_rounds(
     ``g`` from ``grids``, a tile permutation (``randperm(g*g)``) and, with ``jitter``, the
     offset ``dy, dx`` (cyclic: uniform in ``[0, H) x [0, W)``; pad: uniform in
     ``[0, ceil(H/g)) x [0, ceil(W/g))``). The draws depend only on ``H, W``, the options
-    and the generator's state, never on the batch."""
+    and the generator's state, never on the batch. The cyclic rounds of each grid are built
+    together (:func:`cyclic_rounds`)."""
     if offset not in OFFSETS:
         raise ValueError(f"offset must be one of {OFFSETS}, got {offset!r}")
-    grids = check_grids(grids, height, width)
-    make = cyclic_round if offset == "cyclic" else padded_round
-    rounds = []
-    for _ in range(count):
-        grid = grids[_draw(len(grids), generator)]
-        tile_perm = torch.randperm(grid * grid, generator=generator, device=generator.device)
-        dy = dx = 0
-        if jitter:
-            span_y = height if offset == "cyclic" else math.ceil(height / grid)
-            span_x = width if offset == "cyclic" else math.ceil(width / grid)
-            dy, dx = _draw(span_y, generator), _draw(span_x, generator)
-        rounds.append(make(height, width, grid, dy, dx, tile_perm.tolist(), device))
-    return rounds
+    draws = _draw_parameters(height, width, count, check_grids(grids, height, width),
+                             jitter, offset, generator)
+    if offset == "pad":
+        return [padded_round(height, width, g, dy, dx, perm, device)
+                for g, dy, dx, perm in draws]
+    rounds: list[Round | None] = [None] * count
+    for grid in dict.fromkeys(g for g, *_ in draws):  # the cyclic rounds of a grid together
+        where = [i for i, d in enumerate(draws) if d[0] == grid]
+        made = cyclic_rounds(height, width, grid, [draws[i][1:] for i in where], device)
+        for i, round_ in zip(where, made, strict=True):
+            rounds[i] = round_
+    return rounds  # type: ignore[return-value]
 
 
 def shuffle_images(images: torch.Tensor, round_: Round) -> torch.Tensor:
