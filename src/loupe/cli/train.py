@@ -36,7 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_training_data_arguments(p)
     group = p.add_argument_group("model")
     group.add_argument("--backbone", default="resnet50",
-                       help="torchvision model name, 'small' (CPU demo net) or timm:NAME")
+                       help="torchvision model name, a small CPU net ('small', 'small-s4', "
+                       "'small-s4-local', 'small-s4-local2': docs/synthetic-data.md) or "
+                       "timm:NAME")
     group.add_argument("--head", default="auto", choices=("auto", "irn", "linear"),
                        help="irn: stride-1 last stage, GAP, bias-free linear (ResNet default)")
     group.add_argument("--output-stride", type=int, default=16, choices=(16, 32),

@@ -95,7 +95,8 @@ def classifier_head(model: nn.Module) -> str:
 def _torchvision_model(backbone: str, pretrained: str) -> nn.Module:
     if backbone not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown backbone {backbone!r}: not a torchvision classification "
-                         "model (see torchvision.models.list_models()); timm models: timm:NAME")
+                         "model (see torchvision.models.list_models()); timm models: timm:NAME; "
+                         f"loupe's small CPU nets: {', '.join(SMALL_BACKBONES)}")
     if pretrained == "none":
         return torchvision.models.get_model(backbone, weights=None)
     weights = torchvision.models.get_model_weights(backbone).DEFAULT
