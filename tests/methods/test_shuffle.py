@@ -135,6 +135,19 @@ def test_draw_rounds_depends_only_on_seed_and_size():
     assert len(offsets) > 1 and all(dy < math.ceil(29 / 2) for dy, _ in offsets)
 
 
+def test_rounds_built_together_equal_each_round_built_alone():
+    """draw_rounds builds the cyclic rounds of one grid in one batch (cyclic_rounds); each
+    must be the round cyclic_round builds from the same parameters (itself checked against
+    the tile-by-tile reference above)."""
+    gen = torch.Generator().manual_seed(7)
+    rounds = draw_rounds(23, 26, 17, (1, 2, 3, 5), jitter=True, offset="cyclic", generator=gen)
+    assert len({r.grid for r in rounds}) > 2
+    for r in rounds:
+        alone = cyclic_round(23, 26, r.grid, r.dy, r.dx, r.tile_perm)
+        assert torch.equal(r.source, alone.source) and torch.equal(r.placement, alone.placement)
+        assert torch.equal(r.source[r.placement], torch.arange(23 * 26))
+
+
 def test_without_jitter_the_grid_sits_at_the_top_left():
     gen = torch.Generator().manual_seed(0)
     rounds = draw_rounds(20, 20, 5, (2, 4), jitter=False, offset="cyclic", generator=gen)
