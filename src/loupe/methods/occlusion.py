@@ -18,6 +18,7 @@ from loupe.context import MapContext
 from loupe.methods._perturb import (
     PERTURB_CHUNK,
     check_positive_int,
+    perturb_chunk_size,
     perturbed_scores,
     zero_padding,
 )
@@ -107,7 +108,7 @@ def occlusion(
     window: int | tuple[int, int] = 16,
     stride: int | tuple[int, int] = 8,
     baseline: object = None,
-    chunk_size: int = PERTURB_CHUNK,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Occlusion: ``M_k(p) = mean over windows w covering p of S_k(x) - S_k(x_w)``, ``x_w`` the
     image with window ``w`` (all channels) set to the baseline (Zeiler & Fergus 2014).
@@ -119,12 +120,14 @@ def occlusion(
     Options: ``window`` (16: 16x16 pixels, or ``(height, width)``); ``stride`` (8, or a pair;
     at most the window, unless the window spans that side); ``baseline`` (None = zeros, a
     number, ``"mean"``, or a tensor, see :func:`loupe.methods.gradients.baselines_for`);
-    ``chunk_size`` (32 occluded copies per forward, across images and windows). Returns
+    ``chunk_size`` (occluded copies per forward, across images and windows; None: 32 on CUDA,
+    on the CPU fewer for large inputs, see :func:`~loupe.methods._perturb.perturb_chunk_size`;
+    maps do not depend on it). Returns
     ``(B, K, H, W)`` at the input's resolution. Cost: ``1 + ceil(B n_y n_x / chunk_size)``
     forwards under ``torch.no_grad``, ``n = ceil((side - window) / stride) + 1`` per side.
     """
     images = ctx.images
     window_hw, stride_hw = _pair("window", window), _pair("stride", stride)
-    check_positive_int("chunk_size", chunk_size)
+    chunk_size = perturb_chunk_size(chunk_size, images)
     return occlusion_maps(ctx.model, images, ctx.targets, window_hw, stride_hw,
                           baselines_for(images, baseline), chunk_size)

@@ -21,6 +21,7 @@ from loupe.context import MapContext
 from loupe.methods._perturb import (
     PERTURB_CHUNK,
     check_positive_int,
+    perturb_chunk_size,
     perturbed_scores,
     seeded_generator,
     zero_padding,
@@ -151,7 +152,7 @@ def rise(
     cells: int = 7,
     p: float = 0.5,
     softmax: bool = True,
-    chunk_size: int = PERTURB_CHUNK,
+    chunk_size: int | None = None,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -160,13 +161,15 @@ def rise(
 
     Options: ``n_masks`` (N, 4000), ``cells`` (s, 7) and ``p`` (0.5): the paper's setting
     for ResNet-50; ``softmax`` (True: class probabilities, as the paper; False: logits);
-    ``chunk_size`` (32 masked copies per forward, across images and masks); ``seed`` (0) or
+    ``chunk_size`` (masked copies per forward, across images and masks; None: 32 on CUDA, on
+    the CPU fewer for large inputs, see :func:`~loupe.methods._perturb.perturb_chunk_size`);
+    ``seed`` (0) or
     a ``generator``. The masks are shared by all images, so the same seed gives the same maps
     on any batch and chunk size. Returns ``(B, K, H, W)`` at the input's resolution. Cost:
     ``ceil(B N / chunk_size)`` forwards under ``torch.no_grad`` (plus one of the clean images
     for top-1 targets).
     """
-    check_positive_int("chunk_size", chunk_size)
+    chunk_size = perturb_chunk_size(chunk_size, ctx.images)
     if not isinstance(softmax, bool):
         raise ValueError(f"softmax must be True or False, got {softmax!r}")
     images = ctx.images

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from loupe.context import MapContext
-from loupe.methods._perturb import check_positive_int, perturbed_scores, zero_padding
+from loupe.methods._perturb import (
+    perturb_chunk_size,
+    perturbed_scores,
+    zero_padding,
+)
 from loupe.methods.augment import aug_smoothable
 from loupe.methods.projection import channel_maps
 from loupe.registry import register
@@ -106,7 +110,8 @@ def score_weighted_maps(
 @register("scorecam", uses_layer=True, gradients=False,
           paper="Wang et al., Score-CAM, CVPR-W 2020")
 @aug_smoothable
-def scorecam(ctx: MapContext, chunk_size: int = 32, eigen_smooth: bool = False) -> torch.Tensor:
+def scorecam(ctx: MapContext, chunk_size: int | None = None, eigen_smooth: bool = False,
+             ) -> torch.Tensor:
     """Score-CAM as pytorch-grad-cam computes it (its ``ScoreCAM``, matched to float precision):
 
     ``L_k = ReLU(sum_c softmax_c(S_k(X * H_c)) A_c)``, ``H_c = minmax(Up(A_c))``,
@@ -124,8 +129,9 @@ def scorecam(ctx: MapContext, chunk_size: int = 32, eigen_smooth: bool = False) 
     authors' code.
 
     Options:
-        chunk_size: masked inputs per forward pass (default 32); maps do not depend on it
-            (up to float rounding).
+        chunk_size: masked inputs per forward pass (None: 32 on CUDA, on the CPU fewer for
+            large inputs, :func:`~loupe.methods._perturb.perturb_chunk_size`); maps do not
+            depend on it (up to float rounding).
         eigen_smooth: see :func:`loupe.methods.projection.channel_maps`.
 
     Returns ``(B, K, h, w)`` at the target layer's resolution; padding targets give zero maps.
@@ -133,7 +139,7 @@ def scorecam(ctx: MapContext, chunk_size: int = 32, eigen_smooth: bool = False) 
     with ``C'`` the channels that are not zero everywhere (plus one forward of a zero image,
     which scores all the others; see :func:`masked_scores`).
     """
-    check_positive_int("chunk_size", chunk_size)
+    chunk_size = perturb_chunk_size(chunk_size, ctx.images)
     with torch.no_grad():
         output = ctx.model(ctx.images)
         targets = ctx.targets.bind(output)

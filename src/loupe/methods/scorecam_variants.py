@@ -20,8 +20,8 @@ from torch import nn
 
 from loupe.context import MapContext
 from loupe.methods._perturb import (
-    PERTURB_CHUNK,
     check_positive_int,
+    perturb_chunk_size,
     perturbed_scores,
     seeded_generator,
 )
@@ -92,7 +92,7 @@ def sscam(
     *,
     n_samples: int = 35,
     stdev: float = 2.0,
-    chunk_size: int = PERTURB_CHUNK,
+    chunk_size: int | None = None,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -105,13 +105,14 @@ def sscam(
     softmax ignores).
 
     Options: ``n_samples`` (N, 35) and ``stdev`` (2.0), torchcam's defaults; ``chunk_size``
-    (32 masked copies per forward); ``seed`` (0) or a ``generator`` (used instead). The N
+    (masked copies per forward; None: see :func:`~loupe.methods._perturb.perturb_chunk_size`);
+    ``seed`` (0) or a ``generator`` (used instead). The N
     noise draws ``(C, H, W)`` are shared by all images, so the same seed gives the same maps
     on any batch and chunk size. Returns ``(B, K, h, w)`` at the layer's resolution. Cost:
     ``1 + N * ceil(B * C / chunk_size)`` forwards, all under ``torch.no_grad``.
     """
     check_positive_int("n_samples", n_samples)
-    check_positive_int("chunk_size", chunk_size)
+    chunk_size = perturb_chunk_size(chunk_size, ctx.images)
     if isinstance(stdev, bool) or not isinstance(stdev, Real) or not 0 <= stdev < math.inf:
         raise ValueError(f"stdev must be a finite number >= 0, got {stdev!r}")
     draws = seeded_generator(seed, generator)
@@ -129,7 +130,7 @@ def sscam(
 )
 @aug_smoothable
 def iscam(
-    ctx: MapContext, *, n_samples: int = 10, chunk_size: int = PERTURB_CHUNK
+    ctx: MapContext, *, n_samples: int = 10, chunk_size: int | None = None
 ) -> torch.Tensor:
     """IS-CAM: ``L_k = ReLU(sum_c softmax_c(1/N sum_i S_k(X * c_i H_c)) A_c)`` with
     ``c_i = sum_{j=1..i} j/N`` (Naidu et al. 2020, the scores integrated along growing masks).
@@ -138,14 +139,15 @@ def iscam(
     multiples as :func:`integration_scales` (torchcam's docstring writes ``j = 0..i-1``, its
     code ``j = 1..i``; this follows the code), raw scores, softmax over the C channels.
 
-    Options: ``n_samples`` (N, 10, torchcam's default); ``chunk_size`` (32 masked copies per
-    forward, across images, channels and steps). Deterministic. Returns ``(B, K, h, w)`` at
+    Options: ``n_samples`` (N, 10, torchcam's default); ``chunk_size`` (masked copies per
+    forward, across images, channels and steps; None: see
+    :func:`~loupe.methods._perturb.perturb_chunk_size`). Deterministic. Returns ``(B, K, h, w)`` at
     the layer's resolution. Cost: ``1 + ceil(N * B * C' / chunk_size)`` forwards under
     ``torch.no_grad``, with ``C'`` the channels not zero everywhere (the others mask to the
     zero image at every step and are scored by one forward of it).
     """
     check_positive_int("n_samples", n_samples)
-    check_positive_int("chunk_size", chunk_size)
+    chunk_size = perturb_chunk_size(chunk_size, ctx.images)
     with torch.no_grad():
         targets = ctx.targets.bind(ctx.model(ctx.images))
         activation = ctx.activation()

@@ -1,0 +1,101 @@
+"""Score-CAM on a real model and real photos: loupe against pytorch-grad-cam and torchcam.
+
+speed.py times Score-CAM on a resnet18 with random weights, where almost every channel of the
+target layer is alive, so every implementation makes the same forwards. On a trained network
+after a ReLU many channels are zero everywhere; loupe scores all of those with one forward of
+a zero image (``loupe.methods.scorecam.masked_scores``), the peers make one forward each.
+This script measures what that is worth: the shared ImageNet MobileNetV2 (``tf_same_padding``,
+TF preprocessing) on the shared photos at 224x224, target layer ``features`` (1280 channels
+after ReLU6), top-1 class, 32 masked inputs per forward for all three, one thread. Per photo:
+the live channels, ``--warmup`` untimed calls of each, then ``--pairs`` rounds alternating loupe and
+each peer, CPU time per call (``time.process_time``), the median ratio peer / loupe. (That
+loupe's Score-CAM is pytorch-grad-cam's is the oracle tests' business:
+tests/methods/test_cam_family.py.)
+
+    OMP_NUM_THREADS=1 python bench/scorecam_real.py --photos cat_720p.jpg --warmup 0 --pairs 2
+
+A call is about a minute of one core (1280 masked inputs through MobileNetV2 at 224x224).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import loupe
+from loupe.hooks import hooked
+from loupe.models import apply_patch, model_from_state_dict
+
+sys.path.insert(0, os.path.dirname(__file__))
+from faithfulness_photos import REPO, photos  # noqa: E402
+from speed_peers import Setup, grad_cam, torchcam  # noqa: E402
+
+LAYER = "features"
+
+
+def live_channels(model: torch.nn.Module, image: torch.Tensor) -> int:
+    with hooked(model, [LAYER], leaf=False) as captured, torch.no_grad():
+        model(image)
+    return int(captured[LAYER][0].flatten(1).ne(0).any(1).sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--assets", type=Path, default=Path(os.environ.get(
+        "LOUPE_ASSETS", REPO.parent / "shared" / "assets")))
+    parser.add_argument("--photos", nargs="+", help="file names in photos/ (default: all)")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each first")
+    parser.add_argument("--chunk", type=int, default=32)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    weights = args.assets / "weights"
+    model = model_from_state_dict("mobilenet_v2", weights / "mobilenet_v2_imagenet1k_coral.pth")
+    model = apply_patch(model, f"{weights / 'tf_same_padding.py'}:tf_same_padding").eval()
+    images, names = photos(args.assets, 224)
+    setup = Setup(model, LAYER, 224, args.chunk, 32)
+    print(f"MobileNetV2 (coral weights), {LAYER}, 224x224, chunk {args.chunk}, 1 thread, "
+          f"{args.pairs} pairs per peer; load {os.getloadavg()[0]:.1f}")
+    print("| photo | live channels | peer | loupe s/call | peer s/call | peer / loupe |")
+    print("|---|---|---|---|---|---|")
+    for image, name in zip(images, names, strict=True):
+        if args.photos and name not in args.photos:
+            continue
+        x = image[None]
+        with torch.no_grad():
+            target = model(x).argmax(1)
+        live = live_channels(model, x)
+
+        def ours(x=x, target=target) -> torch.Tensor:
+            return loupe.explain(model, x, target, method="scorecam", target_layer=LAYER,
+                                 chunk_size=args.chunk)
+
+        for peer, factory in (("grad-cam", grad_cam("ScoreCAM")),
+                              ("torchcam", torchcam("ScoreCAM"))):
+            with factory(setup) as run:
+                for _ in range(args.warmup):
+                    ours(), run(x, target)
+                pairs = []
+                for _ in range(args.pairs):
+                    start = time.process_time()
+                    ours()
+                    middle = time.process_time()
+                    run(x, target)
+                    pairs.append((middle - start, time.process_time() - middle))
+            ratio = statistics.median(p / o for o, p in pairs)
+            loupe_s = statistics.median(o for o, _ in pairs)
+            peer_s = statistics.median(p for _, p in pairs)
+            print(f"| {name} | {live} / 1280 | {peer} | {loupe_s:.1f} | {peer_s:.1f} | "
+                  f"{ratio:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
