@@ -14,13 +14,17 @@ tests/methods/test_cam_family.py.)
 
     OMP_NUM_THREADS=1 python bench/scorecam_real.py --photos cat_720p.jpg --warmup 0 --pairs 2
 
-A call is about a minute of one core (1280 masked inputs through MobileNetV2 at 224x224).
+    OMP_NUM_THREADS=1 python bench/scorecam_real.py --photos cat_720p.jpg --loupe-chunks 32 8 4
+
+A call is 15-45 s of one core (1280 masked inputs through MobileNetV2 at 224x224). With
+``--loupe-chunks`` the columns are wall / user / system seconds / minor page faults.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -46,6 +50,16 @@ def live_channels(model: torch.nn.Module, image: torch.Tensor) -> int:
     return int(captured[LAYER][0].flatten(1).ne(0).any(1).sum())
 
 
+def loupe_alone(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, chunk: int
+                ) -> str:
+    """One call's wall, user and system seconds and minor page faults, as table cells."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    loupe.explain(model, x, target, method="scorecam", target_layer=LAYER, chunk_size=chunk)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return (f"{wall:.1f} | {after.ru_utime - before.ru_utime:.1f} | "
+            f"{after.ru_stime - before.ru_stime:.1f} | {after.ru_minflt - before.ru_minflt}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--assets", type=Path, default=Path(os.environ.get(
@@ -53,6 +67,9 @@ def main() -> None:
     parser.add_argument("--photos", nargs="+", help="file names in photos/ (default: all)")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each first")
+    parser.add_argument("--loupe-chunks", type=int, nargs="+",
+                        help="instead: loupe alone at each of these chunks, wall / user / "
+                        "system seconds and minor page faults of one call")
     parser.add_argument("--chunk", type=int, default=32)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -73,6 +90,11 @@ def main() -> None:
         with torch.no_grad():
             target = model(x).argmax(1)
         live = live_channels(model, x)
+        if args.loupe_chunks:
+            for chunk in args.loupe_chunks:
+                print(f"| {name} | {live} / 1280 | loupe alone, chunk {chunk} | "
+                      + loupe_alone(model, x, target, chunk) + " |", flush=True)
+            continue
 
         def ours(x=x, target=target) -> torch.Tensor:
             return loupe.explain(model, x, target, method="scorecam", target_layer=LAYER,
