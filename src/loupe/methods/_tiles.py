@@ -91,9 +91,10 @@ def tile_swap_index(
 
 
 def inverse_index(index: torch.Tensor) -> torch.Tensor:
-    """The inverse of a permutation ``index`` of ``arange(n)``: ``inverse[index] = arange``."""
-    arange = torch.arange(index.numel(), device=index.device)
-    return torch.empty_like(index).scatter_(0, index, arange)  # 4x index_put's speed
+    """The inverse of a permutation ``index`` of ``arange(n)`` along its last dimension (each
+    row of a ``(..., n)`` stack inverted): ``inverse[..., index[..., i]] = i``."""
+    arange = torch.arange(index.shape[-1], device=index.device).expand_as(index)
+    return torch.empty_like(index).scatter_(-1, index, arange)  # 4x index_put's speed
 
 
 def reflect_index(coords: torch.Tensor, size: int) -> torch.Tensor:
@@ -153,8 +154,7 @@ def cyclic_rounds(
     source[:, : grid * th, : grid * tw] = blocks.permute(0, 1, 3, 2, 4).reshape(
         count, grid * th, grid * tw)
     source = source.flatten(1)
-    arange = torch.arange(height * width, device=device).expand(count, -1)
-    placement = torch.empty_like(source).scatter_(1, source, arange)  # inverse_index per row
+    placement = inverse_index(source)
     return [Round(source[i], placement[i], (height, width), grid, d[0], d[1], tuple(d[2]))
             for i, d in enumerate(draws)]
 
