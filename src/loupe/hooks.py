@@ -97,7 +97,7 @@ def _training_and_trainable(model: nn.Module, parameters: bool = True,
     """The modules of ``model`` in training mode and (with ``parameters``, else none) its
     parameters that require grad, in one walk (``explain`` calls this on every call). The walk
     follows ``_modules`` itself (``model.modules()`` also builds every module's dotted name:
-    three times as long on a ResNet-18; ``model.parameters()`` would walk again), visiting each
+    32 against 13 us on a ResNet-18; ``model.parameters()`` would walk again), visiting each
     module once (a shared one is not walked twice). A parameter shared by two modules is
     listed twice, which is harmless for setting its flag."""
     training: list[nn.Module] = []

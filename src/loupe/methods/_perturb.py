@@ -21,8 +21,9 @@ from loupe.targets import Targets
 PERTURB_CHUNK = 32
 # Off CUDA, a chunk whose activations exceed glibc's largest mmap threshold (32 MiB) has
 # them mapped and unmapped afresh on every forward: Score-CAM on the ImageNet MobileNetV2 at
-# 224x224 took 43.5 s a call with 32 copies per forward (29 s of it system time, 16 million
-# page faults), 23.8 s with 8 and 14.6 s with 4 (no system time). The CPU default keeps one
+# 224x224, one call in a fresh process, took 46.0 s with 32 copies per forward (30.6 s of it
+# system time, 17 million page faults), 28.9 s with 8 and 25.1 s with 4, the same ~15 s of
+# user time each (docs/speed.md, bench/scorecam_real.py). The CPU default keeps one
 # chunk's input bytes times CPU_ACTIVATION_FACTOR (MobileNetV2's widest early activation is
 # 8 times its input, a ResNet's 5) within CPU_CHUNK_BYTES.
 CPU_CHUNK_BYTES = 32 * 2**20
