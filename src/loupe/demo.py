@@ -4,8 +4,8 @@ Steps (fixed seed): render train and validation scenes (:mod:`loupe.data.synthet
 small GAP classifier (:func:`loupe.training.train_classifier`; by default the backbone
 ``"small-s4-local2"``, whose 16-pixel receptive field makes its CAM cover mostly the
 badges: docs/synthetic-data.md), compute maps on the validation images for their
-ground-truth classes with CAM, Grad-CAM, vanilla
-saliency, SmoothGrad, shuffle saliency and the model-free baselines (when registered), turn
+ground-truth classes with CAM, Grad-CAM, vanilla saliency, SmoothGrad, shuffle saliency and
+the model-free baselines (when registered), turn
 them into masks with IRN's background-threshold rule at every threshold (and CAM's masks
 refined by a dense CRF, ``cam+crf``, when ``pydensecrf2`` is installed), measure the badge
 statistic of every map (:func:`badge_statistic`: how much of the map's energy on the objects
