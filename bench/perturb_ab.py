@@ -3,7 +3,8 @@
 speed.py times wall clock; on a shared, overloaded CPU its slow rows (one call each) are
 noise. This script alternates loupe and peer calls (after one untimed call of each) and
 reports CPU time (``time.process_time``) per call and the median of the per-pair ratios with
-its 95% bootstrap interval over the pairs.
+its 95% bootstrap interval over the pairs (bench/paired.py: the peer's hooks are on the model
+only around its own calls).
 
     python bench/perturb_ab.py SIZE BATCH REPEATS METHOD...   # resnet18, layer4, chunk 16
     python bench/perturb_ab.py 224 1 5 shuffle "shuffle accumulate=var"   # speed.py's labels
@@ -12,10 +13,10 @@ its 95% bootstrap interval over the pairs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
-import time
 import warnings
 
 import torch
@@ -25,14 +26,7 @@ from loupe.models import random_model
 
 sys.path.insert(0, os.path.dirname(__file__))
 import speed  # noqa: E402
-
-CLOCK = time.perf_counter if os.environ.get("WALL") else time.process_time
-
-
-def seconds(fn) -> float:
-    start = CLOCK()
-    fn()
-    return CLOCK() - start
+from paired import interleaved, paired_ratio  # noqa: E402
 
 
 def main() -> None:
@@ -55,26 +49,22 @@ def main() -> None:
             return loupe.explain(model, x, classes, method=method, target_layer=layer, **options)
 
         for peer, factory in case.peers.items():
-            with factory(setup) as run:
-                ours(), run(x, classes)
-                pairs = [(seconds(ours), seconds(lambda run=run: run(x, classes)))
-                         for _ in range(reps)]
-            ratios = [p / o for o, p in pairs]
-            low, high = median_interval(ratios)
+            entries = {"loupe": lambda ours=ours: contextlib.nullcontext(ours),
+                       peer: speed.peer_entry(factory, setup, x, classes)}
+            samples = interleaved(entries, reps, True, torch.device("cpu"), fail)
+            clock = 0 if os.environ.get("WALL") else 1
+            ratio, low, high = paired_ratio(samples[peer], samples["loupe"], clock)
+            ratios = [p[clock] / o[clock] for p, o in zip(samples[peer], samples["loupe"],
+                                                          strict=True)]
             print(f"{name} vs {peer}, batch {batch}, {size}x{size}: loupe "
-                  f"{statistics.median(o for o, _ in pairs):.3f} s, peer "
-                  f"{statistics.median(p for _, p in pairs):.3f} s per call; peer / loupe "
-                  f"{statistics.median(ratios):.2f} [{low:.2f}, {high:.2f}] "
+                  f"{statistics.median(o[clock] for o in samples['loupe']):.3f} s, peer "
+                  f"{statistics.median(p[clock] for p in samples[peer]):.3f} s per call; peer / "
+                  f"loupe {ratio:.2f} [{low:.2f}, {high:.2f}] "
                   f"({', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
 
 
-def median_interval(ratios: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the median of the per-pair ratios (seeded)."""
-    values = torch.tensor(ratios, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.randint(0, len(ratios), (n, len(ratios)), generator=g)
-    medians = values[rows].median(1).values
-    return float(medians.quantile(0.025)), float(medians.quantile(0.975))
+def fail(who: str, error: Exception) -> None:
+    raise error
 
 
 if __name__ == "__main__":

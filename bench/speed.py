@@ -5,9 +5,12 @@ One run, one model (torchvision ``resnet50``, random weights, eval), one seeded 
 layer (``layer4``) for every layer method; every implementation returns maps at the input's
 resolution (peers that stop at the layer's resolution are upsampled bilinearly, as
 ``loupe.explain`` does). Each implementation is warmed up with one call before it is timed,
-then timed over ``--repeats`` calls (median). Slow methods (Score-CAM, SmoothGrad-32, IG-32,
-shuffle-32) are timed with one call, and on at most ``--slow-batch`` images (the batch
-column shows the batch actually timed), so the whole script ends in reasonable time.
+then timed over ``--repeats`` rounds (median); a round calls loupe and every peer once each,
+in an order that rotates from round to round, with only the called implementation's hooks on
+the model (bench/paired.py), so the per-round ratio of CPU times gives an interval. Slow
+methods (Score-CAM, SmoothGrad-32, IG-32, shuffle-32) get ``--slow-repeats`` rounds (default
+one) and no warm-up, on at most ``--slow-batch`` images (the batch column shows the batch
+actually timed), so the whole script ends in reasonable time.
 
 Peers run as their documentation shows (batched input with one target per image; models with
 trainable parameters, so pytorch-grad-cam's ``loss.backward()`` also computes weight
@@ -23,13 +26,14 @@ peers an input that requires grad. Chunked methods get the same number of rows p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -44,9 +48,11 @@ import cases_guided  # noqa: E402
 import cases_methods  # noqa: E402
 import cases_perturb  # noqa: E402
 import cases_shuffle  # noqa: E402
+from paired import Entry, interleaved, one_call, paired_ratio  # noqa: E402
 from speed_peers import (  # noqa: E402
     PEERS,
     Case,
+    PeerFactory,
     Setup,
     captum,
     chunked,
@@ -84,11 +90,6 @@ CASES += cases_perturb.CASES + cases_methods.CASES + cases_shuffle.CASES  # shuf
 
 # -- timing ----------------------------------------------------------------------------------
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: bool,
                      device: torch.device) -> tuple[float, float]:
     """Median wall time and median process CPU time (user + sys, all threads) of ``repeats``
@@ -96,21 +97,8 @@ def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: bool,
     with one thread it holds on a loaded machine where wall time does not."""
     if warmup:
         fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        synchronize(device)
-        cpu, start = cpu_seconds(), time.perf_counter()
-        fn()
-        synchronize(device)
-        walls.append(time.perf_counter() - start)
-        cpus.append(cpu_seconds() - cpu)
+    walls, cpus = zip(*(one_call(fn, device) for _ in range(repeats)), strict=True)
     return statistics.median(walls), statistics.median(cpus)
-
-
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far (nanosecond clock, unlike the 10 ms
-    ticks of ``os.times``)."""
-    return time.process_time()
 
 
 def model_rows(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, batches: list[int],
@@ -183,59 +171,65 @@ def measure(case: Case, setup: Setup, x: torch.Tensor, classes: torch.Tensor, ba
         return loupe.explain(setup.model, xb, cb, method=case.method, target_layer=layer,
                              **options)
 
-    results: dict[str, tuple[float, float] | None] = {}
-    failed: set[str] = set()
-    results["loupe"] = timed(lambda: loupe_call, repeats, not slow, device, "loupe", case, notes)
+    entries: dict[str, Entry] = {"loupe": lambda: contextlib.nullcontext(loupe_call)}
     peer_input = xb.detach().requires_grad_(True) if args.frozen_params else xb
     for peer in PEERS:
-        factory = case.peers.get(peer)
-        if factory is None:
-            results[peer] = None
-            continue
-        try:
-            with factory(setup) as run:
-                results[peer] = timed(lambda run=run: (lambda: run(peer_input, cb)), repeats,
-                                      not slow, device, peer, case, notes)
-        except Exception as error:  # a peer that cannot run is reported, not fatal
-            results[peer] = None
-            failed.add(peer)
-            notes.append(f"{peer} {case.label} failed: {type(error).__name__}: {error}")
-        if device.type == "cuda":
+        if peer in case.peers:
+            entries[peer] = peer_entry(case.peers[peer], setup, peer_input, cb)
+    failed: set[str] = set()
+
+    def on_failure(who: str, error: Exception) -> None:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
-    return row_of(case, batch, b, results, failed, backward_rates[b])
+            notes.append(f"{who} {case.label}: out of memory ({str(error).splitlines()[0]})")
+        elif who == "loupe":
+            raise error
+        else:  # a peer that cannot run is reported, not fatal
+            failed.add(who)
+            notes.append(f"{who} {case.label} failed: {type(error).__name__}: {error}")
+
+    samples = interleaved(entries, repeats, not slow, device, on_failure)
+    return row_of(case, batch, b, samples, failed, backward_rates[b])
 
 
-def row_of(case: Case, batch: int, b: int, results: dict[str, tuple[float, float] | None],
+def peer_entry(factory: PeerFactory, setup: Setup, x: torch.Tensor, classes: torch.Tensor
+               ) -> Entry:
+    """An :data:`paired.Entry` that builds the peer's extractor (hooks and all) around each
+    timed call of it on ``x``."""
+
+    @contextlib.contextmanager
+    def entry() -> Iterator[Callable[[], object]]:
+        with factory(setup) as run:
+            yield lambda: run(x, classes)
+
+    return entry
+
+
+def row_of(case: Case, batch: int, b: int, samples: dict[str, list[tuple[float, float]]],
            failed: set[str], backward_rate: float) -> tuple[str, float | None]:
     """The Markdown row of one case at ``b`` images from each implementation's (wall, CPU)
-    seconds per call: img/s, loupe over the fastest peer by wall time and by CPU time (the
-    peer with the least CPU seconds), loupe over the model alone; and loupe's img/s."""
-    ips = {k: (b / v[0] if v else None) for k, v in results.items()}
-    peers = [v for k, v in ips.items() if k != "loupe" and v]
-    ratio = f"{ips['loupe'] / max(peers):.2f}×" if peers and ips["loupe"] else "—"
-    own = f"{ips['loupe'] / backward_rate:.2f}×" if ips["loupe"] else "—"
-    cpu_peers = [v[1] for k, v in results.items() if k != "loupe" and v]
-    loupe_cpu = results["loupe"][1] if results["loupe"] else None
-    cpu_cells = [rate(1e3 * loupe_cpu) if loupe_cpu is not None else "—",
-                 rate(1e3 * min(cpu_peers)) if cpu_peers else "—",
-                 f"{min(cpu_peers) / loupe_cpu:.2f}×" if cpu_peers and loupe_cpu else "—"]
+    seconds per call: img/s, loupe over the fastest peer by wall time, loupe over the model
+    alone, the CPU milliseconds of loupe and of the peer with the least, and that peer's CPU
+    time over loupe's per round (median and 95% interval); and loupe's img/s."""
+    wall = {k: statistics.median(w for w, _ in v) for k, v in samples.items() if v}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in samples.items() if v}
+    ips = {k: b / v for k, v in wall.items()}
+    peers = [v for k, v in ips.items() if k != "loupe"]
+    ratio = f"{ips['loupe'] / max(peers):.2f}×" if peers and "loupe" in ips else "—"
+    own = f"{ips['loupe'] / backward_rate:.2f}×" if "loupe" in ips else "—"
+    cpu_peer = min((k for k in cpu if k != "loupe"), key=cpu.get, default=None)
+    paired = "—"
+    if cpu_peer and "loupe" in cpu:
+        paired = "{:.2f}× [{:.2f}, {:.2f}]".format(
+            *paired_ratio(samples[cpu_peer], samples["loupe"]))
+    cpu_cells = [rate(1e3 * cpu["loupe"]) if "loupe" in cpu else "—",
+                 f"{rate(1e3 * cpu[cpu_peer])} ({cpu_peer})" if cpu_peer else "—", paired]
     shown = f"{b}" if b == batch else f"{b} (of {batch})"
     marker = "*" if case.slow else ""
-    cells = ["failed" if k in failed else rate(ips[k]) for k in ("loupe", *PEERS)]
+    cells = ["failed" if k in failed else rate(ips.get(k)) for k in ("loupe", *PEERS)]
     row = (f"| {case.label}{marker} | {shown} | " + " | ".join(cells)
            + f" | {ratio} | {own} | " + " | ".join(cpu_cells) + " |")
-    return row, ips["loupe"]
-
-
-def timed(make: Callable[[], Callable[[], object]], repeats: int, warmup: bool,
-          device: torch.device, who: str, case: Case, notes: list[str]
-          ) -> tuple[float, float] | None:
-    try:
-        return seconds_per_call(make(), repeats, warmup, device)
-    except torch.cuda.OutOfMemoryError as error:
-        torch.cuda.empty_cache()
-        notes.append(f"{who} {case.label}: out of memory ({str(error).splitlines()[0]})")
-        return None
+    return row, ips.get("loupe")
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -340,7 +334,7 @@ def sampling_row(method: str, row: str, passes: float, raw: float) -> str:
 
 
 def _calls(n: int) -> str:
-    return "one timed call" if n == 1 else f"{n} timed calls (median)"
+    return "one timed round" if n == 1 else f"{n} timed rounds (median)"
 
 
 def report(args: argparse.Namespace, device: torch.device, forward_rows: list[str],
@@ -358,13 +352,13 @@ def report(args: argparse.Namespace, device: torch.device, forward_rows: list[st
         f"Device {device} ({name or platform.machine()}), {args.threads} CPU threads; torch "
         f"{torch.__version__}, loupe {loupe.__version__}, grad-cam {version('grad-cam')}, "
         f"captum {captum.__version__}, torchcam {torchcam.__version__}. Target layer layer4; "
-        f"{args.repeats} timed calls (median) after one warm-up call; chunk {args.chunk} rows "
-        f"per forward; T = {args.samples}; parameters "
+        f"{args.repeats} interleaved rounds (median) after one warm-up call; chunk "
+        f"{args.chunk} rows per forward; T = {args.samples}; parameters "
         f"{'frozen for everyone' if args.frozen_params else 'trainable (peers as documented)'}.",
         "",
         "| method | batch | loupe img/s | grad-cam img/s | captum img/s | torchcam img/s | "
         "loupe / fastest peer | loupe / model fwd+bwd | loupe CPU ms/call | "
-        "fastest peer CPU ms/call | loupe / fastest peer, CPU |",
+        "fastest peer CPU ms/call | fastest peer CPU / loupe CPU, per round [95%] |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
@@ -373,12 +367,15 @@ def report(args: argparse.Namespace, device: torch.device, forward_rows: list[st
         "masked forward per channel of layer4 per image; IG, SmoothGrad and shuffle do T "
         "forwards and backwards per image. shuffle is compared with captum "
         f"NoiseTunnel(Saliency) with {args.samples} samples, and run with "
-        "include_original=False, so both make the same number of passes. The last column is "
-        "loupe's img/s over the model's own forward + input-gradient img/s at the batch timed "
-        "(table below): 1.00 = a map costs one forward and backward. The CPU columns are "
-        "the median user + sys milliseconds of this process per call (all its threads) of loupe "
-        "and of the peer that used the least; their ratio holds where other processes load "
-        "the machine, the wall-clock ratio does not.",
+        "include_original=False, so both make the same number of passes. 'loupe / model "
+        "fwd+bwd' is loupe's img/s over the model's own forward + input-gradient img/s at the "
+        "batch timed (table below): 1.00 = a map costs one forward and backward. The CPU "
+        "columns are the median user + sys milliseconds of this process per call (all its "
+        "threads) of loupe and of the peer that used the least, and the median over rounds of "
+        "that peer's CPU time over loupe's in the same round, with its 95% bootstrap interval "
+        "(above 1: loupe faster; an interval that contains 1: no difference this run can "
+        "show; with 3 rounds or fewer the interval is just the range). The CPU ratio holds "
+        "where other processes load the machine, the wall-clock ratio does not.",
         "",
         *([usage, ""] if usage else []),
         "Model alone (parameters frozen, one target per image):",
