@@ -195,6 +195,16 @@ def load_torch(path: PathLike, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt, foreign or unsafe files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: cannot load {what} with weights_only=True ({first})"
-                         ) from error
+        raise ValueError(f"{path}: cannot load {what} with weights_only=True "
+                         f"({_load_failure(error)})") from error
+
+
+def _load_failure(error: Exception) -> str:
+    """The reason in ``torch.load``'s error, one line: for the weights-only unpickler its own
+    detail (``Unsupported operand 35``, ``Unsupported global: ...``), not torch's advice to
+    retry with ``weights_only=False``, which loupe never does."""
+    text = str(error).strip()
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].strip()
+        return f"not a file of tensors only: {detail}"
+    return text.splitlines()[0] if text else type(error).__name__
