@@ -67,3 +67,9 @@ def test_badge_table_has_a_row_per_method():
     text = badge_table({"cam": stat, "saliency": stat})
     lines = text.splitlines()
     assert len(lines) == 4 and lines[2] == "| cam | 50.0 | 10.0 | 5.00 | 90.0 | 10 |"
+
+
+def test_badge_table_shows_a_dash_where_no_pair_counts():
+    nothing = BadgeStatistic(*(float("nan"),) * 4, 0, 10)
+    line = badge_table({"baseline-background": nothing}).splitlines()[2]
+    assert line == "| baseline-background | — | — | — | — | 0 |"

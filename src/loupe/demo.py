@@ -23,6 +23,7 @@ lies on their small class-discriminative badges), and write a run folder::
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,13 +175,20 @@ def badge_statistic(shares: torch.Tensor) -> BadgeStatistic:
 
 
 def badge_table(badges: dict[str, BadgeStatistic]) -> str:
-    """Markdown table of :class:`BadgeStatistic` per method, shares in %."""
+    """Markdown table of :class:`BadgeStatistic` per method, shares in %; "—" where no pair
+    counts (a map with no positive energy on any object, such as the all-background
+    baseline)."""
     lines = ["| method | badge energy share (%) | badge area share (%) | concentration "
              "| object energy share (%) | pairs |", "|---|---|---|---|---|---|"]
     for name, b in badges.items():
-        lines.append(f"| {name} | {100 * b.energy_share:.1f} | {100 * b.area_share:.1f} | "
-                     f"{b.concentration:.2f} | {100 * b.object_share:.1f} | {b.pairs} |")
+        cells = [_cell(100 * b.energy_share, 1), _cell(100 * b.area_share, 1),
+                 _cell(b.concentration, 2), _cell(100 * b.object_share, 1)]
+        lines.append(f"| {name} | {' | '.join(cells)} | {b.pairs} |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: float, digits: int) -> str:
+    return "—" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def demo_classifier_config(size: DemoSize, seed: int, out: str | Path, progress: bool = False,
