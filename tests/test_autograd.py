@@ -11,7 +11,12 @@ import torch
 import loupe.methods.gradients as gradients
 import loupe.methods.shuffle as shuffle
 from loupe import _autograd, explain
-from loupe._autograd import GRADIENT_CHUNK, MAX_CUDA_CHUNK, gradient_chunk_size
+from loupe._autograd import (
+    CPU_GRADIENT_BYTES,
+    GRADIENT_CHUNK,
+    MAX_CUDA_CHUNK,
+    gradient_chunk_size,
+)
 from tests.test_registry import tiny_resnet
 
 GIB = 2**30
@@ -38,10 +43,16 @@ def test_off_cuda_the_measured_cpu_default(monkeypatch):
         raise AssertionError("mem_get_info must not be asked off CUDA")
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", no_cuda)
-    assert GRADIENT_CHUNK == 16
-    for numel in (1, ROW, 100 * ROW):
-        assert gradient_chunk_size(torch.device("cpu"), numel, targets=3) == GRADIENT_CHUNK
-    assert gradient_chunk_size("meta", ROW) == GRADIENT_CHUNK
+    assert GRADIENT_CHUNK == 16 and CPU_GRADIENT_BYTES == 2**30
+    cpu = torch.device("cpu")
+    for numel in (1, 3 * 64 * 64, 3 * 128 * 128):  # small rows: the fixed 16
+        assert gradient_chunk_size(cpu, numel) == GRADIENT_CHUNK
+    # 3x224x224, K = 1: 602112 bytes x 256 = 147 MiB a row; 1 GiB holds 6.97 rows
+    assert gradient_chunk_size(cpu, ROW) == 6
+    assert gradient_chunk_size(cpu, ROW, targets=3) == 4  # x 384: 221 MiB, 4.6 rows
+    assert gradient_chunk_size("meta", ROW) == 6
+    assert gradient_chunk_size(cpu, 3 * 480 * 640, targets=2) == 1  # 1.1 GiB: never 0
+    assert gradient_chunk_size(cpu, 3 * 4000 * 3000) == 1
 
 
 def test_cuda_rows_that_fit_in_half_the_free_memory(fake_cuda):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-# Rows (noisy copies, path points, shuffled copies) per forward + backward of the sampling
-# methods (SmoothGrad, Integrated Gradients, shuffle saliency) on the CPU. Maps never depend on
-# it. 16 because larger batches are slower per image on CPUs (resnet50 at 224, 2 threads: 8.4
+# Most rows (noisy copies, path points, shuffled copies) per forward + backward of the sampling
+# methods (SmoothGrad, Integrated Gradients, shuffle saliency) on the CPU, for small inputs
+# (large ones get fewer: CPU_GRADIENT_BYTES). Maps never depend on it. 16 because larger
+# batches are slower per image on CPUs (resnet50 at 224, 2 threads: 8.4
 # img/s forward + input-gradient at 8 or 16 rows, 6.0 at 32: the activations leave the cache).
 GRADIENT_CHUNK = 16
 
@@ -21,25 +22,34 @@ ROW_BYTES_PER_INPUT_BYTE = 256
 ROW_BYTES_PER_EXTRA_TARGET = 64
 CUDA_MEMORY_FRACTION = 0.5  # of the memory free for this process (cudnn workspaces, others)
 MAX_CUDA_CHUNK = 256  # a guard against one huge batch, not a measured optimum
+# Off CUDA, at most this many bytes a chunk by the same estimate. Large inputs made the fixed
+# chunk of 16 both slow and huge: shuffle on the ImageNet MobileNetV2 at 640x480, two targets,
+# one thread, took 37.9 s a call at 16 rows (30.1 s of it system time, 11.6 GB resident: the
+# kernel mapping and zeroing fresh pages for every chunk's activations), 9.6 s at 1 row (1.7
+# GB); ResNet-50 35.5 s at 16, 21.7 s at 2 (docs/speed.md, "The CPU chunk of the gradient
+# methods"). 1 GiB keeps 16 rows up to 3x128x128, gives 6 at 3x224x224 and 1 at 3x480x640.
+CPU_GRADIENT_BYTES = 2**30
 
 
 def gradient_chunk_size(device: torch.device, row_numel: int, targets: int = 1) -> int:
-    """Rows per forward + backward for the sampling methods: :data:`GRADIENT_CHUNK` off CUDA;
-    on CUDA as many rows as fit in :data:`CUDA_MEMORY_FRACTION` of the memory available to
-    this process (``torch.cuda.mem_get_info``'s free bytes plus what PyTorch's allocator holds
-    unused), at ``row_numel * 4 * (256 + 64 * (targets - 1))`` bytes a row, between 1 and
-    :data:`MAX_CUDA_CHUNK`.
+    """Rows per forward + backward for the sampling methods, from an estimate of one row's
+    peak memory, ``row_numel * 4 * (256 + 64 * (targets - 1))`` bytes: on CUDA as many rows as
+    fit in :data:`CUDA_MEMORY_FRACTION` of the memory available to this process
+    (``torch.cuda.mem_get_info``'s free bytes plus what PyTorch's allocator holds unused),
+    between 1 and :data:`MAX_CUDA_CHUNK`; elsewhere as many as fit in
+    :data:`CPU_GRADIENT_BYTES`, between 1 and :data:`GRADIENT_CHUNK` (16 up to 3x128x128, 6 at
+    3x224x224, 1 at 3x480x640 for one target).
 
     ``row_numel`` is the element count of one input row ``(C, H, W)``; ``targets`` is K, the
     maps per image (the K backward passes run batched). Maps never depend on the result.
     """
     device = torch.device(device)
-    if device.type != "cuda":
-        return GRADIENT_CHUNK
-    free, _total = torch.cuda.mem_get_info(device)
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     factor = ROW_BYTES_PER_INPUT_BYTE + ROW_BYTES_PER_EXTRA_TARGET * max(targets - 1, 0)
     row_bytes = max(row_numel, 1) * 4 * factor
+    if device.type != "cuda":
+        return max(1, min(GRADIENT_CHUNK, CPU_GRADIENT_BYTES // row_bytes))
+    free, _total = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     fitting = int((free + max(cached, 0)) * CUDA_MEMORY_FRACTION // row_bytes)
     return max(1, min(MAX_CUDA_CHUNK, fitting))
 

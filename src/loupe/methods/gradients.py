@@ -217,7 +217,8 @@ def smoothgrad_maps(
         sigma: ``(B,)`` noise standard deviation of each image.
         reduce: channel reduction of each sample's gradient (see :func:`reduce_channels`).
         chunk_size: noisy copies (of any images) per forward; None:
-            :func:`loupe._autograd.gradient_chunk_size` (16 off CUDA, from free memory on CUDA).
+            :func:`loupe._autograd.gradient_chunk_size` (off CUDA 16 for small inputs, fewer
+            for large ones; from free memory on CUDA).
         progress: called after each chunk with (noisy copies done, ``B * N``).
         score: what ``S_k`` is (see :func:`input_gradients`).
     """
@@ -268,11 +269,12 @@ def smoothgrad(
     Options: ``n_samples`` (n, 32); ``noise_level`` (0.15: ``sigma = noise_level * (max(x) -
     min(x))`` per image, the paper's parametrisation) or an absolute ``stdev``; ``reduce`` of
     each sample's gradient (``"abs-max"``, see :func:`saliency`); ``chunk_size`` (noisy
-    copies per forward; None: :func:`loupe._autograd.gradient_chunk_size`, 16 off CUDA, from
-    free memory on CUDA); ``seed`` (0) or a ``generator`` (used instead of the seed). One noise
-    tensor ``(n, C, H, W)`` is drawn (on the CPU for a seed, see :func:`standard_noise`) and
-    shared by all images, so the same seed gives the same maps for any batch size, chunk size
-    and device. ``score`` and ``smooth`` as for :func:`saliency`. Returns ``(B, K, H, W)``.
+    copies per forward; None: :func:`loupe._autograd.gradient_chunk_size`, off CUDA 16 for
+    small inputs and fewer for large ones, from free memory on CUDA); ``seed`` (0) or a
+    ``generator`` (used instead of the seed). One noise tensor ``(n, C, H, W)`` is drawn (on
+    the CPU for a seed, see :func:`standard_noise`) and shared by all images, so the same seed
+    gives the same maps for any batch size, chunk size and device. ``score`` and ``smooth``
+    as for :func:`saliency`. Returns ``(B, K, H, W)``.
     """
     _check_count("n_samples", n_samples)
     smooth = check_smooth(smooth)
@@ -372,7 +374,8 @@ def integrated_gradients_maps(
         reduce: channel reduction of the attributions; ``"sum"`` keeps completeness
             (each map sums to about ``S_k(x) - S_k(x')``).
         chunk_size: path points (of any images) per forward; None:
-            :func:`loupe._autograd.gradient_chunk_size` (16 off CUDA, from free memory on CUDA).
+            :func:`loupe._autograd.gradient_chunk_size` (off CUDA 16 for small inputs, fewer
+            for large ones; from free memory on CUDA).
         progress: called after each chunk with (path points done, ``B * S``).
     """
     _check_reduce(reduce)
@@ -418,7 +421,8 @@ def integrated_gradients(
     ``"riemann_middle"``) of the path integral; ``reduce`` (``"sum"``, which keeps
     completeness: each map sums to ``S_k(x) - S_k(x')`` up to the quadrature error);
     ``chunk_size`` (path points per forward; None: :func:`loupe._autograd.gradient_chunk_size`,
-    16 off CUDA, from free memory on CUDA). Returns ``(B, K, H, W)``.
+    off CUDA 16 for small inputs and fewer for large ones, from free memory on CUDA). Returns
+    ``(B, K, H, W)``.
     """
     images = ctx.images
     alphas, weights = quadrature(rule, steps, device=images.device, dtype=images.dtype)

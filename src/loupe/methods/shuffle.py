@@ -47,9 +47,10 @@ Options (defaults and why)
         Only for ``base="gradient"``.
     chunk_size=None
         shuffled copies per forward/backward (all K targets share one batched backward);
-        results do not change. None: ``loupe._autograd.gradient_chunk_size``, 16 off CUDA
-        (CPUs get slower per image in larger batches) and as many as fit in half the free
-        memory on CUDA; lower it to save memory.
+        results do not change. None: ``loupe._autograd.gradient_chunk_size``: off CUDA 16
+        for small inputs and fewer for large ones (CPUs get slower per image in larger
+        batches, and large chunks of large images spend more time in the kernel than
+        computing), as many as fit in half the free memory on CUDA; lower it to save memory.
     seed=0, generator=None
         the rounds are drawn once from ``torch.Generator().manual_seed(seed)`` (or from
         ``generator`` when given) and applied to every image, so the maps do not depend on
