@@ -8,6 +8,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+import loupe.metrics._scoring as faithfulness_scoring
 from loupe import explain
 from loupe.metrics.faithfulness import (
     Scorer,
@@ -275,6 +276,20 @@ def test_batch_and_chunk_invariance():
     alone = torch.cat([_all_metrics(model, x[i:i + 1], maps[i:i + 1], chunk_size=1)
                        for i in range(3)])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_default_chunk_follows_the_image_size(monkeypatch):
+    model = tiny_cnn()
+    assert Scorer(model, images(2, 16)).chunk_size == 32  # small images: the largest chunk
+    assert Scorer(model, torch.zeros(1, 3, 224, 224)).chunk_size == 4  # as Score-CAM's
+    assert Scorer(model, images(2, 16), chunk_size=5).chunk_size == 5
+    sizes = []
+    real = faithfulness_scoring.perturb_chunk_size
+    monkeypatch.setattr(faithfulness_scoring, "perturb_chunk_size",
+                        lambda chunk, x: sizes.append(chunk) or real(chunk, x))
+    x, maps = images(2, 16), distinct_maps(2, 16)
+    deletion_curves(model, x, maps, steps=3)
+    assert sizes == [None]  # the public metrics leave it to the scorer
 
 
 def test_several_targets_with_padding():

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loupe._autograd import GRADIENT_CHUNK
 from loupe.data.spec import DatasetSpec
 from loupe.io import to_jsonable
 from loupe.mapsets.files import check_same_run
@@ -116,7 +115,8 @@ class FaithfulnessConfig:
     topk: targets = the K best classes (data sets: with a counterpart) instead of the labels.
     size: images are resized to ``size x size`` (None: the classifier's input size).
     regions: one of :data:`REGION_SOURCES`. score: ``probability`` or ``logit``.
-    chunk_size: perturbed images per forward (memory only). bootstrap, bootstrap_seed,
+    chunk_size: perturbed images per forward (memory only; None: from the image size, see
+        :class:`loupe.metrics._scoring.Scorer`). bootstrap, bootstrap_seed,
         level: the intervals over images (bootstrap 0: means only).
     """
 
@@ -142,7 +142,7 @@ class FaithfulnessConfig:
     regions: str = "auto"
     score: str = "probability"
     batch_size: int = 8
-    chunk_size: int = GRADIENT_CHUNK
+    chunk_size: int | None = None
     workers: int = 0
     bootstrap: int = 1000
     bootstrap_seed: int = 0
@@ -165,7 +165,7 @@ class FaithfulnessConfig:
                                  ("--chunk-size", self.chunk_size, 1),
                                  ("--workers", self.workers, 0),
                                  ("--bootstrap", self.bootstrap, 0)):
-            if value < low:
+            if value is not None and value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         if self.topk is not None and self.topk < 1:
             raise ValueError(f"--topk must be at least 1, got {self.topk}")

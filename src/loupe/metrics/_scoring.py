@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK
 from loupe.hooks import hooked
+from loupe.methods._perturb import perturb_chunk_size
 from loupe.targets import Targets, TargetsLike, resolve_targets
 
 logger = logging.getLogger(__name__)
@@ -46,16 +46,19 @@ class Scorer:
         targets: TargetsLike | Targets = None,
         *,
         score: str = "probability",
-        chunk_size: int = GRADIENT_CHUNK,
+        chunk_size: int | None = None,
     ) -> None:
         check_images(images)
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-        check_positive_int(chunk_size, "chunk_size")
+        if chunk_size is not None:
+            check_positive_int(chunk_size, "chunk_size")
         self.model = model
         self.images = images.detach()
         self.score = score
-        self.chunk_size = chunk_size
+        # None: the perturbation methods' rule (loupe.methods._perturb.perturb_chunk_size),
+        # 32 on CUDA, on the CPU fewer for large images (4 at 3x224x224)
+        self.chunk_size = perturb_chunk_size(chunk_size, self.images)
         resolved = (
             targets if isinstance(targets, Targets)
             else resolve_targets(targets, images.shape[0], images.device)

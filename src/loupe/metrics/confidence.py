@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK
 from loupe.masks.normalize import normalize
 from loupe.metrics._scoring import Scorer, maps_for
 from loupe.targets import Targets, TargetsLike
@@ -56,7 +55,7 @@ def confidence_change(
     targets: TargetsLike | Targets = None,
     *,
     score: str = "probability",
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
     scorer: Scorer | None = None,
 ) -> ConfidenceChange:
     """Scores of ``images`` ``(B, C, H, W)`` and of ``images * normalize(maps)`` for
@@ -67,7 +66,8 @@ def confidence_change(
             bilinearly to the images.
         targets: one per map; None = each image's top-1 class.
         score: ``"probability"`` (softmax, as the paper) or ``"logit"``.
-        chunk_size: explanation images per forward; results do not depend on it.
+        chunk_size: explanation images per forward (None: from the image size, see
+            :class:`~loupe.metrics._scoring.Scorer`); results do not depend on it.
         scorer: share clean scores with other metrics (then its targets/score/chunks count).
     """
     scorer = scorer or Scorer(model, images, targets, score=score, chunk_size=chunk_size)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK
 from loupe.methods.shuffle import gaussian_blur
 from loupe.metrics._scoring import Scorer, check_positive_int, maps_for, pixel_ranks
 from loupe.targets import Targets, TargetsLike
@@ -83,7 +82,7 @@ def deletion_curves(
     blur_sigma: float = 5.0,
     score: str = "probability",
     seed: int = 0,
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
     scorer: Scorer | None = None,
 ) -> Curves:
     """Deletion curves and AUCs of ``maps`` ``(B, K, h, w)`` (or ``(B, h, w)``) for
@@ -96,7 +95,8 @@ def deletion_curves(
         baseline: 0.0 (default, Petsiuk's deletion), any constant, ``"blur"`` or a tensor.
         score: ``"probability"`` (softmax) or ``"logit"``.
         seed: breaks ties between equal map values (see :func:`pixel_ranks`).
-        chunk_size: perturbed images per forward; results do not depend on it.
+        chunk_size: perturbed images per forward (None: from the image size, see
+            :class:`~loupe.metrics._scoring.Scorer`); results do not depend on it.
         scorer: a :class:`Scorer` to share clean scores between metrics (then ``targets``,
             ``score`` and ``chunk_size`` are the scorer's).
 
@@ -120,7 +120,7 @@ def insertion_curves(
     blur_sigma: float = 5.0,
     score: str = "probability",
     seed: int = 0,
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
     scorer: Scorer | None = None,
 ) -> Curves:
     """Insertion curves and AUCs; Petsiuk et al. 2018, ``AUC = int_0^1 p_c(baseline with the
@@ -144,7 +144,7 @@ def _curves(
     blur_sigma: float,
     score: str,
     seed: int,
-    chunk_size: int,
+    chunk_size: int | None,
     scorer: Scorer | None,
 ) -> Curves:
     scorer = scorer or Scorer(model, images, targets, score=score, chunk_size=chunk_size)

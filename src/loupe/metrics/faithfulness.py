@@ -33,7 +33,6 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK
 from loupe.api import explain
 from loupe.metrics._scoring import Scorer, pixel_ranks
 from loupe.metrics.bootstrap import BootstrapInterval, bootstrap_mean_ci
@@ -184,7 +183,7 @@ def faithfulness_table(
     metric_options: Mapping[str, Mapping[str, object]] | None = None,
     score: str = "probability",
     batch_size: int = 16,
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -209,7 +208,8 @@ def faithfulness_table(
             function (:func:`deletion_curves`, :func:`road`, ...): ``{"deletion":
             {"steps": 50}}``.
         score: ``"probability"`` (softmax) or ``"logit"``, for every perturbation metric.
-        chunk_size: perturbed images per forward; n_boot, seed, level: the bootstrap.
+        chunk_size: perturbed images per forward (None: from the image size); n_boot, seed,
+            level: the bootstrap.
 
     Returns:
         :class:`FaithfulnessTable`; ``.records()`` gives rows for JSON or a report.
@@ -234,7 +234,7 @@ def _table_values(
     metrics: list[str],
     *,
     score: str,
-    chunk_size: int,
+    chunk_size: int | None,
     target_layer: str | None,
     method_options: Mapping[str, Mapping[str, object]],
     metric_options: Mapping[str, Mapping[str, object]],

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from loupe._autograd import GRADIENT_CHUNK
 from loupe.metrics._harmonic import linear_imputation
 from loupe.metrics._scoring import Scorer, maps_for, pixel_ranks
 from loupe.targets import Targets, TargetsLike
@@ -75,7 +74,7 @@ def road(
     score: str = "probability",
     seed: int = 0,
     tol: float = 1e-6,
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
     scorer: Scorer | None = None,
 ) -> RoadScores:
     """ROAD MoRF and LeRF scores of ``maps`` ``(B, K, h, w)`` (or ``(B, h, w)``) for
@@ -90,7 +89,8 @@ def road(
         seed: seeds the noise (one draw per order and fraction, shared by all images, so
             results do not depend on the batch) and the tie-breaking of equal map values.
         tol: relative residual at which the imputation solver stops.
-        chunk_size: imputed images per solve and forward; results do not depend on it.
+        chunk_size: imputed images per solve and forward (None: from the image size, see
+            :class:`~loupe.metrics._scoring.Scorer`); results do not depend on it.
         scorer: share targets and settings with other metrics.
     """
     fractions = _check(fractions, noise, tol)
