@@ -10,6 +10,7 @@ import torch
 
 import loupe.methods.gradients as gradients
 import loupe.methods.shuffle as shuffle
+import loupe.methods.smooth_gradcampp as smooth_gradcampp
 from loupe import _autograd, explain
 from loupe._autograd import (
     CPU_GRADIENT_BYTES,
@@ -84,6 +85,7 @@ SAMPLING = {
     "smoothgrad": (gradients, {"n_samples": 5}),
     "integrated-gradients": (gradients, {"steps": 5}),
     "shuffle": (shuffle, {"n_shuffles": 4}),
+    "smoothgradcam++": (smooth_gradcampp, {"n_samples": 3, "stdev": 0.5}),
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from loupe._autograd import GRADIENT_CHUNK, grads_per_target
+from loupe._autograd import gradient_chunk_size, grads_per_target
 from loupe.context import MapContext
 from loupe.methods._perturb import check_positive_int, zero_padding
 from loupe.methods.augment import aug_smoothable
@@ -87,7 +87,7 @@ def smooth_gradcam_plus_plus(
     n_samples: int = 4,
     stdev: float | None = 0.3,
     noise_level: float = 0.15,
-    chunk_size: int = GRADIENT_CHUNK,
+    chunk_size: int | None = None,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -107,15 +107,18 @@ def smooth_gradcam_plus_plus(
 
     Options: ``n_samples`` (n, 4) and ``stdev`` (0.3), torchcam's defaults, or ``stdev=None``
     and ``noise_level`` (``sigma = noise_level * (max(x) - min(x))`` per image, as
-    SmoothGrad); ``chunk_size`` (16 noisy copies per forward + backward); ``seed`` (0) or a
-    ``generator``. One noise draw ``(n, C, H, W)`` is shared by all images (see
+    SmoothGrad); ``chunk_size`` (noisy copies per forward + backward; None:
+    :func:`loupe._autograd.gradient_chunk_size`, 16 for small inputs on the CPU); ``seed`` (0)
+    or a ``generator``. One noise draw ``(n, C, H, W)`` is shared by all images (see
     :func:`loupe.methods.gradients.standard_noise`), so the same seed gives the same maps on
     any batch and chunk size. Returns ``(B, K, h, w)`` at the layer's resolution. Cost: one
     forward of the images, then ``ceil(B n / chunk_size)`` forwards and batched backwards.
     """
     check_positive_int("n_samples", n_samples)
-    check_positive_int("chunk_size", chunk_size)
     images = ctx.images
+    if chunk_size is None:
+        chunk_size = gradient_chunk_size(images.device, images[0].numel(), ctx.targets.count)
+    check_positive_int("chunk_size", chunk_size)
     sigma = noise_scales(images, noise_level, stdev)
     noise = standard_noise(n_samples, images.shape[1:], seed=seed, generator=generator,
                            device=images.device, dtype=images.dtype)
