@@ -44,16 +44,16 @@ def test_off_cuda_the_measured_cpu_default(monkeypatch):
         raise AssertionError("mem_get_info must not be asked off CUDA")
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", no_cuda)
-    assert GRADIENT_CHUNK == 16 and CPU_GRADIENT_BYTES == 2**30
+    assert GRADIENT_CHUNK == 16 and CPU_GRADIENT_BYTES == 3 * 2**30
     cpu = torch.device("cpu")
-    for numel in (1, 3 * 64 * 64, 3 * 128 * 128):  # small rows: the fixed 16
+    for numel in (1, 3 * 64 * 64, ROW):  # up to 3x224x224: the fixed 16
         assert gradient_chunk_size(cpu, numel) == GRADIENT_CHUNK
-    # 3x224x224, K = 1: 602112 bytes x 256 = 147 MiB a row; 1 GiB holds 6.97 rows
-    assert gradient_chunk_size(cpu, ROW) == 6
-    assert gradient_chunk_size(cpu, ROW, targets=3) == 4  # x 384: 221 MiB, 4.6 rows
-    assert gradient_chunk_size("meta", ROW) == 6
-    assert gradient_chunk_size(cpu, 3 * 480 * 640, targets=2) == 1  # 1.1 GiB: never 0
-    assert gradient_chunk_size(cpu, 3 * 4000 * 3000) == 1
+    # 3x224x224, K = 3: 602112 bytes x 384 = 221 MiB a row; 3 GiB holds 13.9 rows
+    assert gradient_chunk_size(cpu, ROW, targets=3) == 13
+    assert gradient_chunk_size("meta", ROW, targets=3) == 13
+    assert gradient_chunk_size(cpu, 3 * 320 * 320) == 10  # 300 MiB a row
+    assert gradient_chunk_size(cpu, 3 * 480 * 640, targets=2) == 2  # 1.1 GiB a row
+    assert gradient_chunk_size(cpu, 3 * 4000 * 3000) == 1  # 34 GiB a row: never 0
 
 
 def test_cuda_rows_that_fit_in_half_the_free_memory(fake_cuda):

@@ -27,8 +27,10 @@ MAX_CUDA_CHUNK = 256  # a guard against one huge batch, not a measured optimum
 # one thread, took 37.9 s a call at 16 rows (30.1 s of it system time, 11.6 GB resident: the
 # kernel mapping and zeroing fresh pages for every chunk's activations), 9.6 s at 1 row (1.7
 # GB); ResNet-50 35.5 s at 16, 21.7 s at 2 (docs/speed.md, "The CPU chunk of the gradient
-# methods"). 1 GiB keeps 16 rows up to 3x128x128, gives 6 at 3x224x224 and 1 at 3x480x640.
-CPU_GRADIENT_BYTES = 2**30
+# methods"). At 3x224x224 fewer rows help some models and hurt others (MobileNetV2 ~20% faster
+# at 4-6 rows, ResNet-50 ~16% slower at 6), so 3 GiB keeps 16 rows there for one or two
+# targets, and gives 2-3 at 3x480x640.
+CPU_GRADIENT_BYTES = 3 * 2**30
 
 
 def gradient_chunk_size(device: torch.device, row_numel: int, targets: int = 1) -> int:
@@ -37,8 +39,8 @@ def gradient_chunk_size(device: torch.device, row_numel: int, targets: int = 1) 
     fit in :data:`CUDA_MEMORY_FRACTION` of the memory available to this process
     (``torch.cuda.mem_get_info``'s free bytes plus what PyTorch's allocator holds unused),
     between 1 and :data:`MAX_CUDA_CHUNK`; elsewhere as many as fit in
-    :data:`CPU_GRADIENT_BYTES`, between 1 and :data:`GRADIENT_CHUNK` (16 up to 3x128x128, 6 at
-    3x224x224, 1 at 3x480x640 for one target).
+    :data:`CPU_GRADIENT_BYTES`, between 1 and :data:`GRADIENT_CHUNK` (for one target: 16 up to
+    3x224x224, 10 at 3x320x320, 3 at 3x480x640).
 
     ``row_numel`` is the element count of one input row ``(C, H, W)``; ``targets`` is K, the
     maps per image (the K backward passes run batched). Maps never depend on the result.
