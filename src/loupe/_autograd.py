@@ -27,9 +27,9 @@ MAX_CUDA_CHUNK = 256  # a guard against one huge batch, not a measured optimum
 # one thread, took 37.9 s a call at 16 rows (30.1 s of it system time, 11.6 GB resident: the
 # kernel mapping and zeroing fresh pages for every chunk's activations), 9.6 s at 1 row (1.7
 # GB); ResNet-50 35.5 s at 16, 21.7 s at 2 (docs/speed.md, "The CPU chunk of the gradient
-# methods"). At 3x224x224 fewer rows help some models and hurt others (MobileNetV2 ~20% faster
-# at 4-6 rows, ResNet-50 ~16% slower at 6), so 3 GiB keeps 16 rows there for one or two
-# targets, and gives 2-3 at 3x480x640.
+# methods"). At 3x224x224 fewer rows cost ResNet-50 ~16% (6-8 rows) and made no difference
+# beyond noise for MobileNetV2, so 3 GiB keeps 16 rows there for one or two targets, and gives
+# 2-3 at 3x480x640.
 CPU_GRADIENT_BYTES = 3 * 2**30
 
 
