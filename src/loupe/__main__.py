@@ -1,5 +1,3 @@
-import sys
+from loupe.cli import console
 
-from loupe.cli import main
-
-sys.exit(main())
+console()

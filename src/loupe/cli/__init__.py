@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console() -> NoReturn:
+    """The ``loupe`` executable and ``python -m loupe``: :func:`main` in a process of its own,
+    so with the command's malloc settings (:func:`loupe.cli.allocator.tune_malloc`)."""
+    from loupe.cli.allocator import tune_malloc
+
+    tune_malloc()
+    sys.exit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status (argparse's 2 for a bad argument, 0 after --help)."""
     parser = build_parser()
