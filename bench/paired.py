@@ -75,9 +75,14 @@ def median_interval(ratios: list[float], n: int = 2000, seed: int = 0) -> tuple[
     return float(medians.quantile(0.025)), float(medians.quantile(0.975))
 
 
+def round_ratios(peer: list[tuple[float, float]], ours: list[tuple[float, float]],
+                 clock: int = 1) -> list[float]:
+    """The peer's seconds over ours (``clock`` 1: CPU, 0: wall) in each round."""
+    return [p[clock] / o[clock] for p, o in zip(peer, ours, strict=True) if o[clock] > 0]
+
+
 def paired_ratio(peer: list[tuple[float, float]], ours: list[tuple[float, float]],
                  clock: int = 1) -> tuple[float, float, float]:
-    """Median over rounds of the peer's seconds over ours (``clock`` 1: CPU, 0: wall) in the
-    same round, and its 95% interval."""
-    ratios = [p[clock] / o[clock] for p, o in zip(peer, ours, strict=True) if o[clock] > 0]
+    """Median over rounds of :func:`round_ratios`, and its 95% interval."""
+    ratios = round_ratios(peer, ours, clock)
     return (statistics.median(ratios), *median_interval(ratios))

@@ -26,7 +26,7 @@ from loupe.models import random_model
 
 sys.path.insert(0, os.path.dirname(__file__))
 import speed  # noqa: E402
-from paired import interleaved, paired_ratio  # noqa: E402
+from paired import interleaved, median_interval, round_ratios  # noqa: E402
 
 
 def main() -> None:
@@ -39,6 +39,7 @@ def main() -> None:
     x = torch.randn(batch, 3, size, size, generator=g)
     classes = torch.randint(0, 1000, (batch,), generator=g)
     cases = {c.label: c for c in speed.CASES}
+    clock = 0 if os.environ.get("WALL") else 1  # index of (wall, CPU) seconds
     for name in names:
         case = cases[name]
         spec = loupe.get_method(case.method)
@@ -52,14 +53,12 @@ def main() -> None:
             entries = {"loupe": lambda ours=ours: contextlib.nullcontext(ours),
                        peer: speed.peer_entry(factory, setup, x, classes)}
             samples = interleaved(entries, reps, True, torch.device("cpu"), fail)
-            clock = 0 if os.environ.get("WALL") else 1
-            ratio, low, high = paired_ratio(samples[peer], samples["loupe"], clock)
-            ratios = [p[clock] / o[clock] for p, o in zip(samples[peer], samples["loupe"],
-                                                          strict=True)]
+            ratios = round_ratios(samples[peer], samples["loupe"], clock)
+            low, high = median_interval(ratios)
             print(f"{name} vs {peer}, batch {batch}, {size}x{size}: loupe "
                   f"{statistics.median(o[clock] for o in samples['loupe']):.3f} s, peer "
                   f"{statistics.median(p[clock] for p in samples[peer]):.3f} s per call; peer / "
-                  f"loupe {ratio:.2f} [{low:.2f}, {high:.2f}] "
+                  f"loupe {statistics.median(ratios):.2f} [{low:.2f}, {high:.2f}] "
                   f"({', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
 
 
