@@ -73,6 +73,9 @@ def hooked(
             captured[name] = output
             return output
 
+        # Under no_grad a capturing hook changes nothing the model computes, so the frozen
+        # copy of the model (loupe._frozen), which runs no hooks, may stand in for it.
+        hook.observes_only = name not in edit  # type: ignore[attr-defined]
         return hook
 
     try:

@@ -3,7 +3,8 @@
 Score-CAM and its variants (copies masked by activation channels), RISE (copies masked by
 random masks) and Occlusion (copies with one window replaced by a baseline) all run the model
 on copies of the images and read the target scores of each copy. Copies of any images go
-through the model ``chunk_size`` at a time, under ``torch.no_grad``; one forward of a copy
+through the model ``chunk_size`` at a time, under ``torch.no_grad`` (on the CPU through a
+frozen copy of the model where that is exact: :mod:`loupe._frozen`); one forward of a copy
 serves all K targets of its image.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from loupe._frozen import inference_forward
 from loupe.targets import Targets
 
 # Perturbed copies per forward of the gradient-free methods (no autograd graph is kept, so
@@ -74,9 +76,13 @@ def perturbed_scores(
     """
     check_positive_int("chunk_size", chunk_size)
     scores = torch.empty(owner.numel(), targets.count, device=owner.device)
+    forward: Callable[[torch.Tensor], object] | None = None
     with torch.no_grad():
         for rows in torch.arange(owner.numel(), device=owner.device).split(chunk_size):
-            output = model(build(rows))
+            inputs = build(rows)
+            if forward is None:
+                forward = inference_forward(model, inputs, owner.numel())
+            output = forward(inputs)
             if softmax and targets.functions is None:
                 output = output.float().softmax(dim=1)
             scores[rows] = targets.of_rows(owner[rows]).scores(output).float()

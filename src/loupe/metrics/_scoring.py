@@ -3,8 +3,9 @@
 A perturbation metric scores rows ``(image b, target k, step s)``: copy ``s`` of image ``b``,
 perturbed according to map ``(b, k)``, scored for target ``k``. :class:`Scorer` lays the rows
 out image-major, builds each chunk of ``chunk_size`` rows with one gather (the metric's
-``build`` function), runs the model once per chunk and scatters the scores into
-``(B, K, S)``. Rows of padding targets (class -1) are never built.
+``build`` function), runs the model once per chunk (on the CPU a frozen copy of it where that
+is exact: :mod:`loupe._frozen`) and scatters the scores into ``(B, K, S)``. Rows of padding
+targets (class -1) are never built.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loupe._frozen import Forward, inference_forward
 from loupe.hooks import hooked
 from loupe.methods._perturb import perturb_chunk_size
 from loupe.targets import Targets, TargetsLike, resolve_targets
@@ -104,10 +106,11 @@ class Scorer:
         return output
 
     def row_scores(self, inputs: torch.Tensor, image_of: torch.Tensor,
-                   target_of: torch.Tensor) -> torch.Tensor:
+                   target_of: torch.Tensor, forward: Forward | None = None) -> torch.Tensor:
         """``(R,)`` score of target ``target_of[r]`` of image ``image_of[r]`` on ``inputs[r]``;
-        the model must already be prepared (:func:`prepared`)."""
-        output = self._transform(self.model(inputs))
+        the model must already be prepared (:func:`prepared`). ``forward``: what runs the
+        inputs (the model by default; :meth:`perturbed` passes its frozen copy)."""
+        output = self._transform((forward or self.model)(inputs))
         scores = self.targets.of_rows(image_of).scores(output).float()
         return scores.gather(1, target_of[:, None])[:, 0]
 
@@ -128,12 +131,16 @@ class Scorer:
         pairs = self.valid.nonzero()  # (P, 2) image-major
         rows = torch.arange(len(pairs) * steps, device=self.images.device)
         logger.debug("scoring %d rows in chunks of %d", len(rows), self.chunk_size)
+        forward: Forward | None = None
         with prepared(self.model):
             for chunk in rows.split(self.chunk_size):
                 pair, step_of = chunk // steps, chunk % steps
                 image_of, target_of = pairs[pair, 0], pairs[pair, 1]
                 inputs = build(image_of, target_of, step_of)
-                out[image_of, target_of, step_of] = self.row_scores(inputs, image_of, target_of)
+                if forward is None:  # the model, or on the CPU its frozen copy
+                    forward = inference_forward(self.model, inputs, len(rows))
+                out[image_of, target_of, step_of] = self.row_scores(
+                    inputs, image_of, target_of, forward)
         return out
 
 
