@@ -49,8 +49,11 @@ def test_the_frozen_copy_computes_the_models_outputs_and_is_kept():
         torch.testing.assert_close(forward(x), model(x), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(forward(x[:1]), model(x[:1]), rtol=1e-5, atol=1e-6)
         first = _frozen._COPIES[model].module
-        inference_forward(model, x, 1)  # kept: no freezing needed, whatever the rows
-        assert _frozen._COPIES[model].module is first
+        again = inference_forward(model, x[:1], ROWS)
+        assert _is_frozen(again, model) and _frozen._COPIES[model].module is first  # kept
+        # a call with few rows takes the model even when a copy exists: the way a call takes
+        # never depends on earlier calls
+        assert inference_forward(model, x, ROWS - 1) is model
 
 
 def test_a_changed_parameter_makes_a_new_copy_that_follows_it():
@@ -121,31 +124,38 @@ class _DifferentWhenScripted(nn.Module):
         return self.linear(x.mean((2, 3)))
 
 
-def test_a_model_that_cannot_be_scripted_or_disagrees_runs_itself_and_is_not_tried_again(
-        monkeypatch):
-    x = _x()
+def test_a_model_that_cannot_be_scripted_runs_itself_and_is_not_tried_again(monkeypatch):
+    model, x = _Unscriptable().eval(), _x()
     with torch.no_grad():
-        for cls in (_Unscriptable, _DifferentWhenScripted):
-            model = cls().eval()
-            assert inference_forward(model, x, ROWS) is model
-            assert _frozen._COPIES[model].module is None
-            monkeypatch.setattr(_frozen, "_frozen", lambda m: pytest.fail("tried again"))
-            assert inference_forward(model, x, ROWS) is model
-            monkeypatch.undo()
+        assert inference_forward(model, x, ROWS) is model
+        assert _frozen._COPIES[model].module is None
+        monkeypatch.setattr(_frozen, "_frozen", lambda m: pytest.fail("tried again"))
+        assert inference_forward(model, x, ROWS) is model
 
 
-def test_a_copy_that_fails_on_an_input_is_dropped_and_the_model_runs_it():
+def test_a_copy_that_disagrees_on_a_shape_is_not_used_on_it():
+    model, x = _DifferentWhenScripted().eval(), _x()
+    with torch.no_grad():
+        assert inference_forward(model, x, ROWS) is model
+        assert _frozen._COPIES[model].shapes == {((3, 12, 12), torch.float32): False}
+        assert inference_forward(model, x, ROWS) is model
+
+
+def test_a_copy_that_raises_on_a_shape_hands_it_to_the_model_from_then_on():
     model, x = _convnet(), _x()
     with torch.no_grad():
-        forward = inference_forward(model, x, ROWS)
+        inference_forward(model, x, ROWS)
         known = _frozen._COPIES[model]
 
-        def broken(_x: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("mkldnn says no")
+        class Broken(nn.Module):
+            def forward(self, _x: torch.Tensor) -> torch.Tensor:
+                raise RuntimeError("mkldnn says no")
 
-        known.module = broken
+        known.module = Broken()
+        forward = inference_forward(model, x, ROWS)
         torch.testing.assert_close(forward(x), model(x))
-        assert known.module is None
+        assert known.shapes[((3, 12, 12), torch.float32)] is False
+        assert inference_forward(model, x, ROWS) is model
 
 
 def test_not_off_the_cpu():

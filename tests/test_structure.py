@@ -23,7 +23,7 @@ MAX_FUNCTION_LINES = 60
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: files, devices and processes, autograd and module helpers
-    ("loupe._autograd", "loupe.io", "loupe.layers", "loupe.distributed"),
+    ("loupe._autograd", "loupe._frozen", "loupe.io", "loupe.layers", "loupe.distributed"),
     # what a map method works with
     ("loupe.hooks", "loupe.targets", "loupe.registry", "loupe.method_specs", "loupe.context"),
     # maps to masks (normalisation, threshold rule, CRF, palette)

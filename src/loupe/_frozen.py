@@ -21,14 +21,17 @@ model computes:
 - the model can be scripted (``torch.jit.script``: models with Python-only forwards are
   not, and keep their own forward) and returns one tensor;
 - on each new input shape, the copy's output on two rows agrees with the model's
-  (``torch.allclose``, relative 1e-3, absolute 1e-4 of the largest output).
+  (``torch.allclose``, relative 1e-3, absolute 1e-4 of the largest output); a shape on which
+  it disagrees, or on which it raises, runs through the model from then on.
 
 A frozen copy is kept per model, in a weak dictionary (gone with the model), as long as the
 model's parameters and buffers are the same tensors at the same versions (an optimiser step
 or ``load_state_dict`` makes a new copy). A model that cannot be frozen is not tried again.
-Freezing costs 0.3-1 s, so a call freezes a model only when it runs at least
-:data:`FROZEN_MIN_ROWS` rows. Setting the environment variable ``LOUPE_FROZEN_FORWARD=0``
-turns it off.
+Freezing costs 0.3-1 s, so only a call that runs at least :data:`FROZEN_MIN_ROWS` rows uses
+the copy (whether an earlier call made one or not: the same call always takes the same way).
+Setting the environment variable ``LOUPE_FROZEN_FORWARD=0`` turns it off; do so for a model
+whose forward has side effects a caller relies on (a counter of calls in an attribute, say):
+the copy has them on itself, not on the model.
 """
 
 from __future__ import annotations
@@ -57,11 +60,12 @@ Forward = Callable[[torch.Tensor], object]
 @dataclass
 class FrozenCopy:
     """What is known of one model: its state when frozen, the copy (None: it could not be
-    frozen, or the copy disagreed with the model) and the input shapes it was checked on."""
+    frozen) and, per input shape and dtype, whether the copy may run it (it agreed with the
+    model, and has not raised on it)."""
 
     state: tuple[tuple[int, int, int], ...]
     module: torch.jit.ScriptModule | None
-    checked: set[tuple[object, ...]] = field(default_factory=set)
+    shapes: dict[tuple[object, ...], bool] = field(default_factory=dict)
 
 
 _COPIES: weakref.WeakKeyDictionary[nn.Module, FrozenCopy] = weakref.WeakKeyDictionary()
@@ -71,25 +75,22 @@ def inference_forward(model: nn.Module, example: torch.Tensor, rows: int) -> For
     """The forward to use for ``rows`` no-grad rows shaped like ``example`` ``(n, C, H, W)``:
     a frozen copy of ``model`` where the module docstring's conditions hold, else ``model``.
 
-    Maps never depend on the choice beyond float rounding."""
-    if not _may_freeze(model, example):
+    The choice depends on the call alone (the model, its state, the input's shape and
+    ``rows``), never on earlier calls, so a re-run computes what the first run did; maps never
+    depend on it beyond float rounding."""
+    if rows < FROZEN_MIN_ROWS or not _may_freeze(model, example):
         return model
     known = _COPIES.get(model)
     state = _state(model)
     if known is None or (known.module is not None and known.state != state):
-        if rows < FROZEN_MIN_ROWS:
-            return model
         known = FrozenCopy(state, _frozen(model))
         _COPIES[model] = known
     if known.module is None:
         return model
     key = (tuple(example.shape[1:]), example.dtype)
-    if key not in known.checked:
-        if not _agrees(known.module, model, example[:CHECK_ROWS]):
-            known.module = None
-            return model
-        known.checked.add(key)
-    return _guarded(known, model)
+    if key not in known.shapes:
+        known.shapes[key] = _agrees(known.module, model, example[:CHECK_ROWS])
+    return _guarded(known.module, known.shapes, key, model) if known.shapes[key] else model
 
 
 def _may_freeze(model: nn.Module, example: torch.Tensor) -> bool:
@@ -161,17 +162,18 @@ def _agrees(frozen: torch.jit.ScriptModule, model: nn.Module, x: torch.Tensor) -
     return bool(torch.allclose(got, expected, rtol=CHECK_RTOL, atol=CHECK_ATOL * scale))
 
 
-def _guarded(known: FrozenCopy, model: nn.Module) -> Forward:
-    """The copy's forward; should it raise on some input, the copy is dropped and the model
-    runs that input (and any error of the model's own is the user's to see)."""
+def _guarded(frozen: torch.jit.ScriptModule, shapes: dict[tuple[object, ...], bool],
+             key: tuple[object, ...], model: nn.Module) -> Forward:
+    """The copy's forward for inputs of shape ``key``; should it raise, that shape is not
+    given to the copy again and the model runs the input (an error of the model's own is the
+    user's to see)."""
 
     def forward(x: torch.Tensor) -> object:
-        frozen = known.module
-        if frozen is not None:
+        if shapes[key]:
             try:
                 return frozen(x)
             except Exception:  # noqa: BLE001 - fall back to the model, which may raise itself
-                known.module = None
+                shapes[key] = False
         return model(x)
 
     return forward

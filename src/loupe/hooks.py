@@ -73,8 +73,7 @@ def hooked(
             captured[name] = output
             return output
 
-        # Under no_grad a capturing hook changes nothing the model computes, so the frozen
-        # copy of the model (loupe._frozen), which runs no hooks, may stand in for it.
+        # under no_grad a capture changes no output: loupe._frozen may run a copy without it
         hook.observes_only = name not in edit  # type: ignore[attr-defined]
         return hook
 
