@@ -107,21 +107,23 @@ def test_loupes_own_capturing_hooks_do_not_prevent_it():
 class _Unscriptable(nn.Module):
     def __init__(self) -> None:
         super().__init__()
+        self.norm = nn.BatchNorm2d(3)  # a model without one is not tried at all
         self.linear = nn.Linear(3, 2)
 
     def forward(self, x, **options):  # **kwargs: TorchScript cannot compile it
-        return self.linear(x.mean((2, 3)))
+        return self.linear(self.norm(x).mean((2, 3)))
 
 
 class _DifferentWhenScripted(nn.Module):
     def __init__(self) -> None:
         super().__init__()
+        self.norm = nn.BatchNorm2d(3)  # a model without one is not tried at all
         self.linear = nn.Linear(3, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
-            return self.linear(x.mean((2, 3))) * 2
-        return self.linear(x.mean((2, 3)))
+            return self.linear(self.norm(x).mean((2, 3))) * 2
+        return self.linear(self.norm(x).mean((2, 3)))
 
 
 def test_a_model_that_cannot_be_scripted_runs_itself_and_is_not_tried_again(monkeypatch):
@@ -156,6 +158,14 @@ def test_a_copy_that_raises_on_a_shape_hands_it_to_the_model_from_then_on():
         torch.testing.assert_close(forward(x), model(x))
         assert known.shapes[((3, 12, 12), torch.float32)] is False
         assert inference_forward(model, x, ROWS) is model
+
+
+def test_not_for_a_model_without_batchnorm(monkeypatch):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    with torch.no_grad():
+        model(_x())
+        monkeypatch.setattr(_frozen, "_frozen", lambda m: pytest.fail("tried"))
+        assert inference_forward(model.eval(), _x(), ROWS) is model
 
 
 def test_not_off_the_cpu():

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from loupe import explain
-from loupe._frozen import FROZEN_ENV
 from loupe.methods.rise import rise_maps, rise_masks
 from loupe.targets import resolve_targets
 from tests.conftest import count_hooks
@@ -103,8 +102,7 @@ def test_rise_by_hand_on_a_linear_model():
     torch.testing.assert_close(maps[0, 0], torch.tensor([[3.0, 9.0], [0.0, 6.0]]))
 
 
-def test_rise_batches_images_and_masks_and_scores_all_targets_per_forward(monkeypatch):
-    monkeypatch.setenv(FROZEN_ENV, "0")  # the forwards counted are the model's own
+def test_rise_batches_images_and_masks_and_scores_all_targets_per_forward():
     model = Weighted(torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(0)))
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     model.forwards = 0
