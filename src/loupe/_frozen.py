@@ -4,10 +4,11 @@ Score-CAM and its variants, RISE, Occlusion and the faithfulness metrics push hu
 perturbed copies of each image through the model under ``torch.no_grad``. On the CPU,
 ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference`` of an eval-mode model folds each
 BatchNorm into its convolution, fuses the activations and keeps the weights prepacked for
-oneDNN, which makes those forwards 1.3-2.8 times faster (one thread, batch 16, random weights:
-resnet18 1.28x at 64x64 and 1.55x at 224x224, resnet50 1.44x at 224x224, MobileNetV2 2.82x at
-224x224; docs/speed.md, "Frozen forwards"). The outputs agree with the model's to float
-rounding (largest relative difference of the logits 3e-7 to 6e-7 there).
+oneDNN, which makes those forwards faster: model / copy CPU time, one thread, random weights,
+batch 4 at 224x224 (bench/frozen_forward.py; docs/speed.md, "Frozen forwards"): resnet18
+1.36x (1.32x at 64x64, batch 16), resnet50 1.63x, MobileNetV2 2.46x, EfficientNet-B0 1.33x,
+DenseNet-121 1.37x. The outputs agree with the model's to float rounding (largest relative
+difference of the logits 2e-7 to 1e-6 there).
 
 :func:`inference_forward` gives that copy where it is safe and exact, and the model itself
 everywhere else. The copy is used only when all of these hold, so that it computes what the
@@ -30,8 +31,9 @@ model computes:
 A frozen copy is kept per model, in a weak dictionary (gone with the model), as long as the
 model's parameters and buffers are the same tensors at the same versions (an optimiser step
 or ``load_state_dict`` makes a new copy). A model that cannot be frozen is not tried again.
-Freezing costs 0.3-1 s, so only a call that runs at least :data:`FROZEN_MIN_ROWS` rows uses
-the copy (whether an earlier call made one or not: the same call always takes the same way).
+Freezing costs 0.4-4.4 s (resnet18 to DenseNet-121), paid by the first call that uses the
+copy; only a call that runs at least :data:`FROZEN_MIN_ROWS` rows uses it (whether an earlier
+call made one or not: the same call always takes the same way).
 Setting the environment variable ``LOUPE_FROZEN_FORWARD=0`` turns it off; do so for a model
 whose forward has side effects a caller relies on (a counter of calls in an attribute, say):
 the copy has them on itself, not on the model.
@@ -51,7 +53,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
-FROZEN_MIN_ROWS = 64  # rows a call must run before freezing a model pays for itself
+FROZEN_MIN_ROWS = 64  # fewer rows than this run through the model itself
 FROZEN_ENV = "LOUPE_FROZEN_FORWARD"
 CHECK_ROWS = 2
 CHECK_RTOL = 1e-3
