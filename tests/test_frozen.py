@@ -160,6 +160,23 @@ def test_a_copy_that_raises_on_a_shape_hands_it_to_the_model_from_then_on():
         assert inference_forward(model, x, ROWS) is model
 
 
+class _DictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _convnet()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.body(x)}
+
+
+def test_a_model_whose_output_is_no_tensor_is_not_frozen(monkeypatch):
+    model = _DictOutput().eval()
+    monkeypatch.setattr(_frozen, "_frozen", lambda m: pytest.fail("frozen"))
+    with torch.no_grad():
+        assert inference_forward(model, _x(), ROWS) is model
+        assert _frozen._COPIES[model].module is None
+
+
 def test_not_for_a_model_without_batchnorm(monkeypatch):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     with torch.no_grad():

@@ -87,14 +87,20 @@ def inference_forward(model: nn.Module, example: torch.Tensor, rows: int) -> For
         return model
     known = _COPIES.get(model)
     state = _state(model)
+    key = (tuple(example.shape[1:]), example.dtype)
+    expected = None
     if known is None or (known.module is not None and known.state != state):
-        known = FrozenCopy(state, _frozen(model))
+        expected = model(example[:CHECK_ROWS])
+        # a model whose output is no tensor (a dict, a HuggingFace output) is not frozen at all
+        frozen = _frozen(model) if isinstance(expected, torch.Tensor) else None
+        known = FrozenCopy(state, frozen)
         _COPIES[model] = known
     if known.module is None:
         return model
-    key = (tuple(example.shape[1:]), example.dtype)
     if key not in known.shapes:
-        known.shapes[key] = _agrees(known.module, model, example[:CHECK_ROWS])
+        if expected is None:
+            expected = model(example[:CHECK_ROWS])
+        known.shapes[key] = _agrees(known.module, expected, example[:CHECK_ROWS])
     return _guarded(known.module, known.shapes, key, model) if known.shapes[key] else model
 
 
@@ -156,8 +162,8 @@ def _without_hooks(model: nn.Module) -> nn.Module:
     return clone
 
 
-def _agrees(frozen: torch.jit.ScriptModule, model: nn.Module, x: torch.Tensor) -> bool:
-    expected = model(x)
+def _agrees(frozen: torch.jit.ScriptModule, expected: object, x: torch.Tensor) -> bool:
+    """Whether the copy's output on ``x`` is the model's, ``expected``, to the tolerance."""
     try:
         got = frozen(x)
     except Exception:  # noqa: BLE001 - a copy that cannot run this input is not used
