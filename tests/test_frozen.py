@@ -185,6 +185,13 @@ def test_not_for_a_model_without_batchnorm(monkeypatch):
         assert inference_forward(model.eval(), _x(), ROWS) is model
 
 
+def test_not_for_a_model_made_under_inference_mode():
+    with torch.inference_mode():
+        model = _convnet()  # inference tensors keep no version counter
+    with torch.no_grad():
+        assert inference_forward(model, _x(), ROWS) is model
+
+
 def test_not_off_the_cpu():
     model = _convnet()
     with torch.no_grad():

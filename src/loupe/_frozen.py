@@ -85,8 +85,10 @@ def inference_forward(model: nn.Module, example: torch.Tensor, rows: int) -> For
     depend on it beyond float rounding."""
     if rows < FROZEN_MIN_ROWS or not _may_freeze(model, example):
         return model
-    known = _COPIES.get(model)
     state = _state(model)
+    if state is None:
+        return model
+    known = _COPIES.get(model)
     key = (tuple(example.shape[1:]), example.dtype)
     expected = None
     if known is None or (known.module is not None and known.state != state):
@@ -133,8 +135,13 @@ def _has_hooks(m: nn.Module) -> bool:
     return not all(getattr(hook, "observes_only", False) for hook in hooks)
 
 
-def _state(model: nn.Module) -> tuple[tuple[int, int, int], ...]:
-    tensors = itertools.chain(model.parameters(), model.buffers())
+def _state(model: nn.Module) -> tuple[tuple[int, int, int], ...] | None:
+    """Each parameter and buffer's identity, storage and version; None when one is an
+    inference tensor (made under ``torch.inference_mode``), which keeps no version, so a
+    change to it could not be seen: such a model is not frozen."""
+    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    if any(t.is_inference() for t in tensors):
+        return None
     return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
 
 
