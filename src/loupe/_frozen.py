@@ -18,6 +18,8 @@ model computes:
 - the model has BatchNorm layers: folding them into their convolutions and oneDNN's
   prepacked convolutions is where the gain is; models without gain nothing or lose (ConvNeXt
   0.95x, ViT-B/16 1.00x) and run as they are;
+- the parameters and buffers keep version counters (a model made under
+  ``torch.inference_mode`` does not, so a change to its weights could not be seen);
 - every module of the model is in eval mode and no module has hooks (a scripted copy would
   skip them) other than loupe's own capturing hooks, which under no_grad only record a
   layer's output (the methods read the activation of the clean images before scoring the
