@@ -60,6 +60,7 @@ FROZEN_ENV = "LOUPE_FROZEN_FORWARD"
 CHECK_ROWS = 2
 CHECK_RTOL = 1e-3
 CHECK_ATOL = 1e-4  # of the largest absolute output
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 Forward = Callable[[torch.Tensor], object]
 
@@ -132,8 +133,7 @@ def _global_hooks() -> bool:
 def _has_hooks(m: nn.Module) -> bool:
     """Whether ``m`` has a hook other than loupe's own capturing ones (which, under no_grad,
     only record the output: :func:`loupe.hooks.hooked`)."""
-    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    hooks = itertools.chain.from_iterable(getattr(m, name, {}).values() for name in names)
+    hooks = itertools.chain.from_iterable(getattr(m, name, {}).values() for name in HOOK_DICTS)
     return not all(getattr(hook, "observes_only", False) for hook in hooks)
 
 
@@ -165,8 +165,7 @@ def _without_hooks(model: nn.Module) -> nn.Module:
     through (TorchScript would try to compile them)."""
     clone = copy.deepcopy(model)
     for m in clone.modules():
-        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                     "_backward_pre_hooks"):
+        for name in HOOK_DICTS:
             getattr(m, name, {}).clear()
     return clone
 
