@@ -20,6 +20,9 @@ OWN_MEANING = {
     "--size": "explain: the model's input side; maps: the side images are resized to; demo: "
               "its length (default or small)",
     "--names": "evaluate: method names; report: run titles",
+    "--reference": "compare: the mIoU row the others are compared with (default: the first "
+                   "method, or SPEC+crf); faithfulness: the faithfulness row (default: "
+                   "baseline-gaussian when it is a row)",
     "--max-side": "explain: the whole view's longest side (at least 32); maps and compare: the "
                   "cap on an image's longer side for the model (0: no limit)",
     "--model": "explain: a torchvision name; maps: also a training run",

@@ -173,6 +173,70 @@ def test_other_settings_are_refused(scored, tmp_path, capsys):
     assert "faithfulness.json" in error and "other settings" in error and "metric_options" in error
 
 
+def test_no_reference_row_no_differences(scored):
+    assert scored["results"]["reference"] is None and scored["results"]["differences"] == []
+    assert "## Against" not in (scored["out"] / "faithfulness.md").read_text()
+
+
+@pytest.mark.parametrize("reference", [None, "saliency"])
+def test_differences_to_the_reference_are_paired_bootstraps(scored, tmp_path, reference):
+    # the centre-bias baseline added to the run is the reference unless --reference names one
+    out = tmp_path / "out"
+    shutil.copytree(scored["out"], out)
+    argv = [a if a != str(scored["out"]) else str(out) for a in scored["argv"]]
+    at = argv.index("--methods") + 3
+    argv = [*argv[:at], "baseline-gaussian", *argv[at:]]
+    code, stdout = run_cli(argv + (["--reference", reference] if reference else []))
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    expected = reference or "baseline-gaussian"
+    assert results["reference"] == expected
+    others = [m for m in ("gradcam", "saliency", "baseline-gaussian") if m != expected]
+    assert [c["method"] for c in results["differences"]] == [
+        m for m in others for _ in list_metrics()]
+    per_image = results["per_image"]
+    for cell in results["differences"]:
+        values = (torch.tensor(per_image[cell["method"]][cell["metric"]], dtype=torch.float64)
+                  - torch.tensor(per_image[expected][cell["metric"]], dtype=torch.float64))
+        interval = bootstrap_mean_ci(values, 200, 0, 0.95)
+        assert cell["images"] == 6
+        assert cell["mean"] == pytest.approx(interval.observed, abs=1e-12)
+        assert (cell["low"], cell["high"]) == pytest.approx((interval.low, interval.high))
+    table = (out / "faithfulness.md").read_text()
+    assert stdout.startswith(table) and f"## Against {expected}" in table
+    section = table.split(f"## Against {expected}")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0][2:] for row in rows[1:]] == others
+
+
+def test_differences_are_marked_where_the_interval_excludes_zero():
+    # a hand-made results.json: deletion (lower is better) and insertion (higher is better)
+    def cell(method, metric, mean, low, high, images=4):
+        return {"method": method, "metric": metric, "mean": mean, "low": low, "high": high,
+                "images": images}
+
+    results = {
+        "settings": {"images": {"files": []}, "size": 32, "targets": {"rule": "top-1"},
+                     "model": {"model": "m", "weights": None}, "score": "probability"},
+        "bootstrap": {"n": 10, "seed": 0, "level": 0.95}, "images": 4,
+        "methods": ["a", "b", "ref"], "metrics": ["deletion", "insertion"],
+        "higher_is_better": {"deletion": False, "insertion": True},
+        "table": [cell(m, k, 0.5, 0.4, 0.6) for m in ("a", "b", "ref")
+                  for k in ("deletion", "insertion")],
+        "seconds": {"a": 1.0, "b": 1.0, "ref": 1.0}, "reference": "ref",
+        "differences": [cell("a", "deletion", -0.2, -0.3, -0.1),
+                        cell("a", "insertion", 0.2, 0.1, 0.3),
+                        cell("b", "deletion", 0.2, 0.1, 0.3),
+                        cell("b", "insertion", -0.0001, -0.1, 0.1, images=3)],
+    }
+    section = faithfulness_markdown(results).split("## Against ref")[1]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+    assert rows["a"] == ["**-0.200 [-0.300, -0.100]**", "**+0.200 [+0.100, +0.300]** |"]
+    assert rows["b"] == ["*+0.200 [+0.100, +0.300]*", "0.000 [-0.100, +0.100] (n=3) |"]
+    assert "ref" not in rows
+
+
 def test_boxes_as_regions(sharp_run, tmp_path):
     out = tmp_path / "boxes"
     argv = ["faithfulness", *SYNTHETIC, "--model", str(sharp_run), "--methods", "cam",
@@ -273,6 +337,9 @@ def test_image_files_are_explained_for_their_top_class(sharp_run, tmp_path):
      "--steps and --metric-option deletion.steps"),
     (["--images", "IMAGES", "--methods", "gradcam:smooth=1"], "has no option 'smooth'"),
     (["--images", "IMAGES", "--methods", "gradcam", "gradcam"], "give each method once"),
+    (["--images", "IMAGES", "--reference", "gradcam"],
+     "--reference 'gradcam' is not one of --methods (cam); give one of them"),
+    (["--images", "IMAGES", "--reference", "cam:smooth=1"], "--reference: "),
     (["--images", "MISSING"], "--images MISSING: no such image file or folder"),
     (["--images", "IMAGES", "--seed", "3"], "--seed only applies to --weights random"),
     # parse-time checks (every numeric option: tests/cli/test_values.py)
@@ -302,6 +369,7 @@ def test_the_parser_names_equal_the_library():
     assert cli.METRIC_NAMES == tuple(list_metrics())
     assert cli.METRIC_GROUPS == tuple(config.GROUP_FUNCTIONS)
     assert (cli.REGION_SOURCES, cli.SCORES) == (config.REGION_SOURCES, config.SCORES)
+    assert config.DEFAULT_REFERENCE in " ".join(cli.DESCRIPTION.split())
 
 
 def test_refused_under_torchrun(sharp_run, tmp_path, capsys, monkeypatch):

@@ -37,8 +37,10 @@ faithfulness metrics: deletion and insertion AUC (Petsiuk et al. 2018), ROAD MoR
 their difference (Rong et al. 2022), Average Drop and Increase in Confidence (Chattopadhay et
 al. 2018), the pointing game and the energy-based pointing game when the data set has masks or
 boxes (Zhang et al. 2016; Wang et al. 2020) and the model-randomisation check (Adebayo et al.
-2018). It writes the table of means over images with paired bootstrap intervals:
-faithfulness.md (also printed), results.json (table, per-image values, seconds per method),
+2018). It writes the table of means over images with paired bootstrap intervals, and each
+method's differences to a --reference row (default: the centre-bias baseline-gaussian when it
+is one of --methods) with paired intervals: faithfulness.md (also printed), results.json
+(tables, per-image values, seconds per method),
 faithfulness.json (the settings) and methods/<slug>.json (one method's values: a run started
 again into the same folder reuses them, so methods can be added later). Targets: a data set's
 image-level labels (--class-map/--label-offset as loupe maps) or the top --topk classes; image
@@ -82,6 +84,10 @@ def add_method_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--methods", nargs="+", required=True, metavar="SPEC",
                        help="method specs, e.g. gradcam scorecam 'rise:n_masks=2000' (the "
                        "model-free baselines are rows like any method)")
+    group.add_argument("--reference", metavar="SPEC",
+                       help="the row every other is compared with, image by image: a second "
+                       "table of differences with paired bootstrap intervals (default: "
+                       "baseline-gaussian when it is one of --methods, else none)")
     group.add_argument("--target-layer", help=TARGET_LAYER_HELP)
     group.add_argument("--topk", type=positive_int, help="explain the K best-scoring classes "
                        "instead of the image-level labels (image files: default 1)")
@@ -154,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         target_layer=args.target_layer, size=args.size, regions=args.regions,
         score=args.score, batch_size=args.batch_size, chunk_size=args.chunk_size,
         workers=args.workers, bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
-        level=args.level, progress=not args.no_progress,
+        level=args.level, reference=args.reference, progress=not args.no_progress,
     )
     results = run_faithfulness(config, resolve_device(args.device))
     print(faithfulness_markdown(results), end="")

@@ -38,6 +38,9 @@ FORMAT = ("loupe faithfulness 1: faithfulness.json (the settings), methods/<slug
 #: else boxes, else none.
 REGION_SOURCES = ("auto", "masks", "boxes", "none")
 SCORES = ("probability", "logit")
+#: The row every other is compared with when ``--reference`` is not given and it is a row:
+#: the centre-bias baseline, the model-free map a method must beat to show anything.
+DEFAULT_REFERENCE = "baseline-gaussian"
 
 #: The function behind each metric group, whose keyword options ``metric_options`` may set.
 GROUP_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
@@ -86,6 +89,23 @@ def method_rows(specs: Sequence[str]) -> list[MethodRow]:
     return rows
 
 
+def reference_row(rows: Sequence[MethodRow], reference: str | None) -> MethodRow | None:
+    """The row named by ``reference`` (a method spec, compared in canonical form), or without
+    one the :data:`DEFAULT_REFERENCE` row when there is one (else None: no differences); a
+    ValueError naming ``--reference`` when it is not one of the rows."""
+    if reference is None:
+        return next((row for row in rows if row.name == DEFAULT_REFERENCE), None)
+    try:
+        name = format_method_spec(*parse_method_spec(reference))
+    except ValueError as error:
+        raise ValueError(f"--reference: {error}") from None
+    found = next((row for row in rows if row.name == name), None)
+    if found is None:
+        raise ValueError(f"--reference {reference!r} is not one of --methods "
+                         f"({', '.join(row.name for row in rows)}); give one of them")
+    return found
+
+
 def check_metric_options(options: Mapping[str, Mapping[str, object]]) -> None:
     """A ValueError naming the first group or option that the metric functions do not take
     (``--metric-option GROUP.KEY=VALUE``)."""
@@ -118,6 +138,8 @@ class FaithfulnessConfig:
     chunk_size: perturbed images per forward (memory only; None: from the image size, see
         :class:`loupe.metrics._scoring.Scorer`). bootstrap, bootstrap_seed,
         level: the intervals over images (bootstrap 0: means only).
+    reference: the row every other is compared with, image by image (paired bootstrap
+        intervals of the differences); None: :data:`DEFAULT_REFERENCE` when it is a row.
     """
 
     out: Path
@@ -147,6 +169,7 @@ class FaithfulnessConfig:
     bootstrap: int = 1000
     bootstrap_seed: int = 0
     level: float = 0.95
+    reference: str | None = None
     progress: bool = True
 
     def check(self) -> None:
@@ -154,7 +177,7 @@ class FaithfulnessConfig:
         if (self.dataset is None) == (not self.images):
             raise ValueError("give a data set (--dataset and its options) or image files "
                              "(--images), not both and not neither")
-        method_rows(self.methods)
+        reference_row(method_rows(self.methods), self.reference)
         if self.metrics is not None:
             unknown = [m for m in self.metrics if m not in METRICS]
             if not self.metrics or unknown:

@@ -5,7 +5,13 @@ The bootstrap resamples images. Its draws depend only on the number of images an
 (:func:`~loupe.metrics.bootstrap.bootstrap_mean_ci`), so every method of a run is resampled
 with the same draws (paired), as :func:`~loupe.metrics.faithfulness.faithfulness_table` does.
 Images where a metric is undefined (a pointing game on an empty region) are left out of that
-metric's mean, for every method alike."""
+metric's mean, for every method alike.
+
+With a reference row (``--reference``; by default the centre-bias baseline when it is a row)
+each other method also gets, per metric, the mean of its per-image difference to the
+reference with a bootstrap interval of that mean: paired, since both values of a pair come
+from the same image (images where either is undefined are left out of that pair's mean). A
+method is better or worse than the reference only where that interval excludes 0."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from typing import Any
 
 import torch
 
-from loupe.faithfulness.config import FORMAT, FaithfulnessConfig, MethodRow
+from loupe.faithfulness.config import FORMAT, FaithfulnessConfig, MethodRow, reference_row
 from loupe.metrics.bootstrap import bootstrap_mean_ci
 from loupe.metrics.faithfulness import METRICS
 
@@ -32,6 +38,7 @@ def faithfulness_results(config: FaithfulnessConfig, rows: Sequence[MethodRow],
                              f"methods/{rows[0].slug}.json; delete it to recompute")
     table = [_cell(row.name, metric, values_tensor(record["values"][metric]), config)
              for row, record in zip(rows, records, strict=True) for metric in metrics]
+    reference = reference_row(rows, config.reference)
     return {
         "format": FORMAT,
         "settings": dict(settings),
@@ -42,6 +49,8 @@ def faithfulness_results(config: FaithfulnessConfig, rows: Sequence[MethodRow],
         "bootstrap": {"n": config.bootstrap, "seed": config.bootstrap_seed,
                       "level": config.level},
         "table": table,
+        "reference": reference.name if reference else None,
+        "differences": _differences(config, rows, records, metrics, reference),
         "seconds": {row.name: record["seconds"] for row, record in zip(rows, records,
                                                                         strict=True)},
         "ids": ids,
@@ -49,6 +58,21 @@ def faithfulness_results(config: FaithfulnessConfig, rows: Sequence[MethodRow],
         "per_image": {row.name: {m: list(record["values"][m]) for m in metrics}
                       for row, record in zip(rows, records, strict=True)},
     }
+
+
+def _differences(config: FaithfulnessConfig, rows: Sequence[MethodRow],
+                 records: Sequence[Mapping[str, Any]], metrics: Sequence[str],
+                 reference: MethodRow | None) -> list[dict[str, Any]]:
+    """One cell per method other than ``reference`` and metric: the mean of the per-image
+    differences ``method - reference`` with its bootstrap interval (empty without a
+    reference)."""
+    if reference is None:
+        return []
+    base = records[list(rows).index(reference)]["values"]
+    return [_cell(row.name, metric, values_tensor(record["values"][metric])
+                  - values_tensor(base[metric]), config)
+            for row, record in zip(rows, records, strict=True) if row is not reference
+            for metric in metrics]
 
 
 def values_tensor(values: Sequence[float | None]) -> torch.Tensor:
@@ -85,7 +109,47 @@ def faithfulness_markdown(results: Mapping[str, Any]) -> str:
         row = [_format_cell(cells[method, m], best[m], results["images"]) for m in metrics]
         lines.append(f"| {method} | " + " | ".join(row) +
                      f" | {results['seconds'][method]:.1f} |")
+    if results.get("differences"):
+        lines += ["", *_difference_lines(results)]
     return "\n".join(lines) + "\n"
+
+
+def _difference_lines(results: Mapping[str, Any]) -> list[str]:
+    """The section of the differences to the reference: one row per other method."""
+    reference, metrics = results["reference"], list(results["metrics"])
+    cells = {(c["method"], c["metric"]): c for c in results["differences"]}
+    lines = [f"## Against {reference}", "",
+             f"Each cell: the mean over images of the method's value minus {reference}'s on "
+             "the same image [paired bootstrap interval]; **bold**: better than "
+             f"{reference} (the interval excludes 0), *italic*: worse (the interval excludes "
+             "0); plain: no difference the images can show.", "",
+             "| method | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for method in results["methods"]:
+        if method != reference:
+            row = [_format_difference(cells[method, m], results["higher_is_better"][m],
+                                      results["images"]) for m in metrics]
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _format_difference(cell: Mapping[str, Any], higher_is_better: bool, images: int) -> str:
+    if cell["mean"] is None:
+        return "n/a"
+    text = _signed(cell["mean"])
+    if cell["low"] is not None:
+        text += f" [{_signed(cell['low'])}, {_signed(cell['high'])}]"
+        above, below = cell["low"] > 0, cell["high"] < 0
+        if above or below:
+            text = f"**{text}**" if above == higher_is_better else f"*{text}*"
+    if cell["images"] != images:
+        text += f" (n={cell['images']})"
+    return text
+
+
+def _signed(value: float) -> str:
+    """Three decimals with a sign, none on a value that rounds to zero."""
+    text = f"{value:+.3f}"
+    return "0.000" if text in ("+0.000", "-0.000") else text
 
 
 def _heading(results: Mapping[str, Any]) -> str:
