@@ -219,21 +219,25 @@ def test_differences_are_marked_where_the_interval_excludes_zero():
         "settings": {"images": {"files": []}, "size": 32, "targets": {"rule": "top-1"},
                      "model": {"model": "m", "weights": None}, "score": "probability"},
         "bootstrap": {"n": 10, "seed": 0, "level": 0.95}, "images": 4,
-        "methods": ["a", "b", "ref"], "metrics": ["deletion", "insertion"],
+        "methods": ["a", "b", "c", "ref"], "metrics": ["deletion", "insertion"],
         "higher_is_better": {"deletion": False, "insertion": True},
-        "table": [cell(m, k, 0.5, 0.4, 0.6) for m in ("a", "b", "ref")
+        "table": [cell(m, k, 0.5, 0.4, 0.6) for m in ("a", "b", "c", "ref")
                   for k in ("deletion", "insertion")],
-        "seconds": {"a": 1.0, "b": 1.0, "ref": 1.0}, "reference": "ref",
+        "seconds": {"a": 1.0, "b": 1.0, "c": 1.0, "ref": 1.0}, "reference": "ref",
         "differences": [cell("a", "deletion", -0.2, -0.3, -0.1),
                         cell("a", "insertion", 0.2, 0.1, 0.3),
                         cell("b", "deletion", 0.2, 0.1, 0.3),
-                        cell("b", "insertion", -0.0001, -0.1, 0.1, images=3)],
+                        cell("b", "insertion", -0.0001, -0.1, 0.1, images=3),
+                        cell("c", "deletion", 0.0, 0.0, 0.0),
+                        cell("c", "insertion", 0.01, 0.0001, 0.02)],
     }
     section = faithfulness_markdown(results).split("## Against ref")[1]
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in section.splitlines()
             if line.startswith("| ") and not line.startswith("| method")}
     assert rows["a"] == ["**-0.200 [-0.300, -0.100]**", "**+0.200 [+0.100, +0.300]** |"]
-    assert rows["b"] == ["*+0.200 [+0.100, +0.300]*", "0.000 [-0.100, +0.100] (n=3) |"]
+    assert rows["b"] == ["*+0.200 [+0.100, +0.300]*", "-0.000 [-0.100, +0.100] (n=3) |"]
+    # a bound that rounds to zero keeps its sign: +0.000 excludes 0, so the cell is marked
+    assert rows["c"] == ["0.000 [0.000, 0.000]", "**+0.010 [+0.000, +0.020]** |"]
     assert "ref" not in rows
 
 

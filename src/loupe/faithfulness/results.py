@@ -147,9 +147,9 @@ def _format_difference(cell: Mapping[str, Any], higher_is_better: bool, images: 
 
 
 def _signed(value: float) -> str:
-    """Three decimals with a sign, none on a value that rounds to zero."""
-    text = f"{value:+.3f}"
-    return "0.000" if text in ("+0.000", "-0.000") else text
+    """Three decimals with a sign, kept on a value that rounds to zero (so that an interval
+    bound of ``+0.000`` excludes 0 and one of ``-0.000`` does not); 0 itself has none."""
+    return "0.000" if value == 0 else f"{value:+.3f}"
 
 
 def _heading(results: Mapping[str, Any]) -> str:
