@@ -1,0 +1,146 @@
+"""Where CAM's time beyond the forward goes: loupe's steps timed in place, against torchcam.
+
+``loupe.explain(method="cam")`` is the model's forward plus per-call work (the method spec,
+target checks, the hook context, the head check, the maps, upsampling). This script times
+(1) the bare forward, loupe's CAM and torchcam's CAM (its extractor made once, as in
+bench/speed.py) interleaved call by call, and prints each one's median excess over the bare
+forward; (2) the same steps as ``explain`` runs them, each with its own timer, so each is
+timed after a real forward has evicted the caches (in a tight loop they cost several times
+less). One thread, resnet18 with random weights, layer4.
+
+    python bench/cam_overhead.py --size 64 --batch 1 --calls 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import loupe
+from loupe.api import _check_images, _layer_of
+from loupe.context import MapContext
+from loupe.hooks import hooked
+from loupe.layers import default_reshape
+from loupe.method_specs import resolve_method
+from loupe.methods.cam import class_activation_maps
+from loupe.methods.heads import find_cam_head
+from loupe.models import random_model
+from loupe.registry import get_method
+from loupe.targets import resolve_targets
+
+
+def excess_over_forward(model, x, classes, calls: int) -> dict[str, float]:
+    """Median ms per call of the bare forward, loupe and torchcam, and of each one's excess
+    over the forward of the same round (the three alternated, the order rotated)."""
+    import torchcam.methods
+
+    size = x.shape[-1]
+    extractor = torchcam.methods.CAM(model, target_layer="layer4", fc_layer="fc",
+                                     input_shape=(3, size, size))
+
+    def plain() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    def ours() -> object:
+        return loupe.explain(model, x, classes, method="cam", target_layer="layer4")
+
+    def theirs() -> object:
+        with torch.no_grad():
+            scores = model(x)
+        cams = extractor(class_idx=classes.tolist(), scores=scores)
+        return F.interpolate(cams[0][:, None], size=(size, size), mode="bilinear",
+                             align_corners=False)
+
+    runs: dict[str, Callable[[], object]] = {"forward": plain, "loupe": ours, "torchcam": theirs}
+    for run in runs.values():
+        for _ in range(20):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for i in range(calls):
+        for name in names[i % 3:] + names[:i % 3]:
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    extractor.remove_hooks()
+    result = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    for name in ("loupe", "torchcam"):
+        result[f"{name} - forward"] = 1e3 * statistics.median(
+            a - b for a, b in zip(times[name], times["forward"], strict=True))
+    return result
+
+
+def steps_in_place(model, x, classes, calls: int) -> dict[str, float]:
+    """Median us of each step of loupe's CAM call, timed as ``explain`` runs them."""
+    acc: dict[str, list[float]] = defaultdict(list)
+
+    def one_call() -> None:
+        marks = [time.perf_counter()]
+
+        def mark(name: str) -> None:
+            marks.append(time.perf_counter())
+            acc[name].append(marks[-1] - marks[-2])
+
+        _check_images(x)
+        name, options = resolve_method("cam", {}, "the keyword arguments")
+        spec = get_method(name)
+        layer = _layer_of(spec, model, x, "layer4", options)
+        mark("method and layer")
+        targets = resolve_targets(classes, x.shape[0], x.device)
+        mark("targets")
+        with hooked(model, [layer], freeze=False) as captured, torch.no_grad():
+            mark("hook context: enter")
+            ctx = MapContext(model, x.detach(), targets, layer, captured,
+                             default_reshape(model), None)
+            logits = model(x)
+            mark("forward")
+            bound = ctx.targets.bind(logits)
+            activation = ctx.activation()
+            mark("bind targets, activation")
+            head = find_cam_head(model, activation, logits, layer=layer, classes=bound.classes)
+            mark("head check")
+            maps = class_activation_maps(head, activation, bound.classes)
+            mark("maps")
+        mark("hook context: exit")
+        F.interpolate(maps.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        mark("upsampling")
+
+    for _ in range(50):
+        one_call()
+    acc.clear()
+    for _ in range(calls):
+        one_call()
+    return {name: 1e6 * statistics.median(t) for name, t in acc.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--calls", type=int, default=400)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = random_model("resnet18", seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=g)
+    classes = torch.randint(0, 1000, (args.batch,), generator=g)
+    print(f"resnet18 (random), {args.size}x{args.size}, batch {args.batch}, one thread, "
+          f"torch {torch.__version__}")
+    for name, ms in excess_over_forward(model, x, classes, args.calls).items():
+        print(f"{name:20s} {ms:8.3f} ms")
+    steps = steps_in_place(model, x, classes, args.calls)
+    for name, us in steps.items():
+        print(f"{name:26s} {us:8.0f} us")
+    rest = sum(us for name, us in steps.items() if name != "forward")
+    print(f"{'all but the forward':26s} {rest:8.0f} us")
+
+
+if __name__ == "__main__":
+    main()
