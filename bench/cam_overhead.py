@@ -2,11 +2,12 @@
 
 ``loupe.explain(method="cam")`` is the model's forward plus per-call work (the method spec,
 target checks, the hook context, the head check, the maps, upsampling). This script times
-(1) the bare forward, loupe's CAM and torchcam's CAM (its extractor made once, as in
-bench/speed.py) interleaved call by call, and prints each one's median excess over the bare
-forward; (2) the same steps as ``explain`` runs them, each with its own timer, so each is
-timed after a real forward has evicted the caches (in a tight loop they cost several times
-less). One thread, resnet18 with random weights, layer4.
+(1) the bare forward, loupe's CAM and torchcam's CAM interleaved call by call
+(bench/paired.py, as bench/speed.py: torchcam's extractor is made before the clock starts
+and its hooks are on the model only around its own calls), and prints each one's median
+excess over the bare forward (wall clock); (2) the same steps as ``explain`` runs them,
+each with its own timer, so each is timed after a real forward has evicted the caches (in a
+tight loop they cost several times less). One thread, resnet18 with random weights, layer4.
 
     python bench/cam_overhead.py --size 64 --batch 1 --calls 400
 """
@@ -14,10 +15,13 @@ less). One thread, resnet18 with random weights, layer4.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
+import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,42 +38,44 @@ from loupe.models import random_model
 from loupe.registry import get_method
 from loupe.targets import resolve_targets
 
+sys.path.insert(0, os.path.dirname(__file__))
+from paired import interleaved  # noqa: E402
+
 
 def excess_over_forward(model, x, classes, calls: int) -> dict[str, float]:
-    """Median ms per call of the bare forward, loupe and torchcam, and of each one's excess
-    over the forward of the same round (the three alternated, the order rotated)."""
+    """Median wall ms per call of the bare forward, loupe and torchcam, and of each one's
+    excess over the forward of the same round (bench/paired.py: the three alternated, the
+    order rotated, torchcam's hooks on the model only around its own calls)."""
     import torchcam.methods
 
     size = x.shape[-1]
-    extractor = torchcam.methods.CAM(model, target_layer="layer4", fc_layer="fc",
-                                     input_shape=(3, size, size))
 
-    def plain() -> object:
+    @contextlib.contextmanager
+    def plain() -> Iterator[Callable[[], object]]:
         with torch.no_grad():
-            return model(x)
+            yield lambda: model(x)
 
-    def ours() -> object:
-        return loupe.explain(model, x, classes, method="cam", target_layer="layer4")
+    @contextlib.contextmanager
+    def ours() -> Iterator[Callable[[], object]]:
+        yield lambda: loupe.explain(model, x, classes, method="cam", target_layer="layer4")
 
-    def theirs() -> object:
-        with torch.no_grad():
-            scores = model(x)
-        cams = extractor(class_idx=classes.tolist(), scores=scores)
-        return F.interpolate(cams[0][:, None], size=(size, size), mode="bilinear",
-                             align_corners=False)
+    @contextlib.contextmanager
+    def theirs() -> Iterator[Callable[[], object]]:
+        with torchcam.methods.CAM(model, target_layer="layer4", fc_layer="fc",
+                                  input_shape=(3, size, size)) as extractor:
 
-    runs: dict[str, Callable[[], object]] = {"forward": plain, "loupe": ours, "torchcam": theirs}
-    for run in runs.values():
-        for _ in range(20):
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for i in range(calls):
-        for name in names[i % 3:] + names[:i % 3]:
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-    extractor.remove_hooks()
+            def call() -> object:
+                with torch.no_grad():
+                    scores = model(x)
+                cams = extractor(class_idx=classes.tolist(), scores=scores)
+                return F.interpolate(cams[0][:, None], size=(size, size), mode="bilinear",
+                                     align_corners=False)
+
+            yield call
+
+    samples = interleaved({"forward": plain, "loupe": ours, "torchcam": theirs}, calls, True,
+                          torch.device("cpu"), lambda who, error: print(f"{who}: {error}"))
+    times = {name: [wall for wall, _ in s] for name, s in samples.items()}
     result = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     for name in ("loupe", "torchcam"):
         result[f"{name} - forward"] = 1e3 * statistics.median(
