@@ -32,8 +32,8 @@ from loupe.context import MapContext
 from loupe.hooks import hooked
 from loupe.layers import default_reshape
 from loupe.method_specs import resolve_method
-from loupe.methods.cam import class_activation_maps
-from loupe.methods.heads import find_cam_head
+from loupe.methods.cam import checked_class_activation_maps
+from loupe.methods.heads import head_search
 from loupe.models import random_model
 from loupe.registry import get_method
 from loupe.targets import resolve_targets
@@ -110,10 +110,11 @@ def steps_in_place(model, x, classes, calls: int) -> dict[str, float]:
             bound = ctx.targets.bind(logits)
             activation = ctx.activation()
             mark("bind targets, activation")
-            head = find_cam_head(model, activation, logits, layer=layer, classes=bound.classes)
-            mark("head check")
-            maps = class_activation_maps(head, activation, bound.classes)
-            mark("maps")
+            search = head_search(model, activation, logits, layer=layer)
+            mark("head: find the linear layer")
+            maps = checked_class_activation_maps(search, activation, logits, bound.classes,
+                                                 bound.padded)
+            mark("maps, checked against the logits")
         mark("hook context: exit")
         F.interpolate(maps.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
         mark("upsampling")

@@ -199,13 +199,21 @@ def test_maps_stay_on_the_gpu_and_match_the_cpu(method):
         torch.testing.assert_close(maps.cpu(), cpu, rtol=1e-3, atol=1e-3 * scale)
 
 
+# AMN min-max normalises softmax probabilities over a small map, which magnifies the float
+# rounding of convolutions whose algorithm depends on the batch size (oneDNN): 2.1e-5 of the
+# map's scale between batch 3 and batch 1 on an Intel Xeon VM with torch 2.14.1.
+BATCH_TOLERANCE = {"amn": 1e-4}
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_batch_equals_each_image_alone(method, model, images):
     batch = run(method, model, images)
+    tolerance = BATCH_TOLERANCE.get(method, 1e-5)
     for i in range(images.shape[0]):
         alone = run(method, model, images[i : i + 1], targets=TARGETS[i : i + 1])
         scale = batch[i].abs().max().item()
-        torch.testing.assert_close(alone, batch[i : i + 1], rtol=1e-5, atol=1e-5 * scale)
+        torch.testing.assert_close(alone, batch[i : i + 1], rtol=tolerance,
+                                   atol=tolerance * scale)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -23,6 +23,7 @@ _EXPORTS = {
     "MapContext": "loupe.api",
     "SegmentationScore": "loupe.targets",
     "explain": "loupe.api",
+    "explainer": "loupe.api",
     "find_target_layer": "loupe.layers",
     "format_method_spec": "loupe.method_specs",
     "get_method": "loupe.registry",
@@ -50,7 +51,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # the names for type checkers and the import-structure test
     import loupe.methods  # noqa: F401
-    from loupe.api import MapContext, explain  # noqa: F401
+    from loupe.api import MapContext, explain, explainer  # noqa: F401
     from loupe.layers import find_target_layer  # noqa: F401
     from loupe.masks.normalize import normalize  # noqa: F401
     from loupe.method_specs import format_method_spec, parse_method_spec  # noqa: F401

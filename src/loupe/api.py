@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from loupe.context import MapContext, Progress
-from loupe.hooks import hooked
+from loupe.hooks import Captured, hooked
 from loupe.layers import Reshape, default_reshape, find_target_layer
 from loupe.masks.normalize import normalize
 from loupe.method_specs import resolve_method
 from loupe.registry import MethodSpec, get_method
-from loupe.targets import TargetsLike, resolve_targets
+from loupe.targets import Targets, TargetsLike, resolve_targets
 
-__all__ = ["MapContext", "explain", "normalize"]
+__all__ = ["ExplainBatch", "MapContext", "explain", "explainer", "normalize"]
 
 
 def explain(
@@ -61,29 +63,123 @@ def explain(
     spec = get_method(name)
     layer = _layer_of(spec, model, images, target_layer, options)
     resolved = resolve_targets(targets, images.shape[0], images.device)
-    amp = _autocast_context(images.device) if autocast else nullcontext()
+    with hooked(model, [layer] if layer else [], freeze=spec.gradients) as captured:
+        run = _Run(model, spec, options, layer, captured, reshape or default_reshape(model),
+                   autocast, upsample, {})
+        return _maps_of(run, images, resolved, progress)
+
+
+#: ``explain_batch(images, targets=None, *, progress=None) -> maps``: the calls of an explainer.
+ExplainBatch = Callable[..., torch.Tensor]
+
+
+@contextmanager
+def explainer(
+    model: nn.Module,
+    method: str = "gradcam",
+    *,
+    target_layer: str | None = None,
+    reshape: Reshape | None = None,
+    upsample: bool = True,
+    autocast: bool = False,
+    **options: object,
+) -> Iterator[ExplainBatch]:
+    """One method on one model for many batches: the set-up that :func:`explain` makes on
+    every call is made once for the block.
+
+    ``with loupe.explainer(model, "cam", target_layer="layer4") as explain_batch:`` then
+    ``maps = explain_batch(images, targets)`` for each batch (``progress=`` as in ``explain``).
+    Each call returns what ``explain(model, images, targets, method, ...)`` with the same
+    arguments returns. The method spec and its options are checked when the block starts;
+    the target layer's hook goes on the model, which is put in eval mode (and, for gradient
+    methods, its parameters frozen), when the block starts if ``target_layer`` is given or the
+    method uses none, else on the first call (the layer is found from its images, then kept);
+    methods with a ``prepare`` step (CAM: the linear head) run it then. Everything is undone
+    when the block ends, also on error; a call after that raises a RuntimeError. Inside the
+    block the model carries the hook and modes: use it for nothing else there. The peers'
+    extractors (torchcam's ``CAM(model, ...)``, pytorch-grad-cam's ``GradCAM(model, ...)``)
+    are the same pattern, and ``bench/speed.py`` times both the same way.
+    """
+    name, options = resolve_method(method, options, "the keyword arguments")
+    spec = get_method(name)
+    runs: list[_Run] = []  # the block's one run, made when the layer is known
+    with ExitStack() as stack:
+
+        def start(images: torch.Tensor | None) -> _Run:
+            layer = _layer_of(spec, model, images, target_layer, options)
+            captured = stack.enter_context(
+                hooked(model, [layer] if layer else [], freeze=spec.gradients))
+            memo: dict[object, object] = {}
+            if spec.prepare is not None:
+                spec.prepare(model, layer, options, memo)
+            runs.append(_Run(model, spec, options, layer, captured,
+                             reshape or default_reshape(model), autocast, upsample, memo))
+            return runs[0]
+
+        def explain_batch(images: torch.Tensor, targets: TargetsLike = None, *,
+                          progress: Progress | None = None) -> torch.Tensor:
+            if stack_closed:
+                raise RuntimeError(f"this explainer of {name!r} was used after its with block "
+                                   "ended; call it inside the block")
+            _check_images(images)
+            run = runs[0] if runs else start(images)
+            resolved = resolve_targets(targets, images.shape[0], images.device)
+            return _maps_of(run, images, resolved, progress)
+
+        stack_closed = False
+        if target_layer or not spec.uses_layer:
+            start(None)
+        try:
+            yield explain_batch
+        finally:
+            stack_closed = True
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the calls of one ``explain`` or one :func:`loupe.explainer` block share: the
+    prepared model, the method and its options, the layer and what its hook captures, the
+    reshape, the autocast and upsample flags, and the method's memo."""
+
+    model: nn.Module
+    spec: MethodSpec
+    options: dict[str, object]
+    layer: str | None
+    captured: Captured
+    reshape: Reshape
+    autocast: bool
+    upsample: bool
+    memo: dict[object, object]
+
+
+def _maps_of(run: _Run, images: torch.Tensor, targets: Targets,
+             progress: Progress | None) -> torch.Tensor:
+    """The maps ``(B, K, H, W)`` (or the method's resolution) of one batch, inside the hook
+    context: the method under autocast if asked and with gradients as it needs them."""
+    amp = _autocast_context(images.device) if run.autocast else nullcontext()
     # Gradients are the method's business: a caller's torch.no_grad() must not break them.
-    grad = torch.enable_grad() if spec.gradients else torch.no_grad()
-    with hooked(model, [layer] if layer else [], freeze=spec.gradients) as captured, amp, grad:
-        context = MapContext(
-            model, images.detach(), resolved, layer, captured, reshape or default_reshape(model),
-            progress,
-        )
-        maps = spec.function(context, **options)
+    grad = torch.enable_grad() if run.spec.gradients else torch.no_grad()
+    with amp, grad:
+        context = MapContext(run.model, images.detach(), targets, run.layer, run.captured,
+                             run.reshape, progress, run.memo)
+        maps = run.spec.function(context, **run.options)
     if progress is not None:
         progress(float(images.shape[0]))
     maps = maps.float()
-    if upsample and maps.shape[-2:] != images.shape[-2:]:
+    if run.upsample and maps.shape[-2:] != images.shape[-2:]:
         maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return maps
 
 
-def _layer_of(spec: MethodSpec, model: nn.Module, images: torch.Tensor,
+def _layer_of(spec: MethodSpec, model: nn.Module, images: torch.Tensor | None,
               target_layer: str | None, options: dict[str, object]) -> str | None:
-    """The layer a layer method reads (``target_layer`` or found); for other methods None,
-    with ``target_layer`` passed on as an option to the methods that take one."""
+    """The layer a layer method reads (``target_layer`` or found from ``images``, which may be
+    None only when ``target_layer`` is given); for other methods None, with ``target_layer``
+    passed on as an option to the methods that take one."""
     if spec.uses_layer:
-        return target_layer or find_target_layer(model, images)
+        if target_layer or images is None:
+            return target_layer
+        return find_target_layer(model, images)
     if target_layer is not None:
         if "target_layer" not in inspect.signature(spec.function).parameters:
             raise ValueError(f"method {spec.name!r} does not use a target layer")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -20,8 +20,10 @@ Progress = Callable[[float], None]
 @dataclass(frozen=True)
 class MapContext:
     """What a map method gets: the prepared model, the images, the resolved targets and, for
-    layer methods, the target layer's name, its captured activation and the reshape; and
-    ``progress``, the caller's :data:`Progress` callback or None."""
+    layer methods, the target layer's name, its captured activation and the reshape;
+    ``progress``, the caller's :data:`Progress` callback or None; and ``memo``, what the method
+    keeps between the calls of one :func:`loupe.explainer` block (a fresh dict for each
+    ``explain`` call): only what depends on the model alone, checked before each use."""
 
     model: nn.Module
     images: torch.Tensor
@@ -30,6 +32,7 @@ class MapContext:
     captured: Captured
     reshape: Reshape
     progress: Progress | None = None
+    memo: dict[object, object] = field(default_factory=dict)
 
     def report_rows(self, done: int, total: int) -> None:
         """Report progress of a method that works through ``total`` rows (image-major: the

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 # A map method: (model, images, targets, context) -> raw maps (B, K, h, w) at any resolution.
 MapFunction = Callable[..., "torch.Tensor"]
+# (model, target layer or None, options, memo) -> None: fills memo once per explainer block.
+Prepare = Callable[["torch.nn.Module", "str | None", Mapping[str, object], dict], None]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class MethodSpec:
     gradients: False when the method runs no backward (CAM, Score-CAM, occlusion...):
         ``explain`` then runs it under ``torch.no_grad()`` and leaves the model's
         ``requires_grad`` flags alone instead of switching them off and on around the call.
+    prepare: None, or ``prepare(model, layer, options, memo)``, run once when a
+        :func:`loupe.explainer` block starts: it may put in ``memo`` what depends on the model
+        alone (CAM's linear head), which every call of the block then finds in
+        ``MapContext.memo`` (each ``explain`` call starts with an empty one).
     """
 
     name: str
@@ -41,6 +47,7 @@ class MethodSpec:
     stochastic: bool
     paper: str
     gradients: bool = True
+    prepare: Prepare | None = None
 
 
 class _Registry:
@@ -75,12 +82,13 @@ def load_methods_from(module: str) -> None:
 
 def register(
     name: str, *, uses_layer: bool, stochastic: bool = False, paper: str,
-    gradients: bool = True,
+    gradients: bool = True, prepare: Prepare | None = None,
 ) -> Callable[[MapFunction], MapFunction]:
     """Decorator: register a map function under ``name`` (see :class:`MethodSpec`)."""
 
     def decorate(function: MapFunction) -> MapFunction:
-        _REGISTRY.add(MethodSpec(name, function, uses_layer, stochastic, paper, gradients))
+        _REGISTRY.add(MethodSpec(name, function, uses_layer, stochastic, paper, gradients,
+                                 prepare))
         return function
 
     return decorate

@@ -59,11 +59,14 @@ class Targets:
     classes: ``(B, K)`` long, -1 = padding; ``None`` while unbound (top-1 not yet known) or
     when ``functions`` are used.
     functions: ``K`` score functions ``output -> (B,)``, or ``None``.
+    padded: False when no entry of ``classes`` is padding; True when some may be (copies of
+    rows made by :meth:`of_rows` keep it), so that maps need zeroing only then.
     """
 
     batch_size: int
     classes: torch.Tensor | None = None
     functions: tuple[ScoreFunction, ...] | None = None
+    padded: bool = True
 
     @property
     def bound(self) -> bool:
@@ -88,7 +91,7 @@ class Targets:
             return self
         logits = _as_logits(output)
         if self.classes is None:
-            return replace(self, classes=logits.detach().argmax(1, keepdim=True))
+            return replace(self, classes=logits.detach().argmax(1, keepdim=True), padded=False)
         _check_range(self.classes, logits.shape[1])
         return self
 
@@ -204,11 +207,10 @@ def resolve_targets(targets: TargetsLike, batch_size: int, device: torch.device)
     if isinstance(targets, Sequence) and targets and all(callable(t) for t in targets):
         return Targets(batch_size, functions=tuple(targets))
     classes = _classes_tensor(targets, batch_size)
-    if (classes < -1).any():
-        raise TargetError(
-            f"target classes must be >= 0 (or -1 for padding), got {int(classes.min())}"
-        )
-    return Targets(batch_size, classes=classes.to(device))
+    smallest = int(classes.min()) if classes.numel() else 0
+    if smallest < -1:
+        raise TargetError(f"target classes must be >= 0 (or -1 for padding), got {smallest}")
+    return Targets(batch_size, classes=classes.to(device), padded=smallest < 0)
 
 
 def _classes_tensor(targets: object, batch_size: int) -> torch.Tensor:

@@ -9,18 +9,25 @@ layer reads. Raw (no ReLU, as in the paper and in torchcam's ``CAM``), so with G
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
+from torch import nn
 
 from loupe.context import MapContext
 from loupe.methods.augment import aug_smoothable
-from loupe.methods.heads import CAMHead, find_cam_head
+from loupe.methods.heads import CAMHead, HeadError, HeadSearch, head_guess, head_search, tolerance
 from loupe.registry import register
+from loupe.targets import Targets
+
+INF = float("inf")
 
 
 def class_activation_maps(
-    head: CAMHead, activation: torch.Tensor, classes: torch.Tensor
+    head: CAMHead, activation: torch.Tensor, classes: torch.Tensor, padded: bool = True
 ) -> torch.Tensor:
-    """CAM of ``classes`` ``(B, K)`` (-1 = padding, zero map) from ``activation`` ``(B, C, h, w)``.
+    """CAM of ``classes`` ``(B, K)`` (-1 = padding, zero map) from ``activation`` ``(B, C, h, w)``;
+    ``padded=False`` promises that no class is padding (the zeroing is skipped).
 
     Returns ``(B, K, h, w)`` float32 maps ``sum_c W_kc f(A)_c`` with ``f`` the head's ReLU
     (DenseNet) or identity. With a LayerNorm between pooling and linear (ConvNeXt) its
@@ -33,7 +40,7 @@ def class_activation_maps(
     features = activation.float()
     if head.relu:
         features = features.clamp(min=0)
-    rows = head.weight.float()[classes.clamp(min=0)]  # (B, K, C)
+    rows = head.weight.float()[classes.clamp(min=0) if padded else classes]  # (B, K, C)
     if head.norm_name is not None:
         if head.norm_weight is not None:
             rows = rows * head.norm_weight.float()
@@ -46,19 +53,73 @@ def class_activation_maps(
         ]
     else:
         maps = _weighted_sum(rows, features)
-    return maps * (classes >= 0)[..., None, None].to(maps.dtype)
+    return maps * (classes >= 0)[..., None, None].to(maps.dtype) if padded else maps
+
+
+def checked_class_activation_maps(
+    search: HeadSearch, activation: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor,
+    padded: bool = True,
+) -> torch.Tensor:
+    """CAM of ``classes`` ``(B, K)`` from the first candidate head of ``search`` that reproduces
+    each explained logit ``logits[b, classes[b, k]]`` (padding not compared), as
+    :func:`loupe.methods.heads.find_cam_head` checks; raises its HeadError when none does.
+
+    An average-pooling head is checked on its own maps, whose spatial means plus
+    ``head.constant`` are the logits it gives (no second product with ``W``); a max-pooling
+    head on :meth:`CAMHead.logits`."""
+    scale = float(torch.linalg.vector_norm(logits.float(), INF)) * tolerance(activation, logits)
+    wanted = logits.gather(1, classes.clamp(min=0) if padded else classes).float()
+    smallest = float("inf")
+    for head in search.candidates():
+        averaged = head.pool == "avg"
+        maps = class_activation_maps(head, activation, classes, padded) if averaged else None
+        error = _largest_difference(head, activation, classes, maps, wanted, padded)
+        if error <= scale:
+            return maps if averaged else class_activation_maps(head, activation, classes, padded)
+        smallest = min(smallest, error)
+    raise search.failure(smallest)
+
+
+def _largest_difference(head: CAMHead, activation: torch.Tensor, classes: torch.Tensor,
+                        maps: torch.Tensor | None, wanted: torch.Tensor, padded: bool) -> float:
+    """The largest ``|logit the head gives - wanted|`` over the real targets ``(B, K)``, read
+    off ``maps`` (average pooling) or from the head's logits (``maps`` None)."""
+    rows = classes.clamp(min=0) if padded else classes
+    if maps is not None:
+        given = maps.mean((-2, -1)) + head.constant.float()[rows]
+    else:
+        given = head.logits(activation).gather(1, rows)
+    difference = given - wanted
+    if padded:
+        difference = difference * (classes >= 0)
+    return float(torch.linalg.vector_norm(difference, INF))  # the largest |difference|
 
 
 def _weighted_sum(rows: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """``sum_c rows[b, k, c] features[b, c, i, j]``: ``(B, K, C)``, ``(B, C, h, w)`` ->
     ``(B, K, h, w)``, one batched matrix product (``einsum`` costs a parse per call)."""
-    return (rows @ features.flatten(2)).unflatten(2, features.shape[-2:])
+    return torch.bmm(rows, features.flatten(2)).unflatten(2, features.shape[-2:])
+
+
+def _memo_key(head: object) -> tuple[str, object]:
+    return ("cam head", head)
+
+
+def prepare_cam(model: nn.Module, layer: str | None, options: Mapping[str, object],
+                memo: dict) -> None:
+    """CAM's set-up for an explainer block: the model's linear head found from its modules
+    (:func:`loupe.methods.heads.head_guess`), kept in ``memo`` for the block's calls."""
+    head = options.get("head")
+    search = head_guess(model, layer, head if isinstance(head, str) else None)
+    if search is not None:
+        memo[_memo_key(head)] = search
 
 
 @register(
     "cam",
     uses_layer=True, gradients=False,
     paper="Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016",
+    prepare=prepare_cam,
 )
 @aug_smoothable
 def cam(ctx: MapContext, head: str | None = None) -> torch.Tensor:
@@ -83,6 +144,23 @@ def cam(ctx: MapContext, head: str | None = None) -> torch.Tensor:
         logits = ctx.model(ctx.images)
         targets = ctx.targets.bind(logits)
         activation = ctx.activation()
-        found = find_cam_head(ctx.model, activation, logits, layer=ctx.layer, head=head,
-                              classes=targets.classes)
-        return class_activation_maps(found, activation, targets.classes)
+        return _memo_checked_maps(ctx, activation, logits, targets, head)
+
+
+def _memo_checked_maps(ctx: MapContext, activation: torch.Tensor, logits: torch.Tensor,
+                       targets: Targets, head: str | None) -> torch.Tensor:
+    """:func:`checked_class_activation_maps` with the head search kept in ``ctx.memo``: an
+    earlier one is used when it fits this forward and reproduces its logits; otherwise the
+    head is searched for again (and that search's failure raised)."""
+    key = _memo_key(head)
+    kept = ctx.memo.get(key)
+    if isinstance(kept, HeadSearch) and kept.fits(activation, logits):
+        try:
+            return checked_class_activation_maps(kept, activation, logits, targets.classes,
+                                                 targets.padded)
+        except HeadError:
+            pass  # the model changed since the head was found: search again
+    search = head_search(ctx.model, activation, logits, layer=ctx.layer, head=head)
+    ctx.memo[key] = search
+    return checked_class_activation_maps(search, activation, logits, targets.classes,
+                                         targets.padded)

@@ -25,6 +25,7 @@ Supported heads, all found automatically:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +131,77 @@ def find_cam_head(
             and of ``ReLU(A)`` does not reproduce ``logits``. A ``LayerError`` when ``head``
             names no module.
     """
+    search = head_search(model, activation, logits, layer=layer, head=head)
+    found, error = _first_reproducing(search.candidates(), activation, logits,
+                                      _columns(classes, logits.shape[-1]))
+    if found is None:
+        raise search.failure(error)
+    return found
+
+
+@dataclass(frozen=True)
+class HeadSearch:
+    """The final linear layer that one forward's logits name, and the heads to try on it.
+
+    model, name, weight, bias: the model and its final linear layer (see :class:`CAMHead`).
+    norm_name, norm: the LayerNorm just before it (None) and its weight, bias and epsilon.
+    where: the target layer, as error messages name it.
+    stop: the module before the linear layer (and its name) where the walk back through
+        pass-through modules ended, or None: described in error messages only.
+    """
+
+    model: nn.Module
+    name: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+    norm_name: str | None
+    norm: tuple[torch.Tensor | None, torch.Tensor | None, float]
+    where: str
+    stop: tuple[str, nn.Module] | None
+
+    def candidates(self) -> Iterator[CAMHead]:
+        """The heads to try, in order, made one at a time: average then max pooling, with the
+        LayerNorm (if any) then without it (it may be one the forward does not use), of ``A``
+        then ``ReLU(A)``."""
+        norms = [(self.norm_name, *self.norm)]
+        if self.norm_name is not None:
+            norms.append((None, None, None, 1e-5))
+        for pool in POOLS:
+            for norm in norms:
+                for relu in (False, True):
+                    yield CAMHead(self.name, self.weight, self.bias, relu, *norm, pool=pool)
+
+    def fits(self, activation: torch.Tensor, logits: torch.Tensor) -> bool:
+        """True when the linear layer maps ``activation``'s channels to ``logits``' columns (a
+        search kept from an earlier forward may be used for this one)."""
+        return activation.dim() == 4 and tuple(self.weight.shape) == (
+            logits.shape[-1], activation.shape[1])
+
+    def failure(self, difference: float) -> HeadError:
+        """The error when no candidate reproduced the logits (``difference``: the smallest
+        largest difference)."""
+        model_name = type(self.model).__name__
+        return HeadError(
+            f"{_PREFIX}{self.name!r} applied to the spatial mean or maximum of {self.where} (or "
+            f"of its ReLU) does not reproduce {model_name}'s logits (largest difference "
+            f"{difference:.3g}){_between(self.stop, self.name)}. The model does not end in "
+            "global average or max pooling + one linear layer at this layer; use a gradient "
+            "method such as gradcam"
+        )
+
+
+def head_search(
+    model: nn.Module,
+    activation: torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    layer: str | None = None,
+    head: str | None = None,
+) -> HeadSearch:
+    """The final linear layer of ``model`` for ``activation`` ``(B, C, h, w)`` and ``logits``
+    ``(B, N)`` (see :func:`find_cam_head`), checked for shape only: the candidates it gives
+    must still be checked against the logits. Raises HeadError or LayerError as
+    :func:`find_cam_head` does before its check."""
     where = f"target layer {layer!r}" if layer else "the target layer"
     model_name = type(model).__name__
     if activation.dim() != 4:
@@ -145,35 +217,40 @@ def find_cam_head(
             "name the final linear layer with head=..."
         )
     weight, bias = _linear_parameters(model, name)
-    norm_name, blocker = _modules_before(model, name)
+    norm_name, stop = _modules_before(model, name)
     channels = activation.shape[1]
-    between = f"; {blocker} sits between the pooling and {name!r}" if blocker else ""
-    _check_linear(weight, num_logits, channels, model_name, name, where, between)
-    candidates = _candidate_heads(name, weight, bias, norm_name,
-                                  _layer_norm_parameters(model, norm_name, channels))
-    found, error = _first_reproducing(candidates, activation, logits, _columns(classes, num_logits))
-    if found is not None:
-        return found
-    raise HeadError(
-        f"{_PREFIX}{name!r} applied to the spatial mean or maximum of {where} (or of its "
-        f"ReLU) does not reproduce {model_name}'s logits (largest difference {error:.3g})"
-        f"{between}. The model does not end in global average or max pooling + one linear "
-        "layer at this layer; use a gradient method such as gradcam"
-    )
+    _check_linear(weight, num_logits, channels, model_name, name, where, stop)
+    return HeadSearch(model, name, weight, bias, norm_name,
+                      _layer_norm_parameters(model, norm_name, channels), where, stop)
 
 
-def _candidate_heads(name: str, weight: torch.Tensor, bias: torch.Tensor, norm_name: str | None,
-                     norm: tuple[torch.Tensor | None, torch.Tensor | None, float]
-                     ) -> list[CAMHead]:
-    """The heads to try, in order: average then max pooling, with the LayerNorm sibling (if
-    any) then without it (it may be one the forward does not use), of ``A`` then ``ReLU(A)``."""
-    norms = [(norm_name, *norm)] + ([(None, None, None, 1e-5)] if norm_name else [])
-    return [CAMHead(name, weight, bias, relu, *n, pool=pool)
-            for pool in POOLS for n in norms for relu in (False, True)]
+def head_guess(model: nn.Module, layer: str | None = None, head: str | None = None
+               ) -> HeadSearch | None:
+    """The :class:`HeadSearch` that :func:`head_search` would give if ``model``'s logits were
+    as wide as its final linear layer (``head``, timm's ``get_classifier()`` or the last
+    ``nn.Linear``), found from the modules alone, before any forward; None when it has no linear
+    layer. Check it with :meth:`HeadSearch.fits` on a forward before use. A HeadError or
+    LayerError when ``head`` names no linear layer."""
+    name = head if head is not None else _final_linear_name(model, None)
+    if name is None:
+        return None
+    weight, bias = _linear_parameters(model, name)
+    norm_name, stop = _modules_before(model, name)
+    where = f"target layer {layer!r}" if layer else "the target layer"
+    return HeadSearch(model, name, weight, bias, norm_name,
+                      _layer_norm_parameters(model, norm_name, weight.shape[1]), where, stop)
+
+
+def _between(stop: tuple[str, nn.Module] | None, name: str) -> str:
+    """``"; <module> sits between the pooling and <name>"`` when the walk back from the linear
+    layer stopped at a hidden layer or an activation, else ``""``."""
+    if stop is None or _is_feature_extractor(stop[1]):
+        return ""
+    return f"; {type(stop[1]).__name__} {stop[0]!r} sits between the pooling and {name!r}"
 
 
 def _check_linear(weight: torch.Tensor, num_logits: int, channels: int, model_name: str,
-                  name: str, where: str, between: str) -> None:
+                  name: str, where: str, stop: tuple[str, nn.Module] | None) -> None:
     """A HeadError unless the linear layer ``name`` maps ``channels`` features to the
     ``num_logits`` logits."""
     if weight.shape[0] != num_logits:
@@ -184,8 +261,9 @@ def _check_linear(weight: torch.Tensor, num_logits: int, channels: int, model_na
     if weight.shape[1] != channels:
         raise HeadError(
             f"{_PREFIX}{model_name}'s final linear layer {name!r} reads {weight.shape[1]} "
-            f"features but {where} has {channels} channels{between}. Use a gradient method "
-            "such as gradcam, or the layer whose pooled output feeds the linear layer"
+            f"features but {where} has {channels} channels{_between(stop, name)}. Use a "
+            "gradient method such as gradcam, or the layer whose pooled output feeds the "
+            "linear layer"
         )
 
 
@@ -202,13 +280,13 @@ def _columns(classes: torch.Tensor | None, num_logits: int) -> torch.Tensor | No
 
 
 def _first_reproducing(
-    candidates: list[CAMHead], activation: torch.Tensor, logits: torch.Tensor,
+    candidates: Iterable[CAMHead], activation: torch.Tensor, logits: torch.Tensor,
     columns: torch.Tensor | None = None,
 ) -> tuple[CAMHead | None, float]:
     """The first candidate head whose logits of ``activation`` match ``logits`` (or their
     ``columns``), or None and the smallest largest difference."""
     # Relative to the logits' range: float32 sums over C channels agree to ~1e-6 relative.
-    scale = float(logits.float().abs().max()) * _tolerance(activation, logits)
+    scale = float(logits.float().abs().max()) * tolerance(activation, logits)
     wanted = (logits if columns is None else logits[:, columns]).float()
     errors = []
     for candidate in candidates:
@@ -219,17 +297,20 @@ def _first_reproducing(
     return None, min(errors)
 
 
-def _tolerance(activation: torch.Tensor, logits: torch.Tensor) -> float:
+def tolerance(activation: torch.Tensor, logits: torch.Tensor) -> float:
+    """The largest difference from the logits a head may give, relative to the largest
+    absolute logit: float32 sums over C channels agree to ~1e-6 relative."""
     low_precision = (torch.float16, torch.bfloat16)
     return 5e-2 if activation.dtype in low_precision or logits.dtype in low_precision else 1e-3
 
 
-def _final_linear_name(model: nn.Module, num_logits: int) -> str | None:
+def _final_linear_name(model: nn.Module, num_logits: int | None) -> str | None:
     """timm's ``get_classifier()`` when it is a linear layer, else the last ``nn.Linear``
-    (in module order) with ``num_logits`` outputs."""
-    get_classifier = getattr(model, "get_classifier", None)
+    (in module order) with ``num_logits`` outputs (None: any number)."""
+    # looked up on the class: a plain nn.Module's __getattr__ would raise and catch an error
+    get_classifier = getattr(type(model), "get_classifier", None)
     if callable(get_classifier):
-        classifier = get_classifier()
+        classifier = get_classifier(model)
         if _is_linear(classifier):
             for name, module in model.named_modules():
                 if module is classifier:
@@ -237,7 +318,7 @@ def _final_linear_name(model: nn.Module, num_logits: int) -> str | None:
     return _last_linear(model, "", num_logits)
 
 
-def _last_linear(module: nn.Module, name: str, num_logits: int) -> str | None:
+def _last_linear(module: nn.Module, name: str, num_logits: int | None) -> str | None:
     """The name of the last ``nn.Linear`` with ``num_logits`` outputs in ``module``'s
     ``named_modules()`` order (a module comes before its children): searched from the last
     child backwards, so a classifier at the end is found without walking the backbone."""
@@ -245,7 +326,7 @@ def _last_linear(module: nn.Module, name: str, num_logits: int) -> str | None:
         found = _last_linear(child, f"{name}.{child_name}" if name else child_name, num_logits)
         if found is not None:
             return found
-    if isinstance(module, nn.Linear) and module.out_features == num_logits:
+    if isinstance(module, nn.Linear) and num_logits in (None, module.out_features):
         return name
     return None
 
@@ -266,7 +347,8 @@ def _linear_parameters(model: nn.Module, name: str) -> tuple[torch.Tensor, torch
             f"{_PREFIX}head {name!r} of {type(model).__name__} is a {type(module).__name__}, "
             "not an nn.Linear (or 1x1 nn.Conv2d); name the final linear layer"
         )
-    weight = module.weight.detach().flatten(1)
+    weight = module.weight.detach()
+    weight = weight.flatten(1) if weight.dim() != 2 else weight
     bias = module.bias.detach() if module.bias is not None else weight.new_zeros(weight.shape[0])
     return weight, bias
 
@@ -280,15 +362,17 @@ def _passes_pooled_vector(module: nn.Module) -> bool:
     )
 
 
-def _modules_before(model: nn.Module, name: str) -> tuple[str | None, str | None]:
+def _modules_before(model: nn.Module, name: str
+                    ) -> tuple[str | None, tuple[str, nn.Module] | None]:
     """Walk back from the linear layer through its earlier siblings (its parent's children in
     registration order) while they are pass-through modules or one LayerNorm.
 
-    Returns the LayerNorm's name (or None) and a description of the first module that stops the
-    walk if it is not the pooling's producer: a hidden layer or an activation (or None)."""
+    Returns the LayerNorm's name (or None) and the module that stops the walk with its name
+    (or None): the pooling's producer, or a hidden layer or an activation (:func:`_between`
+    tells them apart, for error messages only)."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    children = list(parent.named_children())
+    children = [(key, module) for key, module in parent._modules.items() if module is not None]
     keys = [key for key, _ in children]
     if child not in keys:
         return None, None
@@ -298,8 +382,7 @@ def _modules_before(model: nn.Module, name: str) -> tuple[str | None, str | None
         if isinstance(module, nn.LayerNorm) and norm_name is None:
             norm_name = full
         elif not _passes_pooled_vector(module):
-            blocker = None if _is_feature_extractor(module) else f"{type(module).__name__} {full!r}"
-            return norm_name, blocker
+            return norm_name, (full, module)
     return norm_name, None
 
 
