@@ -2,7 +2,8 @@
 
 ``loupe.explain(method="cam")`` is the model's forward plus per-call work (the method spec,
 target checks, the hook context, the head check, the maps, upsampling). This script times
-(1) the bare forward, loupe's CAM and torchcam's CAM interleaved call by call
+(1) the bare forward, loupe's CAM (``explain``, and a ``loupe.explainer`` block made before
+the clock starts, as torchcam's extractor is) and torchcam's CAM interleaved call by call
 (bench/paired.py, as bench/speed.py: torchcam's extractor is made before the clock starts
 and its hooks are on the model only around its own calls), and prints each one's median
 excess over the bare forward (wall clock); (2) the same steps as ``explain`` runs them,
@@ -60,6 +61,11 @@ def excess_over_forward(model, x, classes, calls: int) -> dict[str, float]:
         yield lambda: loupe.explain(model, x, classes, method="cam", target_layer="layer4")
 
     @contextlib.contextmanager
+    def block() -> Iterator[Callable[[], object]]:
+        with loupe.explainer(model, "cam", target_layer="layer4") as explain_batch:
+            yield lambda: explain_batch(x, classes)
+
+    @contextlib.contextmanager
     def theirs() -> Iterator[Callable[[], object]]:
         with torchcam.methods.CAM(model, target_layer="layer4", fc_layer="fc",
                                   input_shape=(3, size, size)) as extractor:
@@ -73,11 +79,12 @@ def excess_over_forward(model, x, classes, calls: int) -> dict[str, float]:
 
             yield call
 
-    samples = interleaved({"forward": plain, "loupe": ours, "torchcam": theirs}, calls, True,
+    samples = interleaved({"forward": plain, "loupe": ours, "loupe explainer": block,
+                           "torchcam": theirs}, calls, True,
                           torch.device("cpu"), lambda who, error: print(f"{who}: {error}"))
     times = {name: [wall for wall, _ in s] for name, s in samples.items()}
     result = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-    for name in ("loupe", "torchcam"):
+    for name in ("loupe", "loupe explainer", "torchcam"):
         result[f"{name} - forward"] = 1e3 * statistics.median(
             a - b for a, b in zip(times[name], times["forward"], strict=True))
     return result
@@ -141,7 +148,7 @@ def main() -> None:
     print(f"resnet18 (random), {args.size}x{args.size}, batch {args.batch}, one thread, "
           f"torch {torch.__version__}")
     for name, ms in excess_over_forward(model, x, classes, args.calls).items():
-        print(f"{name:20s} {ms:8.3f} ms")
+        print(f"{name:26s} {ms:8.3f} ms")
     steps = steps_in_place(model, x, classes, args.calls)
     for name, us in steps.items():
         print(f"{name:26s} {us:8.0f} us")

@@ -330,3 +330,37 @@ def test_forward_only_methods_record_no_graph(method, model, images):
 
 def test_list_methods_is_the_public_registry():
     assert loupe.list_methods() == METHODS
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_explainer_gives_explain_maps_and_restores_the_model(method, images):
+    model = _prepared_model().to(images.device)
+    before = _state(model)
+    expected = [run(method, model, images), run(method, model, images[1:], targets=TARGETS[1:])]
+    assert _state(model) == before
+    with loupe.explainer(model_for(method, model), method, **FAST.get(method, {})) as batch:
+        maps = [batch(images, TARGETS), batch(images[1:], TARGETS[1:])]
+        assert count_hooks(model) >= before[2]  # its hooks are on the model in the block
+    for got, want in zip(maps, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    assert _state(model) == before
+    with pytest.raises(RuntimeError, match="used after its with block ended"):
+        batch(images, TARGETS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_explainer_restores_the_model_after_an_error_in_forward(method, images):
+    model = _prepared_model().to(images.device)
+    before = _state(model)
+    layer = {"target_layer": "layer4"} if get_method(method).uses_layer else {}
+    model.fail = True
+    model.calls = 0
+    try:
+        with loupe.explainer(model_for(method, model), method,
+                             **{**FAST.get(method, {}), **layer}) as batch:
+            batch(images, TARGETS)
+    except RuntimeError as error:
+        assert "forward failed on purpose" in str(error)
+    else:
+        assert model.calls == 0, "the model's forward raised, yet the method returned maps"
+    assert _state(model) == before

@@ -49,7 +49,9 @@ def assert_same_maps(data: dict[str, np.ndarray], peer: torch.Tensor) -> None:
     up = F.interpolate(peer[None, None], size=ours.shape, mode="bilinear",
                        align_corners=False)[0, 0].numpy()
     scale = float(np.abs(up).max())
-    assert scale > 0
+    if scale == 0:  # random weights can leave a detection no gradient (torchvision 0.29.1)
+        assert not ours.any()
+        return
     np.testing.assert_allclose(ours, up, rtol=2e-3, atol=2e-3 * scale)
 
 
