@@ -160,7 +160,9 @@ def _maps_of(run: _Run, images: torch.Tensor, targets: Targets,
     # Gradients are the method's business: a caller's torch.no_grad() must not break them.
     grad = torch.enable_grad() if run.spec.gradients else torch.no_grad()
     with amp, grad:
-        context = MapContext(run.model, images.detach(), targets, run.layer, run.captured,
+        # detached for methods with gradients (their graph starts here); the others record none
+        source = images.detach() if run.spec.gradients else images
+        context = MapContext(run.model, source, targets, run.layer, run.captured,
                              run.reshape, progress, run.memo)
         maps = run.spec.function(context, **run.options)
     if progress is not None:

@@ -61,12 +61,15 @@ class Targets:
     functions: ``K`` score functions ``output -> (B,)``, or ``None``.
     padded: False when no entry of ``classes`` is padding; True when some may be (copies of
     rows made by :meth:`of_rows` keep it), so that maps need zeroing only then.
+    largest: the largest entry of ``classes`` when :func:`resolve_targets` read it (the range
+    check then needs no second reduction), else None.
     """
 
     batch_size: int
     classes: torch.Tensor | None = None
     functions: tuple[ScoreFunction, ...] | None = None
     padded: bool = True
+    largest: int | None = None
 
     @property
     def bound(self) -> bool:
@@ -92,7 +95,7 @@ class Targets:
         logits = _as_logits(output)
         if self.classes is None:
             return replace(self, classes=logits.detach().argmax(1, keepdim=True), padded=False)
-        _check_range(self.classes, logits.shape[1])
+        _check_range(self.classes, logits.shape[1], self.largest)
         return self
 
     def scores(self, output: torch.Tensor) -> torch.Tensor:
@@ -118,7 +121,7 @@ class Targets:
         if self.classes is None:
             return replace(self, batch_size=len(image_of_row))
         classes = self.classes.to(image_of_row.device)[image_of_row]
-        return replace(self, batch_size=len(image_of_row), classes=classes)
+        return replace(self, batch_size=len(image_of_row), classes=classes, largest=None)
 
     def ensure_bound(self, model: nn.Module, images: torch.Tensor) -> Targets:
         """Bound targets, running one no-grad forward of the clean images only if needed
@@ -188,9 +191,10 @@ def _function_scores(function: ScoreFunction, output: object) -> torch.Tensor:
     return scores
 
 
-def _check_range(classes: torch.Tensor, num_classes: int) -> None:
+def _check_range(classes: torch.Tensor, num_classes: int, largest: int | None = None) -> None:
     # padding (-1) is below any class, so the largest entry is the largest real class
-    largest = int(classes.max()) if classes.numel() else -1
+    if largest is None:
+        largest = int(classes.max()) if classes.numel() else -1
     if largest >= num_classes:
         raise TargetError(
             f"target class {largest} is out of range for a model with "
@@ -207,10 +211,11 @@ def resolve_targets(targets: TargetsLike, batch_size: int, device: torch.device)
     if isinstance(targets, Sequence) and targets and all(callable(t) for t in targets):
         return Targets(batch_size, functions=tuple(targets))
     classes = _classes_tensor(targets, batch_size)
-    smallest = int(classes.min()) if classes.numel() else 0
+    values = classes.flatten().tolist()  # one read, also from a GPU (min and max need two)
+    smallest, largest = (min(values), max(values)) if values else (0, -1)
     if smallest < -1:
         raise TargetError(f"target classes must be >= 0 (or -1 for padding), got {smallest}")
-    return Targets(batch_size, classes=classes.to(device), padded=smallest < 0)
+    return Targets(batch_size, classes=classes.to(device), padded=smallest < 0, largest=largest)
 
 
 def _classes_tensor(targets: object, batch_size: int) -> torch.Tensor:
@@ -223,7 +228,7 @@ def _classes_tensor(targets: object, batch_size: int) -> torch.Tensor:
                 f"{targets.dtype} of shape {tuple(targets.shape)}"
             )
         classes = targets.long()
-        classes = classes[:, None] if classes.dim() == 1 else classes
+        classes = classes.unsqueeze(1) if classes.dim() == 1 else classes
     elif isinstance(targets, Sequence) and all(isinstance(t, int) for t in targets):
         classes = torch.tensor(list(targets), dtype=torch.long)[:, None]
     elif (

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from loupe.context import MapContext
@@ -40,7 +41,8 @@ def class_activation_maps(
     features = activation.float()
     if head.relu:
         features = features.clamp(min=0)
-    rows = head.weight.float()[classes.clamp(min=0) if padded else classes]  # (B, K, C)
+    # (B, K, C): the classes' rows of W (embedding: one gather, no advanced-indexing parse)
+    rows = F.embedding(classes.clamp(min=0) if padded else classes, head.weight.float())
     if head.norm_name is not None:
         if head.norm_weight is not None:
             rows = rows * head.norm_weight.float()
@@ -67,13 +69,13 @@ def checked_class_activation_maps(
     An average-pooling head is checked on its own maps, whose spatial means plus
     ``head.constant`` are the logits it gives (no second product with ``W``); a max-pooling
     head on :meth:`CAMHead.logits`."""
-    scale = float(torch.linalg.vector_norm(logits.float(), INF)) * tolerance(activation, logits)
-    wanted = logits.gather(1, classes.clamp(min=0) if padded else classes).float()
+    logits = logits.float()
+    scale = float(torch.linalg.vector_norm(logits, INF)) * tolerance(activation, logits)
     smallest = float("inf")
     for head in search.candidates():
         averaged = head.pool == "avg"
         maps = class_activation_maps(head, activation, classes, padded) if averaged else None
-        error = _largest_difference(head, activation, classes, maps, wanted, padded)
+        error = _largest_difference(head, activation, classes, maps, logits, padded)
         if error <= scale:
             return maps if averaged else class_activation_maps(head, activation, classes, padded)
         smallest = min(smallest, error)
@@ -81,15 +83,15 @@ def checked_class_activation_maps(
 
 
 def _largest_difference(head: CAMHead, activation: torch.Tensor, classes: torch.Tensor,
-                        maps: torch.Tensor | None, wanted: torch.Tensor, padded: bool) -> float:
-    """The largest ``|logit the head gives - wanted|`` over the real targets ``(B, K)``, read
-    off ``maps`` (average pooling) or from the head's logits (``maps`` None)."""
+                        maps: torch.Tensor | None, logits: torch.Tensor, padded: bool) -> float:
+    """The largest ``|logit the head gives - logit|`` over the real targets ``(B, K)`` of
+    ``logits`` ``(B, N)``, read off ``maps`` (average pooling: their means are the logits less
+    ``head.constant``) or from the head's logits (``maps`` None)."""
     rows = classes.clamp(min=0) if padded else classes
     if maps is not None:
-        given = maps.mean((-2, -1)) + head.constant.float()[rows]
+        difference = maps.mean((-2, -1)) - (logits - head.constant.float()).gather(1, rows)
     else:
-        given = head.logits(activation).gather(1, rows)
-    difference = given - wanted
+        difference = head.logits(activation).gather(1, rows) - logits.gather(1, rows)
     if padded:
         difference = difference * (classes >= 0)
     return float(torch.linalg.vector_norm(difference, INF))  # the largest |difference|

@@ -25,6 +25,7 @@ Supported heads, all found automatically:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -160,16 +161,24 @@ class HeadSearch:
     stop: tuple[str, nn.Module] | None
 
     def candidates(self) -> Iterator[CAMHead]:
-        """The heads to try, in order, made one at a time: average then max pooling, with the
-        LayerNorm (if any) then without it (it may be one the forward does not use), of ``A``
-        then ``ReLU(A)``."""
+        """The heads to try, in order, made one at a time (the first, which usually matches,
+        once per search): average then max pooling, with the LayerNorm (if any) then without
+        it (it may be one the forward does not use), of ``A`` then ``ReLU(A)``."""
+        yield self.first_candidate
+        for pool, norm, relu in self._variants()[1:]:
+            yield CAMHead(self.name, self.weight, self.bias, relu, *norm, pool=pool)
+
+    @functools.cached_property
+    def first_candidate(self) -> CAMHead:
+        """The first of :meth:`candidates` (average pooling of ``A``, with the LayerNorm)."""
+        pool, norm, relu = self._variants()[0]
+        return CAMHead(self.name, self.weight, self.bias, relu, *norm, pool=pool)
+
+    def _variants(self) -> list[tuple[str, tuple, bool]]:
         norms = [(self.norm_name, *self.norm)]
         if self.norm_name is not None:
             norms.append((None, None, None, 1e-5))
-        for pool in POOLS:
-            for norm in norms:
-                for relu in (False, True):
-                    yield CAMHead(self.name, self.weight, self.bias, relu, *norm, pool=pool)
+        return [(pool, norm, relu) for pool in POOLS for norm in norms for relu in (False, True)]
 
     def fits(self, activation: torch.Tensor, logits: torch.Tensor) -> bool:
         """True when the linear layer maps ``activation``'s channels to ``logits``' columns (a
