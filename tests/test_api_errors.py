@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import loupe
 from loupe import explain, list_methods
 from tests.conftest import count_hooks
 from tests.test_registry import FAST, model_for, tiny_resnet
@@ -78,6 +79,16 @@ def test_images_that_are_not_4d(model, bad, shown):
 def test_images_that_are_not_floating_point(model, images, dtype):
     _raises(f"images must be floating point, got {dtype}",
             model, images.to(dtype), 3, method="saliency")
+
+
+@pytest.mark.parametrize("method", ["saliency", "cam"])
+def test_an_empty_batch(model, images, method):
+    _raises("images must hold at least one image, got a batch of 0",
+            model, images[:0], None, method=method)
+    with pytest.raises(ValueError, match="at least one image"), \
+            loupe.explainer(model, method) as explain_batch:
+        explain_batch(images[:0])
+    assert count_hooks(model) == 0
 
 
 def test_unknown_method(model, images):

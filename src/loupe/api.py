@@ -190,12 +190,14 @@ def _layer_of(spec: MethodSpec, model: nn.Module, images: torch.Tensor | None,
 
 
 def _check_images(images: object) -> None:
-    """A ValueError unless ``images`` is a floating-point ``(B, C, H, W)`` tensor."""
+    """A ValueError unless ``images`` is a floating-point ``(B, C, H, W)`` tensor, B >= 1."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a 4D tensor (B, C, H, W), got {shape}")
     if not images.is_floating_point():
         raise ValueError(f"images must be floating point, got {images.dtype}")
+    if images.shape[0] == 0:
+        raise ValueError("images must hold at least one image, got a batch of 0")
 
 
 def _autocast_context(device: torch.device) -> torch.autocast:
