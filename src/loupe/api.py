@@ -57,6 +57,9 @@ def explain(
     Returns:
         Raw maps (not normalised; see :func:`normalize`) on the images' device. Model mode,
         parameter ``requires_grad`` flags and hooks are as before the call, also on error.
+
+    Every call sets up the hook, the model's modes and the method's checks; for many batches
+    of one method on one model, :func:`explainer` does that once and returns the same maps.
     """
     _check_images(images)
     name, options = resolve_method(method, options, "the keyword arguments")
