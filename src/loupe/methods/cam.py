@@ -71,7 +71,7 @@ def checked_class_activation_maps(
     head on :meth:`CAMHead.logits`."""
     logits = logits.float()
     scale = float(torch.linalg.vector_norm(logits, INF)) * tolerance(activation, logits)
-    smallest = float("inf")
+    smallest = INF
     for head in search.candidates():
         averaged = head.pool == "avg"
         maps = class_activation_maps(head, activation, classes, padded) if averaged else None

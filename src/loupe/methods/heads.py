@@ -225,12 +225,7 @@ def head_search(
             f"{_PREFIX}{model_name} has no nn.Linear with {num_logits} outputs (one per logit); "
             "name the final linear layer with head=..."
         )
-    weight, bias = _linear_parameters(model, name)
-    norm_name, stop = _modules_before(model, name)
-    channels = activation.shape[1]
-    _check_linear(weight, num_logits, channels, model_name, name, where, stop)
-    return HeadSearch(model, name, weight, bias, norm_name,
-                      _layer_norm_parameters(model, norm_name, channels), where, stop)
+    return _search_at(model, name, where, (num_logits, activation.shape[1]))
 
 
 def head_guess(model: nn.Module, layer: str | None = None, head: str | None = None
@@ -243,9 +238,18 @@ def head_guess(model: nn.Module, layer: str | None = None, head: str | None = No
     name = head if head is not None else _final_linear_name(model, None)
     if name is None:
         return None
+    return _search_at(model, name, f"target layer {layer!r}" if layer else "the target layer")
+
+
+def _search_at(model: nn.Module, name: str, where: str,
+               shape: tuple[int, int] | None = None) -> HeadSearch:
+    """The :class:`HeadSearch` of the linear layer ``name``; with ``shape`` (logits, channels)
+    that layer must map the channels to the logits first (:func:`_check_linear`)."""
     weight, bias = _linear_parameters(model, name)
     norm_name, stop = _modules_before(model, name)
-    where = f"target layer {layer!r}" if layer else "the target layer"
+    if shape is not None:
+        _check_linear(weight, *shape, type(model).__name__, name, where, stop)
+    # after the check the linear layer reads exactly the target layer's channels
     return HeadSearch(model, name, weight, bias, norm_name,
                       _layer_norm_parameters(model, norm_name, weight.shape[1]), where, stop)
 
