@@ -2,13 +2,16 @@
 
 ``loupe.explain(method="cam")`` is the model's forward plus per-call work (the method spec,
 target checks, the hook context, the head check, the maps, upsampling). This script times
-(1) the bare forward, loupe's CAM (``explain``, and a ``loupe.explainer`` block made before
+(1) the bare forward (under ``torch.no_grad``, and under ``torch.inference_mode`` as loupe's
+CAM runs it), loupe's CAM (``explain``, and a ``loupe.explainer`` block made before
 the clock starts, as torchcam's extractor is) and torchcam's CAM interleaved call by call
 (bench/paired.py, as bench/speed.py: torchcam's extractor is made before the clock starts
 and its hooks are on the model only around its own calls), and prints each one's median
-excess over the bare forward (wall clock); (2) the same steps as ``explain`` runs them,
-each with its own timer, so each is timed after a real forward has evicted the caches (in a
-tight loop they cost several times less). One thread, resnet18 with random weights, layer4.
+excess over the bare forward (wall clock), and per round with a 95% interval loupe's CAM less
+torchcam's and the forward under no_grad less under inference mode; (2) the same steps as
+``explain`` runs them, each with its own timer, so each is timed after a real forward has
+evicted the caches (in a tight loop they cost several times less). One thread, resnet18 with
+random weights, layer4.
 
     python bench/cam_overhead.py --size 64 --batch 1 --calls 400
 """
@@ -57,6 +60,11 @@ def excess_over_forward(model, x, classes, calls: int) -> dict[str, float]:
             yield lambda: model(x)
 
     @contextlib.contextmanager
+    def inference() -> Iterator[Callable[[], object]]:
+        with torch.inference_mode():  # how loupe's CAM runs it (MapContext.inference_output)
+            yield lambda: model(x)
+
+    @contextlib.contextmanager
     def ours() -> Iterator[Callable[[], object]]:
         yield lambda: loupe.explain(model, x, classes, method="cam", target_layer="layer4")
 
@@ -79,20 +87,23 @@ def excess_over_forward(model, x, classes, calls: int) -> dict[str, float]:
 
             yield call
 
-    samples = interleaved({"forward": plain, "loupe": ours, "loupe explainer": block,
-                           "torchcam": theirs}, calls, True,
-                          torch.device("cpu"), lambda who, error: print(f"{who}: {error}"))
+    samples = interleaved({"forward": plain, "forward, inference mode": inference,
+                           "loupe": ours, "loupe explainer": block, "torchcam": theirs},
+                          calls, True, torch.device("cpu"),
+                          lambda who, error: print(f"{who}: {error}"))
     times = {name: [wall for wall, _ in s] for name, s in samples.items()}
     result = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     for name in ("loupe", "loupe explainer", "torchcam"):
         result[f"{name} - forward"] = 1e3 * statistics.median(
             a - b for a, b in zip(times[name], times["forward"], strict=True))
-    for name in ("loupe", "loupe explainer"):  # per round, with a 95% interval of the median
-        more = [a - b for a, b in zip(times[name], times["torchcam"], strict=True)]
+    pairs = [("loupe", "torchcam"), ("loupe explainer", "torchcam"),
+             ("forward", "forward, inference mode")]
+    for name, other in pairs:  # per round, with a 95% interval of the median
+        more = [a - b for a, b in zip(times[name], times[other], strict=True)]
         low, high = median_interval(more)
-        result[f"{name} - torchcam"] = 1e3 * statistics.median(more)
-        result[f"{name} - torchcam, 95% low"] = 1e3 * low
-        result[f"{name} - torchcam, 95% high"] = 1e3 * high
+        result[f"{name} - {other}"] = 1e3 * statistics.median(more)
+        result[f"{name} - {other}, 95% low"] = 1e3 * low
+        result[f"{name} - {other}, 95% high"] = 1e3 * high
     return result
 
 
@@ -118,7 +129,7 @@ def steps_in_place(model, x, classes, calls: int) -> dict[str, float]:
             mark("hook context: enter")
             ctx = MapContext(model, x.detach(), targets, layer, captured,
                              default_reshape(model), None)
-            logits = model(x)
+            logits = ctx.inference_output()
             mark("forward")
             bound = ctx.targets.bind(logits)
             activation = ctx.activation()
@@ -154,12 +165,12 @@ def main() -> None:
     print(f"resnet18 (random), {args.size}x{args.size}, batch {args.batch}, one thread, "
           f"torch {torch.__version__}")
     for name, ms in excess_over_forward(model, x, classes, args.calls).items():
-        print(f"{name:36s} {ms:8.3f} ms")
+        print(f"{name:48s} {ms:8.3f} ms")
     steps = steps_in_place(model, x, classes, args.calls)
     for name, us in steps.items():
-        print(f"{name:36s} {us:8.0f} us")
+        print(f"{name:48s} {us:8.0f} us")
     rest = sum(us for name, us in steps.items() if name != "forward")
-    print(f"{'all but the forward':36s} {rest:8.0f} us")
+    print(f"{'all but the forward':48s} {rest:8.0f} us")
 
 
 if __name__ == "__main__":

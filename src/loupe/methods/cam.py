@@ -142,8 +142,8 @@ def cam(ctx: MapContext, head: str | None = None) -> torch.Tensor:
             "CAM explains class logits through the linear head's weights; score-function "
             "targets are not supported (use a gradient method such as gradcam)"
         )
+    logits = ctx.inference_output()
     with torch.no_grad():
-        logits = ctx.model(ctx.images)
         targets = ctx.targets.bind(logits)
         activation = ctx.activation()
         return _memo_checked_maps(ctx, activation, logits, targets, head)

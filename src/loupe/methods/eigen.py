@@ -32,8 +32,9 @@ def eigencam(ctx: MapContext) -> torch.Tensor:
     axis (``X_c``: the ``(h*w, C)`` activations centred over positions; sign as
     :func:`loupe.methods.projection.first_component`). Class-agnostic: the K maps of an image
     are equal (padding targets zero). One forward, no backward. ``(B, K, h, w)``."""
+    output = ctx.inference_output()
     with torch.no_grad():
-        targets = ctx.targets.bind(ctx.model(ctx.images))
+        targets = ctx.targets.bind(output)
         maps = first_component(ctx.activation().float()).clamp(min=0)
     return zero_padding(maps[:, None].expand(-1, targets.count, -1, -1), targets)
 

@@ -36,8 +36,9 @@ def randomcam(ctx: MapContext, *, eigen_smooth: bool = False, seed: int | None =
     (:func:`random_weights`) and shared by every image and target, so an image's map does not
     depend on its batch and the same seed gives the same maps. pytorch-grad-cam draws new
     weights per image and per call. One forward, no backward. ``(B, K, h, w)``."""
+    output = ctx.inference_output()
     with torch.no_grad():
-        targets = ctx.targets.bind(ctx.model(ctx.images))
+        targets = ctx.targets.bind(output)
         activation = ctx.activation().float()
         weights = random_weights(activation.shape[1], seed=seed, generator=generator)
         weighted = weights.to(activation.device)[:, None, None] * activation
