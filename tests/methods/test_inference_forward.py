@@ -1,4 +1,4 @@
-"""The one-forward, no-backward methods (CAM, EigenCAM, RandomCAM) run the model under
+"""The one-forward, no-backward methods (CAM, EigenCAM, KPCA-CAM, RandomCAM) run the model under
 ``torch.inference_mode`` (:meth:`loupe.context.MapContext.inference_output`), or under
 ``torch.no_grad`` with ``LOUPE_INFERENCE_MODE=0``; their maps are ordinary tensors either way."""
 
@@ -11,7 +11,7 @@ from torch import nn
 import loupe
 from loupe.context import INFERENCE_ENV
 
-METHODS = ["cam", "eigencam", "randomcam"]
+METHODS = ["cam", "eigencam", "kpcacam", "randomcam"]
 
 
 class Recording(nn.Module):

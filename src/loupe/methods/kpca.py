@@ -73,7 +73,8 @@ def kpcacam(ctx: MapContext, *, kernel: str = "sigmoid",
     sigmoid (default), rbf, poly, linear, cosine, ``gamma`` (None: ``1 / C``). With the linear
     kernel it is EigenCAM. Class-agnostic like EigenCAM (the K maps of an image are equal).
     One forward and one ``(h*w, h*w)`` eigendecomposition per image. ``(B, K, h, w)``."""
+    output = ctx.inference_output()
     with torch.no_grad():
-        targets = ctx.targets.bind(ctx.model(ctx.images))
+        targets = ctx.targets.bind(output)
         maps = kernel_first_component(ctx.activation().float(), kernel, gamma).clamp(min=0)
     return zero_padding(maps[:, None].expand(-1, targets.count, -1, -1), targets)
