@@ -61,6 +61,6 @@ class MapContext:
         A model that keeps a tensor made in its forward (a cache) keeps an inference tensor,
         which a later backward cannot save; ``LOUPE_INFERENCE_MODE=0`` runs these forwards
         under ``torch.no_grad`` instead."""
-        off = os.environ.get(INFERENCE_ENV) == "0"
+        off = os.environ.get(INFERENCE_ENV, "1").strip() == "0"
         with torch.no_grad() if off else torch.inference_mode():
             return self.model(self.images)
