@@ -55,7 +55,7 @@ class MapContext:
         that make one clean forward and no backward (CAM, EigenCAM, KPCA-CAM, RandomCAM).
 
         It runs under ``torch.inference_mode``, which also skips the version counters and view
-        tracking that ``torch.no_grad`` keeps (0.06 ms of a 12 ms resnet18 forward at 64x64,
+        tracking that ``torch.no_grad`` keeps (0.06-0.13 ms of a 12 ms resnet18 forward at 64x64,
         batch 1; docs/speed.md). The output and the captured activation are then inference
         tensors: read them with out-of-place operations (whose results are ordinary tensors).
         A model that keeps a tensor made in its forward (a cache) keeps an inference tensor,
