@@ -17,7 +17,14 @@ from torch import nn
 
 from loupe.context import MapContext
 from loupe.methods.augment import aug_smoothable
-from loupe.methods.heads import CAMHead, HeadError, HeadSearch, head_guess, head_search, tolerance
+from loupe.methods.heads import (
+    CAMHead,
+    HeadError,
+    HeadSearch,
+    allowed_difference,
+    head_guess,
+    head_search,
+)
 from loupe.registry import register
 from loupe.targets import Targets
 
@@ -70,7 +77,7 @@ def checked_class_activation_maps(
     ``head.constant`` are the logits it gives (no second product with ``W``); a max-pooling
     head on :meth:`CAMHead.logits`."""
     logits = logits.float()
-    scale = float(torch.linalg.vector_norm(logits, INF)) * tolerance(activation, logits)
+    scale = allowed_difference(activation, logits)
     smallest = INF
     for head in search.candidates():
         averaged = head.pool == "avg"

@@ -298,8 +298,7 @@ def _first_reproducing(
 ) -> tuple[CAMHead | None, float]:
     """The first candidate head whose logits of ``activation`` match ``logits`` (or their
     ``columns``), or None and the smallest largest difference."""
-    # Relative to the logits' range: float32 sums over C channels agree to ~1e-6 relative.
-    scale = float(logits.float().abs().max()) * tolerance(activation, logits)
+    scale = allowed_difference(activation, logits)
     wanted = (logits if columns is None else logits[:, columns]).float()
     errors = []
     for candidate in candidates:
@@ -310,11 +309,13 @@ def _first_reproducing(
     return None, min(errors)
 
 
-def tolerance(activation: torch.Tensor, logits: torch.Tensor) -> float:
-    """The largest difference from the logits a head may give, relative to the largest
-    absolute logit: float32 sums over C channels agree to ~1e-6 relative."""
+def allowed_difference(activation: torch.Tensor, logits: torch.Tensor) -> float:
+    """The largest difference from ``logits`` a head may give: 1e-3 (5e-2 in float16 or
+    bfloat16) of the largest absolute logit; float32 sums over C channels agree to ~1e-6
+    relative."""
     low_precision = (torch.float16, torch.bfloat16)
-    return 5e-2 if activation.dtype in low_precision or logits.dtype in low_precision else 1e-3
+    relative = 5e-2 if activation.dtype in low_precision or logits.dtype in low_precision else 1e-3
+    return float(torch.linalg.vector_norm(logits.float(), float("inf"))) * relative
 
 
 def _final_linear_name(model: nn.Module, num_logits: int | None) -> str | None:
