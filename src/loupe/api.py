@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +66,7 @@ def explain(
     spec = get_method(name)
     layer = _layer_of(spec, model, images, target_layer, options)
     resolved = resolve_targets(targets, images.shape[0], images.device)
-    with hooked(model, [layer] if layer else [], freeze=spec.gradients) as captured:
+    with _hooked_for(model, spec, layer) as captured:
         run = _Run(model, spec, options, layer, captured, reshape or default_reshape(model),
                    autocast, upsample, {})
         return _maps_of(run, images, resolved, progress)
@@ -110,8 +110,7 @@ def explainer(
 
         def start(images: torch.Tensor | None) -> _Run:
             layer = _layer_of(spec, model, images, target_layer, options)
-            captured = stack.enter_context(
-                hooked(model, [layer] if layer else [], freeze=spec.gradients))
+            captured = stack.enter_context(_hooked_for(model, spec, layer))
             memo: dict[object, object] = {}
             if spec.prepare is not None:
                 spec.prepare(model, layer, options, memo)
@@ -153,6 +152,13 @@ class _Run:
     autocast: bool
     upsample: bool
     memo: dict[object, object]
+
+
+def _hooked_for(model: nn.Module, spec: MethodSpec, layer: str | None
+                ) -> AbstractContextManager[Captured]:
+    """The hook context of one ``explain`` call or explainer block: ``layer`` (if any)
+    captured, the model in eval mode and, for methods with gradients, its parameters frozen."""
+    return hooked(model, [layer] if layer else [], freeze=spec.gradients)
 
 
 def _maps_of(run: _Run, images: torch.Tensor, targets: Targets,
