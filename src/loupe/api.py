@@ -93,7 +93,9 @@ def explainer(
     ``with loupe.explainer(model, "cam", target_layer="layer4") as explain_batch:`` then
     ``maps = explain_batch(images, targets)`` for each batch (``progress=`` as in ``explain``).
     Each call returns what ``explain(model, images, targets, method, ...)`` with the same
-    arguments returns. The method spec and its options are checked when the block starts;
+    arguments returns (CAM, EigenCAM, KPCA-CAM and RandomCAM to float rounding: on the CPU a
+    block makes their one forward through a frozen copy of the model, built on the first call,
+    :mod:`loupe._frozen_layer`). The method spec and its options are checked when the block starts;
     the target layer's hook goes on the model, which is put in eval mode (and, for gradient
     methods, its parameters frozen), when the block starts if ``target_layer`` is given or the
     method uses none, else on the first call (the layer is found from its images, then kept);
@@ -115,7 +117,8 @@ def explainer(
             if spec.prepare is not None:
                 spec.prepare(model, layer, options, memo)
             runs.append(_Run(model, spec, options, layer, captured,
-                             reshape or default_reshape(model), autocast, upsample, memo))
+                             reshape or default_reshape(model), autocast, upsample, memo,
+                             repeated=True))
             return runs[0]
 
         def explain_batch(images: torch.Tensor, targets: TargetsLike = None, *,
@@ -141,7 +144,8 @@ def explainer(
 class _Run:
     """What the calls of one ``explain`` or one :func:`loupe.explainer` block share: the
     prepared model, the method and its options, the layer and what its hook captures, the
-    reshape, the autocast and upsample flags, and the method's memo."""
+    reshape, the autocast and upsample flags, the method's memo, and whether the calls are
+    an explainer block's (``repeated``)."""
 
     model: nn.Module
     spec: MethodSpec
@@ -152,6 +156,7 @@ class _Run:
     autocast: bool
     upsample: bool
     memo: dict[object, object]
+    repeated: bool = False
 
 
 def _hooked_for(model: nn.Module, spec: MethodSpec, layer: str | None
@@ -172,7 +177,7 @@ def _maps_of(run: _Run, images: torch.Tensor, targets: Targets,
         # detached for methods with gradients (their graph starts here); the others record none
         source = images.detach() if run.spec.gradients else images
         context = MapContext(run.model, source, targets, run.layer, run.captured,
-                             run.reshape, progress, run.memo)
+                             run.reshape, progress, run.memo, run.repeated)
         maps = run.spec.function(context, **run.options)
     if progress is not None:
         progress(float(images.shape[0]))

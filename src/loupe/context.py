@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from loupe._frozen_layer import layer_inference_forward
 from loupe.hooks import Captured
 from loupe.layers import Reshape
 from loupe.targets import Targets
@@ -37,6 +38,7 @@ class MapContext:
     reshape: Reshape
     progress: Progress | None = None
     memo: dict[object, object] = field(default_factory=dict)
+    repeated: bool = False
 
     def report_rows(self, done: int, total: int) -> None:
         """Report progress of a method that works through ``total`` rows (image-major: the
@@ -60,7 +62,25 @@ class MapContext:
         tensors: read them with out-of-place operations (whose results are ordinary tensors).
         A model that keeps a tensor made in its forward (a cache) keeps an inference tensor,
         which a later backward cannot save; ``LOUPE_INFERENCE_MODE=0`` runs these forwards
-        under ``torch.no_grad`` instead."""
+        under ``torch.no_grad`` instead.
+
+        On the CPU, in an explainer block or for at least 64 images, the forward may be made by
+        a frozen TorchScript copy that also returns the target layer's output, which is then
+        what :meth:`activation` reads (:mod:`loupe._frozen_layer`: 1.1-1.2x faster for a
+        resnet18, same values to float rounding)."""
         off = os.environ.get(INFERENCE_ENV, "1").strip() == "0"
         with torch.no_grad() if off else torch.inference_mode():
-            return self.model(self.images)
+            copied = self._copied_forward()
+            return self.model(self.images) if copied is None else copied
+
+    def _copied_forward(self) -> object | None:
+        """The output of the frozen copy of :mod:`loupe._frozen_layer` (its layer output
+        stored as the captured activation), or None where the model is to run."""
+        if self.layer is None:
+            return None
+        forward = layer_inference_forward(self.model, self.layer, self.images, self.repeated)
+        outputs = None if forward is None else forward(self.images)
+        if outputs is None:
+            return None
+        self.captured[self.layer] = outputs[0]
+        return outputs[1]

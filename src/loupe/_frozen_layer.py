@@ -1,0 +1,151 @@
+"""A frozen TorchScript copy that returns one layer's output with the model's: the clean forward
+of CAM, EigenCAM, KPCA-CAM and RandomCAM, faster.
+
+Those methods make one forward under ``torch.inference_mode`` and read the target layer's
+output and the logits. :func:`layer_inference_forward` gives a copy of the model, traced with
+``torch.fx`` so that the layer's output is returned next to the model's, then scripted and
+frozen (``torch.jit.freeze`` folds each BatchNorm into its convolution, and the forward runs
+without Python's per-module calls). CPU time of the forward alone, resnet18, one thread
+(bench/frozen_forward.py --layer; docs/speed.md, "CAM's forward frozen"): 1.12x at 64x64,
+batch 1; 1.16x at batch 4; 1.11x at 224x224, batch 1. ``torch.jit.optimize_for_inference``
+(oneDNN's prepacked convolutions) adds to that at large batches but loses at batch 1 (0.68x
+at 64x64, 0.85x at 128x128), so it is applied only to calls of at least
+:data:`loupe._frozen.FROZEN_MIN_ROWS` rows, as in :func:`loupe._frozen.inference_forward`.
+
+Freezing costs 0.3-0.5 s for a resnet18 (more for larger models), once per model, layer and
+kind of copy, so a copy is used where it pays back: in the calls of a
+:func:`loupe.explainer` block (``repeated``, from the block's first call on) and in calls of
+at least ``FROZEN_MIN_ROWS`` rows; a single ``explain`` call of fewer rows runs the model. The
+way a call takes depends on that call alone (the block it is in, its rows), never on earlier
+calls. The copy is used only under :func:`loupe._frozen.may_freeze`'s conditions (CPU, no
+gradient, eval mode, no hooks but loupe's capturing ones, BatchNorm present), for a model
+``torch.fx`` can trace and TorchScript can compile whose output and layer output are tensors,
+while its parameters and buffers are the ones it was frozen from; and on each new input shape
+its outputs on two rows (the layer's and the model's) are checked against the model's. The
+maps agree with the model's to float rounding. ``LOUPE_FROZEN_FORWARD=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch import fx, nn
+
+from loupe._frozen import (
+    CHECK_ROWS,
+    FROZEN_MIN_ROWS,
+    FrozenCopy,
+    close_enough,
+    may_freeze,
+    model_state,
+    without_hooks,
+)
+from loupe.hooks import hooked
+
+#: ``forward(images) -> (layer output, model output)``, or None where the copy gave way
+LayerForward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
+
+_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, bool], FrozenCopy]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def layer_inference_forward(model: nn.Module, layer: str, images: torch.Tensor,
+                            repeated: bool) -> LayerForward | None:
+    """The frozen forward returning ``(output of layer, output of model)`` for ``images``
+    ``(n, C, H, W)``, or None where the model itself is to run (see the module docstring);
+    ``repeated``: the call is one of an explainer block's."""
+    optimized = images.shape[0] >= FROZEN_MIN_ROWS
+    if not (repeated or optimized) or not may_freeze(model, images):
+        return None
+    state = model_state(model)
+    if state is None:
+        return None
+    copies = _COPIES.setdefault(model, {})
+    known = copies.get((layer, optimized))
+    example = images[:CHECK_ROWS]
+    expected = None
+    if known is None or (known.module is not None and known.state != state):
+        expected = _reference(model, layer, example)
+        module = _frozen_with_layer(model, layer, optimized) if expected is not None else None
+        known = copies[(layer, optimized)] = FrozenCopy(state, module)
+    if known.module is None:
+        return None
+    key = (tuple(images.shape[1:]), images.dtype)
+    if key not in known.shapes:
+        expected = expected or _reference(model, layer, example)
+        known.shapes[key] = expected is not None and _agrees(known.module, expected, example)
+    return _guarded(known, key) if known.shapes[key] else None
+
+
+def _reference(model: nn.Module, layer: str, x: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The model's ``(layer output, output)`` on ``x``, or None when either is no tensor."""
+    with hooked(model, [layer], leaf=False, freeze=False) as captured:
+        output = model(x)
+    activation = captured.get(layer)
+    if isinstance(activation, torch.Tensor) and isinstance(output, torch.Tensor):
+        return activation, output
+    return None
+
+
+def _frozen_with_layer(model: nn.Module, layer: str, optimized: bool
+                       ) -> torch.jit.ScriptModule | None:
+    """The frozen copy returning ``(layer output, output)`` (``optimized``: also
+    ``optimize_for_inference``), or None where tracing, scripting or freezing fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation warnings
+            traced = _traced_with_layer(without_hooks(model), layer)
+            if traced is None:
+                return None
+            frozen = torch.jit.freeze(torch.jit.script(traced.eval()))
+            return torch.jit.optimize_for_inference(frozen) if optimized else frozen
+    except Exception:  # noqa: BLE001 - a model that cannot be copied runs itself
+        return None
+
+
+def _traced_with_layer(model: nn.Module, layer: str) -> fx.GraphModule | None:
+    """``model`` traced by ``torch.fx`` with ``layer`` kept as one call, whose output is
+    returned with the model's; None when the layer is not called exactly once."""
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+            return name == layer or super().is_leaf_module(module, name)
+
+    graph = Tracer().trace(model)
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
+    if len(calls) != 1:
+        return None
+    output = next(n for n in graph.nodes if n.op == "output")
+    output.args = ((calls[0], output.args[0]),)
+    output.type = None  # the forward's return annotation no longer holds
+    return fx.GraphModule(model, graph)
+
+
+def _agrees(frozen: torch.jit.ScriptModule, expected: tuple[torch.Tensor, torch.Tensor],
+            x: torch.Tensor) -> bool:
+    """Whether the copy's layer output and output on ``x`` are the model's, ``expected``."""
+    try:
+        got = frozen(x)
+    except Exception:  # noqa: BLE001 - a copy that cannot run this input is not used
+        return False
+    return (isinstance(got, tuple) and len(got) == 2
+            and all(close_enough(g, e) for g, e in zip(got, expected, strict=True)))
+
+
+def _guarded(known: FrozenCopy, key: tuple[object, ...]) -> LayerForward:
+    """The copy's forward for inputs of shape ``key``; should it raise, it gives None (the
+    caller runs the model) and that shape is not given to the copy again."""
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        try:
+            return known.module(x)
+        except Exception:  # noqa: BLE001 - the model runs the input, and raises if it must
+            known.shapes[key] = False
+            return None
+
+    return forward
