@@ -25,7 +25,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: files, devices and processes, autograd and module helpers
     ("loupe._autograd", "loupe._frozen", "loupe.io", "loupe.layers", "loupe.distributed"),
     # what a map method works with
-    ("loupe.hooks", "loupe.targets", "loupe.registry", "loupe.method_specs", "loupe.context"),
+    ("loupe.hooks", "loupe.targets", "loupe.registry", "loupe.method_specs", "loupe._frozen_layer",
+     "loupe.context"),
     # maps to masks (normalisation, threshold rule, CRF, palette)
     ("loupe.masks",),
     # the one call

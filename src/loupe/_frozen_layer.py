@@ -122,7 +122,10 @@ def _traced_with_layer(model: nn.Module, layer: str) -> fx.GraphModule | None:
         return None
     output = next(n for n in graph.nodes if n.op == "output")
     output.args = ((calls[0], output.args[0]),)
-    output.type = None  # the forward's return annotation no longer holds
+    for node in graph.nodes:
+        # the forward's return annotation no longer holds, and string annotations (``from
+        # __future__ import annotations``) would reach TorchScript as unknown type names
+        node.type = None
     return fx.GraphModule(model, graph)
 
 

@@ -93,9 +93,8 @@ def explainer(
     ``with loupe.explainer(model, "cam", target_layer="layer4") as explain_batch:`` then
     ``maps = explain_batch(images, targets)`` for each batch (``progress=`` as in ``explain``).
     Each call returns what ``explain(model, images, targets, method, ...)`` with the same
-    arguments returns (CAM, EigenCAM, KPCA-CAM and RandomCAM to float rounding: on the CPU a
-    block makes their one forward through a frozen copy of the model, built on the first call,
-    :mod:`loupe._frozen_layer`). The method spec and its options are checked when the block starts;
+    arguments returns (CAM and its one-forward kin to float rounding: on the CPU a block runs
+    that forward through a frozen copy of the model, :mod:`loupe._frozen_layer`). The method spec and its options are checked when the block starts;
     the target layer's hook goes on the model, which is put in eval mode (and, for gradient
     methods, its parameters frozen), when the block starts if ``target_layer`` is given or the
     method uses none, else on the first call (the layer is found from its images, then kept);
