@@ -11,7 +11,7 @@ from torch import nn
 import loupe
 from loupe import _frozen_layer
 from loupe._frozen import FROZEN_ENV, FROZEN_MIN_ROWS
-from loupe._frozen_layer import layer_inference_forward
+from loupe._frozen_layer import OPTIMIZE_MIN_PIXELS, layer_inference_forward
 from loupe.hooks import hooked
 from loupe.models import random_model
 from tests.test_frozen import _convnet, _x
@@ -59,6 +59,16 @@ def test_a_call_of_many_rows_gets_the_optimised_copy_outside_a_block():
         assert forward is not None and _known(model, optimized=True).module is not None
         assert (LAYER, False) not in _frozen_layer._COPIES[model]
         _assert_computes_the_model(forward, model, x)
+
+
+def test_a_block_call_of_many_pixels_gets_the_optimised_copy():
+    model = _convnet()
+    side = int(OPTIMIZE_MIN_PIXELS**0.5) + 1  # one image just over the threshold
+    with torch.inference_mode():
+        assert layer_inference_forward(model, LAYER, _x(1, side), repeated=True) is not None
+        assert set(_frozen_layer._COPIES[model]) == {(LAYER, True)}
+        assert layer_inference_forward(model, LAYER, _x(1, side - 2), repeated=True) is not None
+        assert set(_frozen_layer._COPIES[model]) == {(LAYER, True), (LAYER, False)}
 
 
 def test_a_changed_parameter_makes_a_new_copy_that_follows_it():

@@ -5,18 +5,23 @@ Those methods make one forward under ``torch.inference_mode`` and read the targe
 output and the logits. :func:`layer_inference_forward` gives a copy of the model, traced with
 ``torch.fx`` so that the layer's output is returned next to the model's, then scripted and
 frozen (``torch.jit.freeze`` folds each BatchNorm into its convolution, and the forward runs
-without Python's per-module calls). CPU time of the forward alone, resnet18, one thread
-(bench/frozen_forward.py --layer; docs/speed.md, "CAM's forward frozen"): 1.12x at 64x64,
-batch 1; 1.16x at batch 4; 1.11x at 224x224, batch 1. ``torch.jit.optimize_for_inference``
-(oneDNN's prepacked convolutions) adds to that at large batches but loses at batch 1 (0.68x
-at 64x64, 0.85x at 128x128), so it is applied only to calls of at least
-:data:`loupe._frozen.FROZEN_MIN_ROWS` rows, as in :func:`loupe._frozen.inference_forward`.
+without Python's per-module calls). CPU time of the forward alone, model / copy, one thread,
+random weights (``bench/frozen_forward.py --layer``; docs/speed.md, "CAM's forward through a
+frozen copy"): resnet18 1.14x at 64x64 and at 128x128, batch 1, 1.17x at 64x64, batch 4,
+1.06x at 224x224; resnet50 1.03x, DenseNet-121 1.19x, MobileNetV2 1.40x at 224x224, batch 1.
+``torch.jit.optimize_for_inference`` (oneDNN's prepacked convolutions) loses at one small
+image (resnet18 0.81x at 64x64, 0.93x at 128x128) and wins at one 224x224 image (resnet18
+1.43x, resnet50 1.19x); at 16,384 pixels it depends on the shape (four 64x64 images 1.22x,
+against the plain copy's 1.17x). So a call of at least :data:`OPTIMIZE_MIN_PIXELS` input
+pixels (rows x H x W), or of at least :data:`loupe._frozen.FROZEN_MIN_ROWS` rows, gets the
+optimised copy; that threshold is this machine's measurement, not a law.
 
-Freezing costs 0.3-0.5 s for a resnet18 (more for larger models), once per model, layer and
-kind of copy, so a copy is used where it pays back: in the calls of a
+Freezing costs 0.3-0.6 s for a resnet18, 0.8 s for a resnet50 and MobileNetV2, 3.5 s for a
+DenseNet-121, once per model, layer and kind of copy (each copy holds its own weights while
+the model lives), so a copy is used where it pays back: in the calls of a
 :func:`loupe.explainer` block (``repeated``, from the block's first call on) and in calls of
 at least ``FROZEN_MIN_ROWS`` rows; a single ``explain`` call of fewer rows runs the model. The
-way a call takes depends on that call alone (the block it is in, its rows), never on earlier
+way a call takes depends on that call alone (the block it is in, its shape), never on earlier
 calls. The copy is used only under :func:`loupe._frozen.may_freeze`'s conditions (CPU, no
 gradient, eval mode, no hooks but loupe's capturing ones, BatchNorm present), for a model
 ``torch.fx`` can trace and TorchScript can compile whose output and layer output are tensors,
@@ -45,6 +50,11 @@ from loupe._frozen import (
 )
 from loupe.hooks import hooked
 
+#: Input pixels per call (rows x H x W) from which the copy is also optimised for inference
+#: (oneDNN's prepacked convolutions): they lose at one small image and win at one 224x224
+#: image (module docstring)
+OPTIMIZE_MIN_PIXELS = 32768
+
 #: ``forward(images) -> (layer output, model output)``, or None where the copy gave way
 LayerForward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
 
@@ -58,9 +68,10 @@ def layer_inference_forward(model: nn.Module, layer: str, images: torch.Tensor,
     """The frozen forward returning ``(output of layer, output of model)`` for ``images``
     ``(n, C, H, W)``, or None where the model itself is to run (see the module docstring);
     ``repeated``: the call is one of an explainer block's."""
-    optimized = images.shape[0] >= FROZEN_MIN_ROWS
-    if not (repeated or optimized) or not may_freeze(model, images):
+    rows = images.shape[0]
+    if not (repeated or rows >= FROZEN_MIN_ROWS) or not may_freeze(model, images):
         return None
+    optimized = rows >= FROZEN_MIN_ROWS or images[0, 0].numel() * rows >= OPTIMIZE_MIN_PIXELS
     state = model_state(model)
     if state is None:
         return None
