@@ -14,6 +14,7 @@ from loupe._frozen import FROZEN_ENV, FROZEN_MIN_ROWS
 from loupe._frozen_layer import OPTIMIZE_MIN_PIXELS, layer_inference_forward
 from loupe.hooks import hooked
 from loupe.models import random_model
+from tests.methods.test_cam import TinyDenseNet
 from tests.test_frozen import _convnet, _x
 
 LAYER = "4"  # the second BatchNorm: its output feeds ReLU -> GAP -> linear
@@ -102,25 +103,24 @@ def test_the_model_runs_where_the_copy_would_not_compute_what_it_computes(monkey
     assert layer_inference_forward(model, LAYER, x, repeated=True) is None  # gradients on
 
 
-class _LayerTwice(nn.Module):
-    """The same block called twice: which call's output would be "the layer's"?"""
+class _BlockAndHead(nn.Module):
+    """A conv + BatchNorm block and a linear head; the subclasses' forwards use them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.block = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3))
         self.fc = nn.Linear(3, 2)
+
+
+class _LayerTwice(_BlockAndHead):
+    """The same block called twice: which call's output would be "the layer's"?"""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.block(self.block(x)).mean((2, 3)))
 
 
-class _Untraceable(nn.Module):
+class _Untraceable(_BlockAndHead):
     """Control flow on a tensor's value: ``torch.fx`` cannot trace it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.block = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3))
-        self.fc = nn.Linear(3, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.block(x)
@@ -178,17 +178,12 @@ def test_a_copy_that_raises_gives_way_to_the_model_from_then_on():
         assert layer_inference_forward(model, LAYER, x, repeated=True) is None
 
 
-class _InPlaceAfterLayer(nn.Module):
-    """DenseNet's pattern: ``F.relu(features, inplace=True)`` right after the target layer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
-        self.fc = nn.Linear(4, 3)
+class _InPlaceAfterLayer(TinyDenseNet):
+    """DenseNet's own pattern: ``F.relu(features, inplace=True)`` right after the target layer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.nn.functional.relu(self.features(x), inplace=True)
-        return self.fc(out.mean((2, 3)))
+        return self.classifier(out.mean((2, 3)))
 
 
 @pytest.mark.parametrize("method", ["cam", "eigencam", "randomcam", "kpcacam"])
