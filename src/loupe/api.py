@@ -94,16 +94,15 @@ def explainer(
     ``maps = explain_batch(images, targets)`` for each batch (``progress=`` as in ``explain``).
     Each call returns what ``explain(model, images, targets, method, ...)`` with the same
     arguments returns (CAM and its one-forward kin to float rounding: on the CPU a block runs
-    that forward through a frozen copy of the model, :mod:`loupe._frozen_layer`). The method
-    spec and its options are checked when the block starts; the target layer's hook goes on
-    the model, which is put in eval mode (and, for gradient methods, its parameters frozen),
-    when the block starts if ``target_layer`` is given or the method uses none, else on the
-    first call (the layer is found from its images, then kept); methods with a ``prepare``
-    step (CAM: the linear head) run it then. Everything is undone
-    when the block ends, also on error; a call after that raises a RuntimeError. Inside the
-    block the model carries the hook and modes: use it for nothing else there. The peers'
-    extractors (torchcam's ``CAM(model, ...)``, pytorch-grad-cam's ``GradCAM(model, ...)``)
-    are the same pattern, and ``bench/speed.py`` times both the same way.
+    that forward through a frozen copy, :mod:`loupe._frozen_layer`). The method spec and
+    options are checked when the block starts; the layer's hook goes on the model, put in
+    eval mode (for gradient methods, parameters frozen), when the block starts if
+    ``target_layer`` is given or the method uses none, else on the first call (the layer is
+    found from its images, then kept); a ``prepare`` step (CAM: the head) runs then.
+    Everything is undone when the block ends, also on error; a call after that raises a
+    RuntimeError. Inside the block the model carries the hook and modes: use it for nothing
+    else there. The peers' extractors (torchcam's ``CAM(model, ...)``, pytorch-grad-cam's
+    ``GradCAM(model, ...)``) are the same pattern; ``bench/speed.py`` times both alike.
     """
     name, options = resolve_method(method, options, "the keyword arguments")
     spec = get_method(name)
