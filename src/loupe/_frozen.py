@@ -49,8 +49,9 @@ import itertools
 import os
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,22 +93,46 @@ def inference_forward(model: nn.Module, example: torch.Tensor, rows: int) -> For
     state = model_state(model)
     if state is None:
         return model
-    known = _COPIES.get(model)
-    key = (tuple(example.shape[1:]), example.dtype)
+
+    def reference(x: torch.Tensor) -> torch.Tensor | None:
+        # a model whose output is no tensor (a dict, a HuggingFace output) is not frozen at all
+        output = model(x)
+        return output if isinstance(output, torch.Tensor) else None
+
+    forward = checked_copy(_COPIES, model, state, example, reference, lambda: _frozen(model),
+                           model)
+    return model if forward is None else forward
+
+
+def checked_copy(copies: MutableMapping[Any, FrozenCopy], name: object,
+                 state: tuple[tuple[int, int, int], ...], example: torch.Tensor,
+                 reference: Callable[[torch.Tensor], object | None],
+                 build: Callable[[], torch.jit.ScriptModule | None],
+                 fallback: Forward) -> Forward | None:
+    """The guarded forward of the copy kept as ``copies[name]`` for inputs shaped like
+    ``example``, or None where there is none to use.
+
+    The copy is made (``build``) when there is none yet or the model's ``state`` changed since
+    (a copy that could not be made is not tried again while the state holds), unless
+    ``reference``, the model's outputs on a few rows, is None (nothing a copy could return). On
+    each new input shape the copy's outputs on :data:`CHECK_ROWS` rows of ``example`` must be
+    the reference's (:func:`_close_enough`, each of a tuple); should the copy raise later,
+    ``fallback`` runs the input and that shape is not given to the copy again."""
+    rows = example[:CHECK_ROWS]
+    known = copies.get(name)
     expected = None
     if known is None or (known.module is not None and known.state != state):
-        expected = model(example[:CHECK_ROWS])
-        # a model whose output is no tensor (a dict, a HuggingFace output) is not frozen at all
-        frozen = _frozen(model) if isinstance(expected, torch.Tensor) else None
-        known = FrozenCopy(state, frozen)
-        _COPIES[model] = known
+        expected = reference(rows)
+        module = build() if expected is not None else None
+        known = copies[name] = FrozenCopy(state, module)
     if known.module is None:
-        return model
+        return None
+    key = (tuple(example.shape[1:]), example.dtype)
     if key not in known.shapes:
         if expected is None:
-            expected = model(example[:CHECK_ROWS])
-        known.shapes[key] = _agrees(known.module, expected, example[:CHECK_ROWS])
-    return _guarded(known.module, known.shapes, key, model) if known.shapes[key] else model
+            expected = reference(rows)
+        known.shapes[key] = expected is not None and _agrees(known.module, expected, rows)
+    return _guarded(known, key, fallback) if known.shapes[key] else None
 
 
 def may_freeze(model: nn.Module, example: torch.Tensor) -> bool:
@@ -190,15 +215,19 @@ def without_hooks(model: nn.Module) -> nn.Module:
 
 
 def _agrees(frozen: torch.jit.ScriptModule, expected: object, x: torch.Tensor) -> bool:
-    """Whether the copy's output on ``x`` is the model's, ``expected``, to the tolerance."""
+    """Whether the copy's output on ``x`` is the model's, ``expected`` (a tensor, or a tuple of
+    tensors compared one by one), to the tolerance."""
     try:
         got = frozen(x)
     except Exception:  # noqa: BLE001 - a copy that cannot run this input is not used
         return False
-    return close_enough(got, expected)
+    if isinstance(expected, tuple):
+        return (isinstance(got, tuple) and len(got) == len(expected)
+                and all(_close_enough(g, e) for g, e in zip(got, expected, strict=True)))
+    return _close_enough(got, expected)
 
 
-def close_enough(got: object, expected: object) -> bool:
+def _close_enough(got: object, expected: object) -> bool:
     """Whether ``got`` is the tensor ``expected`` to the check's tolerance (same shape and
     dtype; relative :data:`CHECK_RTOL`, absolute :data:`CHECK_ATOL` of its largest value)."""
     if not (isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor)):
@@ -209,18 +238,17 @@ def close_enough(got: object, expected: object) -> bool:
     return bool(torch.allclose(got, expected, rtol=CHECK_RTOL, atol=CHECK_ATOL * scale))
 
 
-def _guarded(frozen: torch.jit.ScriptModule, shapes: dict[tuple[object, ...], bool],
-             key: tuple[object, ...], model: nn.Module) -> Forward:
+def _guarded(known: FrozenCopy, key: tuple[object, ...], fallback: Forward) -> Forward:
     """The copy's forward for inputs of shape ``key``; should it raise, that shape is not
-    given to the copy again and the model runs the input (an error of the model's own is the
+    given to the copy again and ``fallback`` runs the input (an error of the model's own is the
     user's to see)."""
 
     def forward(x: torch.Tensor) -> object:
-        if shapes[key]:
+        if known.shapes[key] and known.module is not None:
             try:
-                return frozen(x)
-            except Exception:  # noqa: BLE001 - fall back to the model, which may raise itself
-                shapes[key] = False
-        return model(x)
+                return known.module(x)
+            except Exception:  # noqa: BLE001 - the fallback runs it, and may raise itself
+                known.shapes[key] = False
+        return fallback(x)
 
     return forward

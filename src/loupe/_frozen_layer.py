@@ -40,10 +40,9 @@ import torch
 from torch import fx, nn
 
 from loupe._frozen import (
-    CHECK_ROWS,
     FROZEN_MIN_ROWS,
     FrozenCopy,
-    close_enough,
+    checked_copy,
     may_freeze,
     model_state,
     without_hooks,
@@ -75,21 +74,10 @@ def layer_inference_forward(model: nn.Module, layer: str, images: torch.Tensor,
     state = model_state(model)
     if state is None:
         return None
-    copies = _COPIES.setdefault(model, {})
-    known = copies.get((layer, optimized))
-    example = images[:CHECK_ROWS]
-    expected = None
-    if known is None or (known.module is not None and known.state != state):
-        expected = _reference(model, layer, example)
-        module = _frozen_with_layer(model, layer, optimized) if expected is not None else None
-        known = copies[(layer, optimized)] = FrozenCopy(state, module)
-    if known.module is None:
-        return None
-    key = (tuple(images.shape[1:]), images.dtype)
-    if key not in known.shapes:
-        expected = expected or _reference(model, layer, example)
-        known.shapes[key] = expected is not None and _agrees(known.module, expected, example)
-    return _guarded(known, key) if known.shapes[key] else None
+    # should the copy raise, its forward gives None and the caller runs the model
+    return checked_copy(_COPIES.setdefault(model, {}), (layer, optimized), state, images,
+                        lambda x: _reference(model, layer, x),
+                        lambda: _frozen_with_layer(model, layer, optimized), lambda x: None)
 
 
 def _reference(model: nn.Module, layer: str, x: torch.Tensor
@@ -138,28 +126,3 @@ def _traced_with_layer(model: nn.Module, layer: str) -> fx.GraphModule | None:
         # __future__ import annotations``) would reach TorchScript as unknown type names
         node.type = None
     return fx.GraphModule(model, graph)
-
-
-def _agrees(frozen: torch.jit.ScriptModule, expected: tuple[torch.Tensor, torch.Tensor],
-            x: torch.Tensor) -> bool:
-    """Whether the copy's layer output and output on ``x`` are the model's, ``expected``."""
-    try:
-        got = frozen(x)
-    except Exception:  # noqa: BLE001 - a copy that cannot run this input is not used
-        return False
-    return (isinstance(got, tuple) and len(got) == 2
-            and all(close_enough(g, e) for g, e in zip(got, expected, strict=True)))
-
-
-def _guarded(known: FrozenCopy, key: tuple[object, ...]) -> LayerForward:
-    """The copy's forward for inputs of shape ``key``; should it raise, it gives None (the
-    caller runs the model) and that shape is not given to the copy again."""
-
-    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        try:
-            return known.module(x)
-        except Exception:  # noqa: BLE001 - the model runs the input, and raises if it must
-            known.shapes[key] = False
-            return None
-
-    return forward
