@@ -110,6 +110,22 @@ def _frozen_with_layer(model: nn.Module, layer: str, optimized: bool
 def _traced_with_layer(model: nn.Module, layer: str) -> fx.GraphModule | None:
     """``model`` traced by ``torch.fx`` with ``layer`` kept as one call, whose output is
     returned with the model's; None when the layer is not called exactly once."""
+    traced = layer_graph(model, layer)
+    if traced is None:
+        return None
+    graph, call = traced
+    output = next(n for n in graph.nodes if n.op == "output")
+    output.args = ((call, output.args[0]),)
+    for node in graph.nodes:
+        # the forward's return annotation no longer holds, and string annotations (``from
+        # __future__ import annotations``) would reach TorchScript as unknown type names
+        node.type = None
+    return fx.GraphModule(model, graph)
+
+
+def layer_graph(model: nn.Module, layer: str) -> tuple[fx.Graph, fx.Node] | None:
+    """``model``'s forward traced by ``torch.fx`` with ``layer`` kept as one call, and that
+    call's node; None when the layer is not called exactly once. Raises what tracing raises."""
 
     class Tracer(fx.Tracer):
         def is_leaf_module(self, module: nn.Module, name: str) -> bool:
@@ -117,12 +133,4 @@ def _traced_with_layer(model: nn.Module, layer: str) -> fx.GraphModule | None:
 
     graph = Tracer().trace(model)
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
-    if len(calls) != 1:
-        return None
-    output = next(n for n in graph.nodes if n.op == "output")
-    output.args = ((calls[0], output.args[0]),)
-    for node in graph.nodes:
-        # the forward's return annotation no longer holds, and string annotations (``from
-        # __future__ import annotations``) would reach TorchScript as unknown type names
-        node.type = None
-    return fx.GraphModule(model, graph)
+    return (graph, calls[0]) if len(calls) == 1 else None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from loupe._affine_head import layer_head_forward
 from loupe._frozen_layer import layer_inference_forward
 from loupe.hooks import Captured
 from loupe.layers import Reshape
@@ -84,3 +85,17 @@ class MapContext:
             return None
         self.captured[self.layer] = outputs[0]
         return outputs[1]
+
+    def leaf_and_output(self) -> tuple[torch.Tensor, object] | None:
+        """For the gradient-weighted CAMs, on the CPU in an explainer block or for at least 64
+        images: the target layer's output from the frozen copy, as a leaf that requires grad
+        (also stored as the captured activation), and the model's output computed from it by
+        the model's own affine head, with autograd (:mod:`loupe._affine_head`: same gradients
+        to float rounding); None where the model is to run, as everywhere else."""
+        if self.layer is None or not torch.is_grad_enabled():
+            return None
+        forward = layer_head_forward(self.model, self.layer, self.images, self.repeated)
+        outputs = None if forward is None else forward(self.images)
+        if outputs is not None:
+            self.captured[self.layer] = outputs[0]
+        return outputs

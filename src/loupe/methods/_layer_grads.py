@@ -27,7 +27,8 @@ def activations_and_grads(
     et al. 2017, Section 6: the regions whose removal would raise the score)."""
     if not isinstance(counterfactual, bool):
         raise ValueError(f"counterfactual must be True or False, got {counterfactual!r}")
-    output = ctx.model(ctx.images)
+    split = ctx.leaf_and_output()  # the frozen copy's way, where it may be taken
+    output = ctx.model(ctx.images) if split is None else split[1]
     targets = ctx.targets.bind(output)
     scores = targets.scores(output) if score is None else score(output, targets)
     if counterfactual:
