@@ -54,6 +54,8 @@ def test_the_frozen_copy_computes_the_models_outputs_and_is_kept():
         # a call with few rows takes the model even when a copy exists: the way a call takes
         # never depends on earlier calls
         assert inference_forward(model, x, ROWS - 1) is model
+        # ... unless the call is an explainer block's, which pays for freezing once
+        assert _is_frozen(inference_forward(model, x, ROWS - 1, repeated=True), model)
 
 
 def test_a_changed_parameter_makes_a_new_copy_that_follows_it():
@@ -220,3 +222,14 @@ def test_scorecam_and_deletion_give_the_same_numbers_with_and_without_it(monkeyp
     plain = run()
     for a, b in zip(frozen, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_occlusion_in_a_block_takes_the_copy_and_gives_explains_maps(monkeypatch):
+    model = random_model("resnet18", num_classes=10, seed=0)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    expected = loupe.explain(model, x, [3], method="occlusion")  # 49 windows: the model runs
+    assert _frozen._COPIES.get(model) is None
+    with loupe.explainer(model, "occlusion") as batch:
+        got = batch(x, [3])
+    assert _frozen._COPIES[model].module is not None
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))

@@ -35,8 +35,9 @@ A frozen copy is kept per model, in a weak dictionary (gone with the model), as 
 model's parameters and buffers are the same tensors at the same versions (an optimiser step
 or ``load_state_dict`` makes a new copy). A model that cannot be frozen is not tried again.
 Freezing costs 0.4-4.4 s (resnet18 to DenseNet-121), paid by the first call that uses the
-copy; only a call that runs at least :data:`FROZEN_MIN_ROWS` rows uses it (whether an earlier
-call made one or not: the same call always takes the same way).
+copy; only a call that runs at least :data:`FROZEN_MIN_ROWS` rows, or a call of an explainer
+block (Occlusion's 49 windows of one 64x64 image), uses it (whether an earlier call made one or
+not: the same call always takes the same way).
 Setting the environment variable ``LOUPE_FROZEN_FORWARD=0`` turns it off; do so for a model
 whose forward has side effects a caller relies on (a counter of calls in an attribute, say):
 the copy has them on itself, not on the model.
@@ -81,14 +82,17 @@ class FrozenCopy:
 _COPIES: weakref.WeakKeyDictionary[nn.Module, FrozenCopy] = weakref.WeakKeyDictionary()
 
 
-def inference_forward(model: nn.Module, example: torch.Tensor, rows: int) -> Forward:
+def inference_forward(model: nn.Module, example: torch.Tensor, rows: int,
+                      repeated: bool = False) -> Forward:
     """The forward to use for ``rows`` no-grad rows shaped like ``example`` ``(n, C, H, W)``:
     a frozen copy of ``model`` where the module docstring's conditions hold, else ``model``.
+    ``repeated``: the call is one of a :func:`loupe.explainer` block's, which uses the copy
+    for fewer than :data:`FROZEN_MIN_ROWS` rows too (the block pays for freezing once).
 
-    The choice depends on the call alone (the model, its state, the input's shape and
-    ``rows``), never on earlier calls, so a re-run computes what the first run did; maps never
-    depend on it beyond float rounding."""
-    if rows < FROZEN_MIN_ROWS or not may_freeze(model, example):
+    The choice depends on the call alone (the model, its state, the input's shape, ``rows``
+    and ``repeated``), never on earlier calls, so a re-run computes what the first run did;
+    maps never depend on it beyond float rounding."""
+    if (rows < FROZEN_MIN_ROWS and not repeated) or not may_freeze(model, example):
         return model
     state = model_state(model)
     if state is None:

@@ -61,6 +61,7 @@ def perturbed_scores(
     *,
     softmax: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    repeated: bool = False,
 ) -> torch.Tensor:
     """``(R, K)`` float32 target scores of R perturbed copies of the images.
 
@@ -73,6 +74,8 @@ def perturbed_scores(
         softmax: score class probabilities (softmax of the output over classes) instead of
             the raw outputs; applies to class targets only (score functions get the raw
             output).
+        repeated: the call is one of an explainer block's (see
+            :func:`loupe._frozen.inference_forward`).
     """
     check_positive_int("chunk_size", chunk_size)
     scores = torch.empty(owner.numel(), targets.count, device=owner.device)
@@ -81,7 +84,7 @@ def perturbed_scores(
         for rows in torch.arange(owner.numel(), device=owner.device).split(chunk_size):
             inputs = build(rows)
             if forward is None:
-                forward = inference_forward(model, inputs, owner.numel())
+                forward = inference_forward(model, inputs, owner.numel(), repeated)
             output = forward(inputs)
             if softmax and targets.functions is None:
                 output = output.float().softmax(dim=1)

@@ -53,6 +53,7 @@ def occlusion_maps(
     stride: tuple[int, int],
     baselines: torch.Tensor,
     chunk_size: int = PERTURB_CHUNK,
+    repeated: bool = False,
 ) -> torch.Tensor:
     """``(B, K, H, W)``: at each pixel, the mean over the windows covering it of
     ``S_k(x) - S_k(x with the window set to the baseline)``.
@@ -61,6 +62,8 @@ def occlusion_maps(
         images, baselines: ``(B, C, H, W)``.
         window, stride: ``(height, width)`` in pixels.
         chunk_size: occluded copies (of any images and windows) per forward.
+        repeated: the call is one of an explainer block's (the occluded copies may go
+            through the frozen copy of :func:`loupe._frozen.inference_forward`).
 
     The drops form a ``(B, K, n_y, n_x)`` grid over window positions; spreading each drop
     over its window and counting the windows per pixel are two transposed convolutions with
@@ -87,7 +90,7 @@ def occlusion_maps(
         b = owner[rows]
         return torch.where(covered, baselines[b], images[b])
 
-    scores = perturbed_scores(model, targets, owner, build, chunk_size)
+    scores = perturbed_scores(model, targets, owner, build, chunk_size, repeated=repeated)
     batch, k = clean.shape
     drops = clean[:, None, :] - scores.view(batch, count, k)  # (B, windows, K)
     drops = drops.transpose(1, 2).reshape(batch * k, 1, ys.numel(), xs.numel())
@@ -130,4 +133,4 @@ def occlusion(
     window_hw, stride_hw = _pair("window", window), _pair("stride", stride)
     chunk_size = perturb_chunk_size(chunk_size, images)
     return occlusion_maps(ctx.model, images, ctx.targets, window_hw, stride_hw,
-                          baselines_for(images, baseline), chunk_size)
+                          baselines_for(images, baseline), chunk_size, ctx.repeated)
