@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("loupe._autograd", "loupe._frozen", "loupe.io", "loupe.layers", "loupe.distributed"),
     # what a map method works with
     ("loupe.hooks", "loupe.targets", "loupe.registry", "loupe.method_specs", "loupe._frozen_layer",
-     "loupe._affine_head", "loupe.context"),
+     "loupe._frozen_grad", "loupe._affine_head", "loupe.context"),
     # maps to masks (normalisation, threshold rule, CRF, palette)
     ("loupe.masks",),
     # the one call

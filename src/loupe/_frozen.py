@@ -112,7 +112,7 @@ def checked_copy(copies: MutableMapping[Any, FrozenCopy], name: object,
                  state: tuple[tuple[int, int, int], ...], example: torch.Tensor,
                  reference: Callable[[torch.Tensor], object | None],
                  build: Callable[[], torch.jit.ScriptModule | None],
-                 fallback: Forward) -> Forward | None:
+                 fallback: Forward, exact: bool = False) -> Forward | None:
     """The guarded forward of the copy kept as ``copies[name]`` for inputs shaped like
     ``example``, or None where there is none to use.
 
@@ -120,8 +120,9 @@ def checked_copy(copies: MutableMapping[Any, FrozenCopy], name: object,
     (a copy that could not be made is not tried again while the state holds), unless
     ``reference``, the model's outputs on a few rows, is None (nothing a copy could return). On
     each new input shape the copy's outputs on :data:`CHECK_ROWS` rows of ``example`` must be
-    the reference's (:func:`_close_enough`, each of a tuple); should the copy raise later,
-    ``fallback`` runs the input and that shape is not given to the copy again."""
+    the reference's (:func:`_close_enough`, each of a tuple; with ``exact``, bit for bit);
+    should the copy raise later, ``fallback`` runs the input and that shape is not given to
+    the copy again."""
     rows = example[:CHECK_ROWS]
     known = copies.get(name)
     expected = None
@@ -135,16 +136,18 @@ def checked_copy(copies: MutableMapping[Any, FrozenCopy], name: object,
     if key not in known.shapes:
         if expected is None:
             expected = reference(rows)
-        known.shapes[key] = expected is not None and _agrees(known.module, expected, rows)
+        known.shapes[key] = expected is not None and _agrees(known.module, expected, rows,
+                                                             exact)
     return _guarded(known, key, fallback) if known.shapes[key] else None
 
 
-def may_freeze(model: nn.Module, example: torch.Tensor) -> bool:
+def may_freeze(model: nn.Module, example: torch.Tensor, gradients: bool = False) -> bool:
     """The conditions of the module docstring that need no walk over the model's modules
-    (those are :func:`model_state`'s)."""
+    (those are :func:`model_state`'s); ``gradients``: for a copy that keeps autograd
+    (:mod:`loupe._frozen_grad`), which may run with gradients on."""
     if os.environ.get(FROZEN_ENV, "1").strip() == "0":
         return False
-    if example.device.type != "cpu" or torch.is_grad_enabled():
+    if example.device.type != "cpu" or (torch.is_grad_enabled() and not gradients):
         return False
     if torch.is_autocast_enabled("cpu"):  # the model runs bfloat16 there: no copy is trusted
         return False
@@ -157,20 +160,23 @@ def _global_hooks() -> bool:
     return any(getattr(module_hooks, name, None) for name in names)
 
 
-def model_state(model: nn.Module) -> tuple[tuple[int, int, int], ...] | None:
+def model_state(model: nn.Module, gradients: bool = False
+                ) -> tuple[tuple[int, int, int], ...] | None:
     """Each parameter and buffer's identity, storage and version, in one walk over the
     modules (it runs on every call that may use a copy: about 80 us on a resnet18, against
     460 us for ``model.modules()``, ``parameters()`` and ``buffers()``); None where the model
     may not be frozen: a module in training mode or with a hook other than loupe's own
     capturing ones, no BatchNorm, or an inference tensor (made under
-    ``torch.inference_mode``), which keeps no version, so a change to it could not be seen."""
+    ``torch.inference_mode``), which keeps no version, so a change to it could not be seen.
+    With ``gradients`` (a copy that keeps autograd, :mod:`loupe._frozen_grad`): any hook at
+    all, and BatchNorm is not needed."""
     state: list[tuple[int, int, int]] = []
     batchnorm = False
     stack, seen = [model], {model}
     try:
         while stack:
             module = stack.pop()
-            if module.training or _has_hooks(module):
+            if module.training or _has_hooks(module, gradients):
                 return None
             batchnorm = batchnorm or isinstance(module, nn.modules.batchnorm._BatchNorm)
             for tensors in (module._parameters, module._buffers):
@@ -182,15 +188,17 @@ def model_state(model: nn.Module) -> tuple[tuple[int, int, int], ...] | None:
                     stack.append(child)
     except RuntimeError:  # "Inference tensors do not track version counter."
         return None
-    return tuple(state) if batchnorm else None
+    return tuple(state) if batchnorm or gradients else None
 
 
-def _has_hooks(m: nn.Module) -> bool:
+def _has_hooks(m: nn.Module, gradients: bool = False) -> bool:
     """Whether ``m`` has a hook other than loupe's own capturing ones (which, under no_grad,
-    only record the output: :func:`loupe.hooks.hooked`)."""
+    only record the output: :func:`loupe.hooks.hooked`); with ``gradients``, any hook."""
     if not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
             or m._backward_pre_hooks):
         return False
+    if gradients:  # with gradients on, a capturing hook cuts the graph at its layer
+        return True
     hooks = itertools.chain.from_iterable(getattr(m, name, {}).values() for name in HOOK_DICTS)
     return not all(getattr(hook, "observes_only", False) for hook in hooks)
 
@@ -218,13 +226,17 @@ def without_hooks(model: nn.Module) -> nn.Module:
     return clone
 
 
-def _agrees(frozen: torch.jit.ScriptModule, expected: object, x: torch.Tensor) -> bool:
+def _agrees(frozen: torch.jit.ScriptModule, expected: object, x: torch.Tensor,
+            exact: bool = False) -> bool:
     """Whether the copy's output on ``x`` is the model's, ``expected`` (a tensor, or a tuple of
-    tensors compared one by one), to the tolerance."""
+    tensors compared one by one), to the tolerance (``exact``: bit for bit)."""
     try:
         got = frozen(x)
     except Exception:  # noqa: BLE001 - a copy that cannot run this input is not used
         return False
+    if exact:
+        return (isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor)
+                and got.dtype == expected.dtype and torch.equal(got, expected))
     if isinstance(expected, tuple):
         return (isinstance(got, tuple) and len(got) == len(expected)
                 and all(_close_enough(g, e) for g, e in zip(got, expected, strict=True)))

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from loupe._affine_head import layer_head_forward
+from loupe._frozen_grad import gradient_forward
 from loupe._frozen_layer import layer_inference_forward
 from loupe.hooks import Captured
 from loupe.layers import Reshape
@@ -85,6 +86,13 @@ class MapContext:
             return None
         self.captured[self.layer] = outputs[0]
         return outputs[1]
+
+    def gradient_forward(self) -> Callable[[torch.Tensor], object]:
+        """The forward for the input-gradient passes (saliency, gradient x input, SmoothGrad,
+        Integrated Gradients, shuffle saliency): the model, or in an explainer block on the CPU
+        a frozen TorchScript copy that computes what the model computes bit for bit, with less
+        Python per call (:mod:`loupe._frozen_grad`)."""
+        return gradient_forward(self.model, self.repeated)
 
     def leaf_and_output(self) -> tuple[torch.Tensor, object] | None:
         """For the gradient-weighted CAMs, on the CPU in an explainer block or for at least 64

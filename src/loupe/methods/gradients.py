@@ -22,7 +22,6 @@ from numbers import Real
 
 import numpy as np
 import torch
-from torch import nn
 
 from loupe._autograd import gradient_chunk_size, grads_per_target
 from loupe.context import MapContext
@@ -30,6 +29,9 @@ from loupe.methods._perturb import seeded_generator
 from loupe.methods._scores import check_score, check_smooth, class_scores, smooth_maps
 from loupe.registry import register
 from loupe.targets import Targets, output_tensor
+
+#: A model, or the forward that stands in for it (:meth:`MapContext.gradient_forward`)
+Forward = Callable[[torch.Tensor], object]
 
 REDUCTIONS = ("abs-max", "abs-sum", "l2", "sum")
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -57,7 +59,7 @@ def _check_reduce(reduce: object) -> None:
 
 
 def input_gradients(
-    model: nn.Module, inputs: torch.Tensor, targets: Targets, score: str = "logit"
+    model: Forward, inputs: torch.Tensor, targets: Targets, score: str = "logit"
 ) -> torch.Tensor:
     """``d S_k / d x`` of every target k for ``inputs`` ``(R, C, H, W)``, as ``(K, R, C, H, W)``.
 
@@ -70,7 +72,7 @@ def input_gradients(
 
 
 def input_gradients_and_output(
-    model: nn.Module, inputs: torch.Tensor, targets: Targets, score: str = "logit"
+    model: Forward, inputs: torch.Tensor, targets: Targets, score: str = "logit"
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`input_gradients` and the logits ``(R, N)`` of its forward, detached (shuffle
     saliency's round weights come from them; :func:`loupe.targets.output_tensor` of any model
@@ -104,7 +106,7 @@ def _chunks(total: int, chunk_size: int, device: torch.device) -> list[torch.Ten
 
 
 def saliency_maps(
-    model: nn.Module, images: torch.Tensor, targets: Targets, reduce: str = "abs-max",
+    model: Forward, images: torch.Tensor, targets: Targets, reduce: str = "abs-max",
     score: str = "logit",
 ) -> torch.Tensor:
     """Saliency maps ``(B, K, H, W)``: ``reduce_c(dS_k/dx_c)``, by default ``max_c |dS_k/dx_c|``,
@@ -115,7 +117,7 @@ def saliency_maps(
 
 
 def gradient_x_input_maps(
-    model: nn.Module, images: torch.Tensor, targets: Targets, reduce: str = "sum"
+    model: Forward, images: torch.Tensor, targets: Targets, reduce: str = "sum"
 ) -> torch.Tensor:
     """Gradient x input maps ``(B, K, H, W)``: ``reduce_c(x_c * dS_k/dx_c)``, by default the
     signed sum over channels."""
@@ -139,7 +141,8 @@ def saliency(
     input's shorter side; 0 = off). Returns ``(B, K, H, W)``.
     """
     smooth = check_smooth(smooth)
-    return smooth_maps(saliency_maps(ctx.model, ctx.images, ctx.targets, reduce, score), smooth)
+    maps = saliency_maps(ctx.gradient_forward(), ctx.images, ctx.targets, reduce, score)
+    return smooth_maps(maps, smooth)
 
 
 @register(
@@ -152,7 +155,7 @@ def gradxinput(ctx: MapContext, *, reduce: str = "sum") -> torch.Tensor:
     Options: ``reduce`` (``"sum"`` by default; ``"abs-max"``, ``"abs-sum"``, ``"l2"``).
     Returns ``(B, K, H, W)``.
     """
-    return gradient_x_input_maps(ctx.model, ctx.images, ctx.targets, reduce)
+    return gradient_x_input_maps(ctx.gradient_forward(), ctx.images, ctx.targets, reduce)
 
 
 # --- SmoothGrad ------------------------------------------------------------------------------
@@ -197,7 +200,7 @@ def noise_scales(
 
 
 def smoothgrad_maps(
-    model: nn.Module,
+    model: Forward,
     images: torch.Tensor,
     targets: Targets,
     noise: torch.Tensor,
@@ -285,8 +288,8 @@ def smoothgrad(
         device=images.device, dtype=images.dtype,
     )
     maps = smoothgrad_maps(
-        ctx.model, images, ctx.targets, noise, sigma, reduce=reduce, chunk_size=chunk_size,
-        progress=ctx.report_rows, score=score,
+        ctx.gradient_forward(), images, ctx.targets, noise, sigma, reduce=reduce,
+        chunk_size=chunk_size, progress=ctx.report_rows, score=score,
     )
     return smooth_maps(maps, smooth)
 
@@ -354,7 +357,7 @@ def baselines_for(images: torch.Tensor, baseline: object = None) -> torch.Tensor
 
 
 def integrated_gradients_maps(
-    model: nn.Module,
+    model: Forward,
     images: torch.Tensor,
     targets: Targets,
     baselines: torch.Tensor,
@@ -427,6 +430,6 @@ def integrated_gradients(
     images = ctx.images
     alphas, weights = quadrature(rule, steps, device=images.device, dtype=images.dtype)
     return integrated_gradients_maps(
-        ctx.model, images, ctx.targets, baselines_for(images, baseline), alphas, weights,
-        reduce=reduce, chunk_size=chunk_size, progress=ctx.report_rows,
+        ctx.gradient_forward(), images, ctx.targets, baselines_for(images, baseline), alphas,
+        weights, reduce=reduce, chunk_size=chunk_size, progress=ctx.report_rows,
     )

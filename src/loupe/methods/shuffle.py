@@ -104,7 +104,7 @@ from loupe.methods._rounds import RoundSums
 from loupe.methods._scores import check_score, check_smooth, smooth_maps
 from loupe.methods._scores import gaussian_blur as gaussian_blur  # re-exported
 from loupe.methods._tiles import OFFSETS, Round, check_grids, draw_rounds, identity_round
-from loupe.methods.gradients import input_gradients_and_output
+from loupe.methods.gradients import Forward, input_gradients_and_output
 from loupe.registry import get_method, register
 from loupe.targets import Targets
 
@@ -113,8 +113,10 @@ logger = logging.getLogger(__name__)
 REDUCTIONS = ("abs-max", "l2", "grad-x-input")
 
 # (model, canvases (n, C, Hc, Wc), targets of the n rows) -> maps (n, K, Hc, Wc) and the
-# rows' logits (n, N) (None where the base method does not give them)
-CanvasMaps = Callable[[nn.Module, torch.Tensor, Targets], tuple[torch.Tensor, torch.Tensor | None]]
+# rows' logits (n, N) (None where the base method does not give them); the model of the
+# gradient base may be the forward standing in for it (MapContext.gradient_forward)
+CanvasMaps = Callable[[nn.Module | Forward, torch.Tensor, Targets],
+                      tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @register(
@@ -170,7 +172,9 @@ def shuffle_saliency(
     canvas_maps = _canvas_maps_function(
         ctx, base, base_options, target_layer, reduce=reduce, score=score, weight=weight
     )
-    accumulate_rounds(sums, ctx.model, images, targets, rounds, canvas_maps, chunk_size,
+    # the input-gradient base may run through the block's bit-exact copy (loupe._frozen_grad)
+    model = ctx.gradient_forward() if base == "gradient" else ctx.model
+    accumulate_rounds(sums, model, images, targets, rounds, canvas_maps, chunk_size,
                       ctx.report_rows)
     maps = sums.result().unflatten(-1, (height, width))
     return smooth_maps(maps, smooth)
@@ -249,7 +253,7 @@ def _canvas_maps_function(
 
 
 def gradient_maps(
-    model: nn.Module,
+    model: Forward,
     canvases: torch.Tensor,
     targets: Targets,
     reduce: str = "abs-max",
@@ -281,7 +285,7 @@ def _rounds_by_canvas(rounds: list[Round]) -> list[list[Round]]:
 
 def accumulate_rounds(
     sums: RoundSums,
-    model: nn.Module,
+    model: nn.Module | Forward,
     images: torch.Tensor,
     targets: Targets,
     rounds: list[Round],
