@@ -11,9 +11,10 @@ This copy is frozen with ``optimize_numerics=False``: every BatchNorm, ReLU and 
 stays the ATen call the model makes, in the model's order, so the forward is the model's bit
 for bit and every such decision is the model's. What it saves is the interpreter's work per
 module: forward + input-gradient CPU time, model / copy, one thread, random weights
-(docs/speed.md, tenth follow-up): resnet18 1.05x at 64x64 (batch 1), 1.02x (batch 4), 1.03x
-at 224x224; resnet50 1.04x, MobileNetV2 1.05x at 224x224; DenseNet-121 1.09x at 64x64; with
-the gradients equal to the model's bit for bit in every case measured.
+(``bench/frozen_gradient.py``; docs/speed.md, tenth follow-up): resnet18 1.03x at 64x64
+(batch 1), 1.06x (batch 4), 1.04x at 224x224; resnet50 1.04x, MobileNetV2 1.07x at 224x224;
+DenseNet-121 1.16x at 64x64; outputs and gradients equal to the model's bit for bit in every
+case measured.
 
 It is used only in an explainer block (building it costs 0.3-3.5 s, paid once per model by the
 block's first call), on the CPU, without CPU autocast, for an eval-mode model with no hooks at
