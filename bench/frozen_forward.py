@@ -36,7 +36,7 @@ from loupe.hooks import hooked
 from loupe.models import random_model
 
 sys.path.insert(0, os.path.dirname(__file__))
-from paired import interleaved, paired_ratio  # noqa: E402
+from paired import interleaved, median_cpu_ms, paired_ratio  # noqa: E402
 
 CASES = ("resnet18:64:16", "resnet18:224:4", "resnet50:224:4", "mobilenet_v2:224:4",
          "efficientnet_b0:224:4", "convnext_tiny:224:4", "densenet121:224:4", "vit_b_16:224:4")
@@ -71,8 +71,7 @@ def one_case(spec: str, rounds: int, layer: str | None = None, optimized: bool =
     samples = interleaved({"model": entry(model), "frozen": entry(forward)}, rounds, True,
                           torch.device("cpu"), lambda who, e: print(f"{who} failed: {e}"))
     ratio, low, high = paired_ratio(samples["model"], samples["frozen"])
-    model_ms = 1e3 * sorted(c for _, c in samples["model"])[rounds // 2]
-    frozen_ms = 1e3 * sorted(c for _, c in samples["frozen"])[rounds // 2]
+    model_ms, frozen_ms = median_cpu_ms(samples["model"]), median_cpu_ms(samples["frozen"])
     return (f"| {name} | {size} | {batch} | {model_ms:.1f} | {frozen_ms:.1f} | "
             f"{ratio:.2f}× [{low:.2f}, {high:.2f}] | {error:.1e} | {freeze_s:.2f} |")
 

@@ -26,7 +26,7 @@ from loupe._frozen_grad import gradient_copy
 from loupe.models import random_model
 
 sys.path.insert(0, os.path.dirname(__file__))
-from paired import interleaved, paired_ratio  # noqa: E402
+from paired import interleaved, median_cpu_ms, paired_ratio  # noqa: E402
 
 CASES = ("resnet18:64:1", "resnet18:64:4", "resnet18:224:1", "resnet50:224:1",
          "mobilenet_v2:224:1", "densenet121:64:1")
@@ -67,8 +67,7 @@ def one_case(spec: str, rounds: int) -> str:
     samples = interleaved({"model": entry(model), "copy": entry(copied)}, rounds, True,
                           torch.device("cpu"), lambda who, e: print(f"{who} failed: {e}"))
     ratio, low, high = paired_ratio(samples["model"], samples["copy"])
-    model_ms = 1e3 * sorted(c for _, c in samples["model"])[rounds // 2]
-    copy_ms = 1e3 * sorted(c for _, c in samples["copy"])[rounds // 2]
+    model_ms, copy_ms = median_cpu_ms(samples["model"]), median_cpu_ms(samples["copy"])
     equal = "yes" if all(same) else f"no (output {same[0]}, gradient {gap:.1e})"
     return (f"| {name} | {size} | {batch} | {model_ms:.1f} | {copy_ms:.1f} | "
             f"{ratio:.3f}× [{low:.3f}, {high:.3f}] | {equal} | {freeze_s:.2f} |")

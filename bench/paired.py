@@ -86,3 +86,8 @@ def paired_ratio(peer: list[tuple[float, float]], ours: list[tuple[float, float]
     """Median over rounds of :func:`round_ratios`, and its 95% interval."""
     ratios = round_ratios(peer, ours, clock)
     return (statistics.median(ratios), *median_interval(ratios))
+
+
+def median_cpu_ms(samples: list[tuple[float, float]]) -> float:
+    """The median CPU milliseconds of one implementation's (wall, CPU) seconds per round."""
+    return 1e3 * statistics.median(c for _, c in samples)
